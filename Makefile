@@ -1,0 +1,43 @@
+# Everything a fresh machine needs is installed from this file: `make build`, `make test`, `make bench`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TOOLCHAIN := $(BIN)/toolchain
+MODELS := digits_cnn digits_resnet
+TARGETS := x86_64 arm64 cuda
+BUILD := build
+
+.PHONY: build test test-all bench clean venv
+
+venv: $(STAMP)
+
+# torch first and pinned (a plain `torch` requirement pulls a multi-GB CUDA build), then the lock under a torch constraint.
+$(STAMP): requirements.lock constraints.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -r requirements.lock
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	@if $(BIN)/pip list 2>/dev/null | grep -qi '^nvidia'; then echo "error: a CUDA torch build slipped in" >&2; exit 1; fi
+	touch $@
+
+# One report per model; `make -j` builds models in parallel (they share the content-addressed cache).
+build: $(STAMP) $(MODELS:%=$(BUILD)/%/report.json)
+
+$(BUILD)/%/report.json: $(STAMP) FORCE
+	PATH="$(abspath $(BIN)):$$PATH" $(TOOLCHAIN) build sample_models/$*/build.toml -o $(BUILD)
+
+FORCE:
+
+test: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not slow and not gpu" -q
+
+test-all: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m toolchain.bench
+
+clean:
+	rm -rf $(BUILD) .toolchain-cache
