@@ -1,0 +1,126 @@
+"""What the CLI and Python users call: build(), and later package() / verify()."""
+
+import json
+import shutil
+from pathlib import Path
+
+from . import __version__
+from .cache import copy_atomic, write_json_atomic
+from .digest import sha256_file
+from .errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_STAGE_FAILED, StageError
+from .gates import judge
+from .locking import locked
+from .report import markdown, target_entry
+from .spec import load_spec
+from .versions import TRACKED, versions
+
+EXTENSIONS = {"onnx": "onnx", "tflite": "tflite"}
+
+
+def build(spec_path, out_root="build", cache_dir=None, targets=None, targets_dir=None, progress=None):
+    """Build every target of one spec. Returns (report dict, exit code)."""
+    from .pipeline import Pipeline
+
+    spec = load_spec(spec_path)
+    pipe = Pipeline(spec, out_root, cache_dir, targets, targets_dir, progress)
+    model_dir = pipe.model_dir
+    with locked(model_dir):
+        try:
+            fp32, ref, results = pipe.run()
+        except StageError as e:
+            _write_failure(spec, model_dir, pipe, e)
+            raise
+        fp32_out = model_dir / "fp32" / f"{spec.name}.fp32.onnx"
+        _publish(fp32.file("model.fp32.onnx"), fp32_out)
+        report = {
+            "model": spec.name, "version": spec.version, "toolchain_version": __version__,
+            "reference": {"metric": spec.metric, "value": ref.meta["value"], "samples": ref.meta["samples"],
+                          "runtime": "pytorch fp32", "onnx_vs_torch_max_abs_error": ref.meta[
+                              "onnx_vs_torch_max_abs_error"]},
+            "fp32_onnx": {"path": str(fp32_out.relative_to(model_dir)), "sha256": fp32.digest("model.fp32.onnx")},
+            "provenance": _provenance(spec, pipe),
+            "targets": {},
+        }
+        for name, res in results.items():
+            budget = spec.targets[name].max_metric_drop
+            target_dir = model_dir / name
+            if "error" in res:
+                shutil.rmtree(target_dir, ignore_errors=True)  # never leave an older artifact to be trusted
+                e = res["error"]
+                gate = {"status": "failed", "reason": f"stage {e.stage} failed: {e.cause}"}
+            else:
+                gate = judge(name, res["validation"], budget, res.get("transform", {}))
+                ext = EXTENSIONS[res["target"].format]
+                dest = target_dir / f"{spec.name}.{res['target'].precision}.{ext}"
+                _clear_others(target_dir, dest)
+                _publish(res["artifact"], dest)
+                res["published"], res["sha256"] = dest, sha256_file(dest)
+            report["targets"][name] = target_entry(name, res, gate, model_dir, budget)
+        report["targets"] = _merge_previous(model_dir, report)
+        report["status"] = _overall(report)
+        write_json_atomic(model_dir / "report.json", report)
+        _write_text(model_dir / "report.md", markdown(report))
+    return report, exit_code(report)
+
+
+def _provenance(spec, pipe):
+    return {"spec": str(spec.path), "spec_sha256": sha256_file(spec.path), "weights_sha256": pipe.weights_digest,
+            "model_digest": pipe.model_digest, "calibration_sha256": pipe.calibration_digest,
+            "evaluation_sha256": pipe.evaluation_digest, "libraries": versions(TRACKED)}
+
+
+def _merge_previous(model_dir, report):
+    """Targets built by an earlier run of the same inputs (e.g. `--target arm64` after `--target x86_64`) stay."""
+    try:
+        old = json.loads((model_dir / "report.json").read_text())
+    except (OSError, ValueError):
+        return report["targets"]
+    if old.get("provenance", {}).get("model_digest") != report["provenance"]["model_digest"]:
+        return report["targets"]
+    merged = {k: v for k, v in old.get("targets", {}).items() if k not in report["targets"]
+              and (model_dir / v.get("artifact", "\0")).is_file()}
+    merged.update(report["targets"])
+    return merged
+
+
+def _overall(report):
+    statuses = [t["status"] for t in report["targets"].values()]
+    if any(t.get("failed_stage") for t in report["targets"].values()):
+        return "stage-failed"
+    return "failed" if "failed" in statuses else "passed"
+
+
+def exit_code(report) -> int:
+    return {"passed": EXIT_OK, "failed": EXIT_GATE_FAILED, "stage-failed": EXIT_STAGE_FAILED}[report["status"]]
+
+
+def _publish(src, dest: Path):
+    if dest.is_file() and sha256_file(dest) == sha256_file(src):
+        return
+    copy_atomic(src, dest)
+
+
+def _clear_others(target_dir: Path, keep: Path):
+    if target_dir.is_dir():
+        for p in target_dir.iterdir():
+            if p != keep and p.is_file():
+                p.unlink()
+
+
+def _write_text(path: Path, text: str):
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _write_failure(spec, model_dir, pipe, e):
+    """A shared stage failed (trace/reference): no target can be built; the report says where and why."""
+    report = {"model": spec.name, "version": spec.version, "toolchain_version": __version__,
+              "status": "stage-failed", "reference": None,
+              "targets": {n: {"status": "failed", "reason": f"stage {e.stage} failed: {e.cause}",
+                              "failed_stage": e.stage, "format": t.format, "precision": t.precision,
+                              "runtime": t.runtime, "max_metric_drop": spec.targets[n].max_metric_drop}
+                          for n, t in pipe.targets.items()}}
+    for n in pipe.targets:
+        shutil.rmtree(model_dir / n, ignore_errors=True)
+    write_json_atomic(model_dir / "report.json", report)

@@ -1,0 +1,135 @@
+"""Content-addressed stage cache (DVC-style): key -> a directory of output files plus entry.json.
+
+- The key is a full sha256 over everything that can change a stage's output (see pipeline.stage_key).
+- Writes go to a private temp directory that is renamed into place: a build killed at any moment leaves
+  either no entry or a whole one. Two builds racing for the same key both succeed; the first rename wins.
+- An entry is trusted only if entry.json parses and every file's digest matches; anything else is a miss
+  (and is removed), never a crash. Failures are never cached.
+"""
+
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+from .digest import sha256_file
+
+ENTRY = "entry.json"
+
+
+class CacheEntry:
+    def __init__(self, path: Path, record: dict):
+        self.path, self.record = path, record
+
+    @property
+    def meta(self) -> dict:
+        return self.record.get("meta", {})
+
+    def file(self, name) -> Path:
+        return self.path / name
+
+    def digest(self, name) -> str:
+        return self.record["files"][name]
+
+
+class StageCache:
+    def __init__(self, root):
+        self.root = Path(root)
+
+    def _dir(self, stage, key) -> Path:
+        return self.root / stage / key
+
+    def get(self, stage: str, key: str, verify: bool = True):
+        d = self._dir(stage, key)
+        try:
+            record = json.loads((d / ENTRY).read_text())
+            if record.get("key") != key:
+                raise ValueError("key mismatch")
+            if verify:
+                for name, digest in record["files"].items():
+                    if sha256_file(d / name) != digest:
+                        raise ValueError(f"{name} changed")
+            return CacheEntry(d, record)
+        except FileNotFoundError:
+            if d.exists():  # directory without a valid entry: debris, drop it
+                self._discard(d)
+            return None
+        except (ValueError, KeyError, TypeError, OSError, json.JSONDecodeError):
+            self._discard(d)
+            return None
+
+    def _discard(self, d: Path):
+        trash = self.root / "tmp" / f"trash-{uuid.uuid4().hex}"
+        try:
+            trash.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(d, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        except OSError:
+            pass
+
+    @contextmanager
+    def writer(self, stage: str, key: str):
+        """Yield a fresh directory to write outputs into; publish() makes it the entry atomically."""
+        tmp = self.root / "tmp" / f"{stage}-{key[:16]}-{uuid.uuid4().hex}"
+        tmp.mkdir(parents=True)
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def publish(self, tmp: Path, stage: str, key: str, meta: dict, inputs: dict) -> CacheEntry:
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file() and p.name != ENTRY}
+        record = {"key": key, "stage": stage, "inputs": inputs, "files": files, "meta": meta}
+        _write_json_atomic(tmp / ENTRY, record)
+        final = self._dir(stage, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            # Another build published the same key first; theirs is equivalent (same key), use it if whole.
+            existing = self.get(stage, key)
+            if existing is None:
+                raise
+            return existing
+        _fsync_dir(final.parent)
+        return CacheEntry(final, record)
+
+
+def _write_json_atomic(path: Path, obj):
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+write_json_atomic = _write_json_atomic
+
+
+def copy_atomic(src: Path, dst: Path):
+    """Copy a file so that dst is either absent, the old file, or the whole new file."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,48 @@
+"""Command line: thin. Parse, call the API, map errors to exit codes (see errors.py)."""
+
+import sys
+
+import click
+
+from .errors import EXIT_USAGE, ToolchainError
+
+
+def _fail(e: ToolchainError):
+    click.echo(f"error: {e}", err=True)
+    sys.exit(e.exit_code)
+
+
+@click.group()
+@click.version_option(package_name="toolchain")
+def main():
+    """Build PyTorch models into validated edge artifacts (x86 int8 ONNX, CUDA fp16 ONNX, ARM int8 TFLite)."""
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out_root", default="build", show_default=True, help="Build directory.")
+@click.option("--cache-dir", default=None, help="Stage cache (default: OUT/.cache).")
+@click.option("-t", "--target", "targets", multiple=True, help="Build only these targets of the spec.")
+@click.option("--targets-dir", default=None, help="Directory of target files (default: the repo's targets/).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+def build(spec, out_root, cache_dir, targets, targets_dir, quiet):
+    """Build SPEC (a build.toml) for its targets; exit 0 only when every gate passes."""
+    from .api import build as do_build
+    from .progress import Progress
+
+    try:
+        from .spec import load_spec
+
+        name = load_spec(spec).name
+        report, code = do_build(spec, out_root, cache_dir, list(targets) or None, targets_dir,
+                                Progress(name, quiet=quiet))
+    except ToolchainError as e:
+        _fail(e)
+    for tname, t in report["targets"].items():
+        extra = f": {t['reason']}" if t.get("reason") else ""
+        click.echo(f"{report['model']} {tname}: {t['status']}{extra}")
+    sys.exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,65 @@
+"""Calibration / evaluation data: .npz files (untrusted: no pickles) or importable callables (trusted)."""
+
+from pathlib import Path
+
+from .errors import DataError, SpecError
+from .imports import import_ref
+from .spec import is_callable_ref
+
+
+def load_arrays(ref: str, spec, key: str) -> dict:
+    import numpy as np
+
+    if is_callable_ref(ref):
+        fn = import_ref(ref, spec.python_path, spec.path, key)
+        data = fn()
+        if not isinstance(data, dict):
+            raise SpecError(spec.path, key, f"{ref} must return a dict of arrays, got {type(data).__name__}")
+        return {str(k): np.ascontiguousarray(np.asarray(v)) for k, v in data.items()}
+    path = Path(spec.resolve(ref))
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: np.ascontiguousarray(z[k]) for k in z.files}
+    except ValueError as e:  # object arrays need pickle: refused, data files are untrusted
+        raise DataError(f"{path} ({key}): cannot be read without unpickling ({e}); store plain arrays") from None
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path} ({key}): not a readable .npz file ({e})") from None
+
+
+def check_inputs(arrays: dict, spec, key: str, need_labels=False) -> int:
+    """Check data against the spec's input signature; returns the number of samples."""
+    import numpy as np
+
+    n = None
+    for t in spec.inputs:
+        if t.name not in arrays:
+            raise DataError(f"{key}: no array named {t.name!r} (has {', '.join(sorted(arrays)) or 'none'})")
+        a = arrays[t.name]
+        if str(a.dtype) != t.dtype:
+            raise DataError(f"{key}: input {t.name!r} has dtype {a.dtype}, the spec says {t.dtype}")
+        if a.ndim != len(t.shape):
+            raise DataError(f"{key}: input {t.name!r} has shape {a.shape}, the spec says rank {len(t.shape)} "
+                            f"{list(t.shape)}")
+        for ax, (got, want) in enumerate(zip(a.shape, t.shape)):
+            if ax not in t.dynamic_axes and got != want:
+                raise DataError(f"{key}: input {t.name!r} has shape {list(a.shape)}, axis {ax} must be {want}")
+        if a.shape[0] == 0:
+            raise DataError(f"{key}: input {t.name!r} holds no samples")
+        if n is not None and a.shape[0] != n:
+            raise DataError(f"{key}: inputs disagree on the number of samples ({n} vs {a.shape[0]})")
+        n = a.shape[0]
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            bad = int((~np.isfinite(a)).sum())
+            raise DataError(f"{key}: input {t.name!r} contains {bad} NaN/Inf values")
+    if need_labels:
+        if spec.labels_key not in arrays:
+            raise DataError(f"{key}: no labels array {spec.labels_key!r} (needed by metric {spec.metric})")
+        if len(arrays[spec.labels_key]) != n:
+            raise DataError(f"{key}: {len(arrays[spec.labels_key])} labels for {n} samples")
+    return n
+
+
+def batches(arrays: dict, names, size: int):
+    n = len(arrays[names[0]])
+    for i in range(0, n, size):
+        yield {k: arrays[k][i:i + size] for k in names}

@@ -1,0 +1,40 @@
+"""User-facing errors and the exit codes they map to.
+
+User errors (a bad spec, bad data, a model that will not trace) print one line and exit with a distinct
+code; anything else is an internal error and keeps its traceback.
+"""
+
+EXIT_OK = 0
+EXIT_GATE_FAILED = 3  # an artifact was built but missed its accuracy/latency budget (artifact kept, marked failed)
+EXIT_USAGE = 2  # a spec, target file or command-line error (click also uses 2 for usage errors)
+EXIT_STAGE_FAILED = 4  # a stage could not produce its output (trace mismatch, conversion failure, ...)
+
+
+class ToolchainError(Exception):
+    """An error the user can fix; printed as one line, never with a traceback."""
+
+    exit_code = EXIT_USAGE
+
+
+class SpecError(ToolchainError):
+    """A build spec or target file is missing, malformed or inconsistent. Names the file and key."""
+
+    def __init__(self, path, key, message):
+        self.path, self.key = str(path), key
+        where = f"{self.path}: {key}: " if key else f"{self.path}: "
+        super().__init__(where + message)
+
+
+class DataError(ToolchainError):
+    """Calibration, evaluation or weights data that cannot be used (wrong shape, NaN, unsafe pickle)."""
+
+
+class StageError(ToolchainError):
+    """A stage failed for one target (or for all, when it is a shared stage)."""
+
+    exit_code = EXIT_STAGE_FAILED
+
+    def __init__(self, stage, message, target=None):
+        self.stage, self.target, self.cause = stage, target, message
+        where = f"stage {stage}" + (f", target {target}" if target else "")
+        super().__init__(f"{where}: {message}")

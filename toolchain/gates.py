@@ -1,0 +1,36 @@
+"""Gates: turn a target's validation figures into passed / failed / skipped, with the reason and notes."""
+
+
+def judge(name, validation: dict, budget: float, transform_meta: dict) -> dict:
+    """Returns {"status", "reason", "notes"} for one target."""
+    notes = []
+    if validation.get("status") in ("skipped", "failed"):
+        return {"status": validation["status"], "reason": validation["reason"], "notes": notes}
+    reasons = []
+    if validation["non_finite_outputs"]:
+        reasons.append(f"{validation['non_finite_outputs']} NaN/Inf values in the artifact's outputs on the "
+                       "evaluation data")
+    drop = validation["metric_drop"]
+    if not drop <= budget:  # NaN-safe: a NaN drop fails
+        reasons.append(f"metric drop {drop:.3f} exceeds the budget max_metric_drop={budget}")
+    ratio = validation.get("latency_ratio")
+    if ratio is not None and ratio >= 1.0:
+        notes.append(_slower_note(ratio, validation, transform_meta))
+    if reasons:
+        return {"status": "failed", "reason": "; ".join(reasons), "notes": notes}
+    return {"status": "passed", "reason": "", "notes": notes}
+
+
+def _slower_note(ratio, validation, transform_meta):
+    note = (f"NOT FASTER: p50 is {ratio:.2f}x the fp32 baseline on {validation.get('device', 'this host')}")
+    ops = validation.get("optimized_op_counts")
+    if ops:
+        q = sum(v for k, v in ops.items() if k.startswith("QLinear") or k in ("ConvInteger", "MatMulInteger"))
+        fl = sum(v for k, v in ops.items() if k in ("Conv", "FusedConv", "MatMul", "Gemm", "FusedMatMul"))
+        note += (f"; after ONNX Runtime's graph optimizations {q} compute ops run in int8 and {fl} stay float, "
+                 f"with {ops.get('QuantizeLinear', 0)} QuantizeLinear / {ops.get('DequantizeLinear', 0)} "
+                 "DequantizeLinear conversions between them")
+    elif transform_meta.get("cast_nodes"):
+        note += (f"; the fp16 graph carries {transform_meta['cast_nodes']} Cast nodes, and at small batch kernel "
+                 "launch overhead dominates")
+    return note

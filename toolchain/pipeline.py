@@ -1,0 +1,235 @@
+"""Plans each target's chain of stages, shares the common prefix (trace, reference), and runs every stage
+through the content-addressed cache.
+
+    [prune] -> trace -> reference -> per target: transform (quantize | fp16 | tflite) -> validate
+
+A stage is a pure function of its inputs; its cache key covers the stage name and version, its params, the
+digests of its inputs, and the versions of the libraries it uses. Failures are never cached.
+"""
+
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from . import __version__
+from .cache import StageCache
+from .digest import sha256_arrays, sha256_file, sha256_json, sha256_sources
+from .errors import StageError, ToolchainError
+from .hostinfo import host_id
+from .imports import module_sources
+from .progress import Progress
+from .spec import is_callable_ref
+from .targets import load_target
+from .versions import versions
+
+
+@dataclass
+class StageRun:
+    """One stage of the plan: what it is, what it depends on, and how to make its outputs."""
+
+    module: object
+    params: dict
+    deps: dict
+    produce: object  # callable(out_dir) -> meta
+    target: str | None = None
+    name: str = field(init=False)
+
+    def __post_init__(self):
+        self.name = self.module.NAME
+
+    @cached_property
+    def key_inputs(self) -> dict:
+        return {"stage": self.name, "stage_version": self.module.VERSION, "params": self.params,
+                "deps": self.deps, "libraries": versions(self.module.LIBRARIES),
+                "toolchain": __version__}
+
+    @cached_property
+    def key(self) -> str:
+        return sha256_json(self.key_inputs)
+
+
+class _ValidateStage:
+    NAME = "validate"
+    VERSION = 1
+    LIBRARIES = ("onnxruntime", "onnxruntime-gpu", "ai-edge-litert", "numpy")
+
+
+class Pipeline:
+    def __init__(self, spec, out_root, cache_dir=None, only_targets=None, targets_dir=None, progress=None):
+        self.spec = spec
+        self.out_root = Path(out_root)
+        self.model_dir = self.out_root / spec.name
+        self.cache = StageCache(cache_dir or self.out_root / ".cache")
+        self.progress = progress or Progress(spec.name)
+        names = list(spec.targets)
+        if only_targets:
+            unknown = [t for t in only_targets if t not in spec.targets]
+            if unknown:
+                raise ToolchainError(f"{spec.path}: --target {unknown[0]!r} is not in the spec's targets "
+                                     f"({', '.join(names)})")
+            names = [t for t in names if t in only_targets]
+        self.targets = {n: load_target(n, targets_dir, spec.targets[n].overrides, spec.path) for n in names}
+        self.transform_params = {n: self._transform_params(t) for n, t in self.targets.items()}
+        self.ran = []  # (stage, target) of stages that executed (not cached) in this build
+
+    # ---- inputs, loaded lazily so a fully cached build touches as little as possible ----------------------
+    @cached_property
+    def calibration(self):
+        from .data import check_inputs, load_arrays
+
+        arrays = load_arrays(self.spec.calibration, self.spec, "calibration")
+        check_inputs(arrays, self.spec, f"calibration data ({self.spec.calibration})")
+        return arrays
+
+    @cached_property
+    def evaluation(self):
+        from .data import check_inputs, load_arrays
+        from .validate.metrics import METRICS
+
+        arrays = load_arrays(self.spec.evaluation, self.spec, "evaluation")
+        check_inputs(arrays, self.spec, f"evaluation data ({self.spec.evaluation})",
+                     need_labels=METRICS[self.spec.metric][2])
+        return arrays
+
+    def _data_digest(self, ref, loader):
+        return sha256_arrays(loader()) if is_callable_ref(ref) else sha256_file(self.spec.resolve(ref))
+
+    @cached_property
+    def calibration_digest(self):
+        return self._data_digest(self.spec.calibration, lambda: self.calibration)
+
+    @cached_property
+    def evaluation_digest(self):
+        return self._data_digest(self.spec.evaluation, lambda: self.evaluation)
+
+    @cached_property
+    def weights_digest(self):
+        return sha256_file(self.spec.weights)
+
+    @cached_property
+    def model_digest(self):
+        s = self.spec
+        code = sha256_sources(module_sources(s.factory, s.python_path))
+        return sha256_json({"factory": s.factory, "args": s.factory_args, "code": code,
+                            "weights": self.weights_digest})
+
+    @cached_property
+    def torch_model(self):
+        from .modelload import build_model
+
+        return build_model(self.spec)
+
+    # ---- stage plumbing ---------------------------------------------------------------------------------
+    def run_stage(self, st: StageRun):
+        entry = self.cache.get(st.name, st.key)
+        if entry is not None:
+            self.progress.line(st.name, st.target, "cached")
+            return entry
+        self.progress.line(st.name, st.target, "running")
+        t0 = time.monotonic()
+        with self.cache.writer(st.name, st.key) as tmp:
+            meta = st.produce(tmp)
+            entry = self.cache.publish(tmp, st.name, st.key, meta, st.key_inputs)
+        self.ran.append((st.name, st.target))
+        self.progress.line(st.name, st.target, "done", time.monotonic() - t0)
+        return entry
+
+    def _transform_params(self, target):
+        if target.transform == "quantize":
+            from .stages import quantize
+            return quantize.params_for(target.table("quantize"), target.path)
+        if target.transform == "fp16":
+            from .stages import fp16
+            return fp16.params_for(target.table("fp16"), target.path)
+        if target.transform == "tflite":
+            from .stages import tflite
+            return tflite.params_for(target.table("convert"), target.path)
+        return {}
+
+    # ---- the plan -----------------------------------------------------------------------------------------
+    def trace_stage(self) -> StageRun:
+        from .stages import trace
+
+        s = self.spec
+        params = {"opset": s.opset, "inputs": [[t.name, list(t.shape), t.dtype, t.dynamic_axes] for t in s.inputs],
+                  "outputs": [o.name for o in s.outputs]}
+        return StageRun(trace, params, {"model": self.model_digest},
+                        lambda out: trace.run(self.torch_model, params, out, s.inputs, s.outputs))
+
+    def reference_stage(self, fp32) -> StageRun:
+        from .stages import reference
+
+        s = self.spec
+        params = {"atol": s.trace_atol, "rtol": s.trace_rtol, "metric": s.metric, "labels_key": s.labels_key}
+        deps = {"model": self.model_digest, "fp32": fp32.digest("model.fp32.onnx"),
+                "evaluation": self.evaluation_digest}
+        return StageRun(reference, params, deps,
+                        lambda out: reference.run(self.torch_model, fp32.file("model.fp32.onnx"), params, out,
+                                                  self.evaluation, s))
+
+    def transform_stage(self, name, target, fp32) -> StageRun | None:
+        params = self.transform_params[name]
+        fp32_path, fp32_digest = fp32.file("model.fp32.onnx"), fp32.digest("model.fp32.onnx")
+        names = [t.name for t in self.spec.inputs]
+        if target.transform == "quantize":
+            from .stages import quantize
+            deps = {"fp32": fp32_digest}
+            if params["method"] == "static":
+                deps["calibration"] = self.calibration_digest
+            return StageRun(quantize, params, deps, lambda out: quantize.run(
+                fp32_path, params, out, self.calibration if params["method"] == "static" else None, names), name)
+        if target.transform == "fp16":
+            from .stages import fp16
+            return StageRun(fp16, params, {"fp32": fp32_digest}, lambda out: fp16.run(fp32_path, params, out), name)
+        if target.transform == "tflite":
+            from .stages import tflite
+            deps = {"fp32": fp32_digest, "calibration": self.calibration_digest}
+            return StageRun(tflite, params, deps, lambda out: tflite.run(
+                fp32_path, params, out, self.calibration, self.spec, name), name)
+        return None
+
+    def validate_stage(self, name, target, artifact, baseline, ref_entry) -> StageRun:
+        from .stages import reference
+        from .validate import target as validate_target
+
+        s = self.spec
+        params = {"runtime": target.runtime, "providers": list(target.providers), "threads": target.threads,
+                  "latency": target.latency, "metric": s.metric}
+        deps = {"artifact": sha256_file(artifact), "baseline": sha256_file(baseline),
+                "reference": ref_entry.digest(reference.OUTPUT), "evaluation": self.evaluation_digest,
+                "host": host_id()}
+        ref_value = ref_entry.meta["value"]
+        return StageRun(_ValidateStage, params, deps, lambda out: validate_target.run(
+            target, artifact, baseline, self.evaluation, reference.load(ref_entry.path), s, ref_value), name)
+
+    def run(self):
+        """Run every stage; returns (shared results, per-target results). Target failures do not stop others."""
+        fp32 = self.run_stage(self.trace_stage())
+        ref = self.run_stage(self.reference_stage(fp32))
+        results = {}
+        for name, target in self.targets.items():
+            try:
+                st = self.transform_stage(name, target, fp32)
+                entry = self.run_stage(st) if st else fp32
+                artifact, baseline = _artifact_files(target, entry, fp32)
+                val = self.run_stage(self.validate_stage(name, target, artifact, baseline, ref))
+                results[name] = {"target": target, "entry": entry, "artifact": artifact, "baseline": baseline,
+                                 "validation": val.meta, "transform": entry.meta if st else {}}
+            except StageError as e:
+                if e.target is None:
+                    e.target = name
+                self.progress.line(e.stage, name, f"FAILED: {e.cause}")
+                results[name] = {"target": target, "error": e}
+        return fp32, ref, results
+
+
+def _artifact_files(target, entry, fp32):
+    """The artifact file and its fp32 baseline on the same runtime."""
+    if target.transform == "tflite":
+        from .stages import tflite
+        return entry.file(tflite.OUTPUT), entry.file(tflite.BASELINE)
+    if target.transform is None:
+        return fp32.file("model.fp32.onnx"), fp32.file("model.fp32.onnx")
+    (name,) = [n for n in entry.record["files"] if n.endswith(".onnx")]
+    return entry.file(name), fp32.file("model.fp32.onnx")

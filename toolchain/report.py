@@ -1,0 +1,67 @@
+"""report.json (the contract release pipelines read) and report.md (what a person reads)."""
+
+import os
+
+
+def target_entry(name, res, gate, model_dir, budget) -> dict:
+    t = res["target"]
+    entry = {"status": gate["status"], "reason": gate["reason"], "format": t.format, "precision": t.precision,
+             "runtime": t.runtime, "max_metric_drop": budget, "notes": gate.get("notes", [])}
+    if "published" in res:
+        entry["artifact"] = os.path.relpath(res["published"], model_dir)
+        entry["sha256"] = res["sha256"]
+        entry["size_bytes"] = os.path.getsize(res["published"])
+        entry["baseline_size_bytes"] = os.path.getsize(res["baseline"])
+        entry["size_ratio"] = entry["size_bytes"] / entry["baseline_size_bytes"]
+    if "error" in res:
+        e = res["error"]
+        entry["failed_stage"] = e.stage
+        return entry
+    v = res["validation"]
+    src = v if "metric" in v else v.get("cpu_check", {})
+    for k in ("metric", "metric_drop", "agreement", "non_finite_outputs"):
+        if k in src:
+            entry[k] = src[k]
+    if "cpu_check" in v:
+        entry["cpu_check"] = v["cpu_check"]
+    for k in ("latency_ms", "baseline_latency_ms", "latency_ratio", "latency_protocol", "device", "providers",
+              "host", "threads", "io"):
+        if k in v:
+            entry[k] = v[k]
+    if res.get("transform"):
+        entry["build"] = res["transform"]
+    return entry
+
+
+def _fmt(v, spec="{:.3f}"):
+    return "-" if v is None else spec.format(v)
+
+
+def markdown(report: dict) -> str:
+    ref = report["reference"]
+    lines = [f"# {report['model']} {report['version']}", "",
+             f"Reference (fp32 PyTorch): {ref['metric']} = {ref['value']:.3f} on {ref['samples']} evaluation samples.",
+             "", "| target | status | metric | drop (budget) | p50 ms | fp32 p50 ms | speed | size KB | size vs fp32 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, t in report["targets"].items():
+        lat, base = t.get("latency_ms") or {}, t.get("baseline_latency_ms") or {}
+        ratio = t.get("latency_ratio")
+        size = t.get("size_bytes")
+        lines.append(
+            f"| {name} | **{t['status']}** | {_fmt(t.get('metric'))} | {_fmt(t.get('metric_drop'))} "
+            f"({t['max_metric_drop']}) | {_fmt(lat.get('p50'))} | {_fmt(base.get('p50'))} | "
+            f"{_fmt(ratio, '{:.2f}x')} | {_fmt(size / 1024 if size else None, '{:.1f}')} | "
+            f"{_fmt(t.get('size_ratio'), '{:.2f}x')} |")
+    lines.append("")
+    for name, t in report["targets"].items():
+        if t.get("reason"):
+            lines.append(f"- **{name}** {t['status']}: {t['reason']}")
+        for n in t.get("notes", []):
+            lines.append(f"- **{name}** note: {n}")
+        if t.get("host"):
+            h = t["host"]
+            lines.append(f"- **{name}** measured on {t.get('device', h['cpu'])} (host arch {h['arch']}), "
+                         f"{t.get('threads')} thread(s)")
+    if report.get("html"):
+        lines += ["", f"Plot and tables: [{report['html']}]({report['html']})"]
+    return "\n".join(lines) + "\n"

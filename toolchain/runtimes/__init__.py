@@ -1,0 +1,16 @@
+"""One module per runtime. open_artifact() picks it from the target's `runtime` field."""
+
+from .base import RuntimeFellBack, RuntimeUnavailable  # noqa: F401
+
+
+def open_artifact(target, path, providers=None):
+    if target.runtime == "onnxruntime":
+        from .onnxruntime import OrtSession
+
+        return OrtSession(path, providers or target.providers, target.threads,
+                          io_binding=bool(target.latency.get("io_binding")))
+    if target.runtime == "litert":
+        from .litert import LiteRTSession
+
+        return LiteRTSession(path, target.threads)
+    raise RuntimeUnavailable(f"no runtime module for {target.runtime!r}")

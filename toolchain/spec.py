@@ -1,0 +1,298 @@
+"""BuildSpec: the model's build file (TOML), loaded and validated.
+
+Every problem is reported as one SpecError naming the file and the dotted key, so a user can fix it
+without reading a traceback. Nothing here imports torch or numpy.
+"""
+
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import SpecError
+
+DTYPES = ("float32", "float16", "int64", "int32", "uint8", "int8", "bool")
+METRICS = ("top1", "cosine")
+PRUNE_METHODS = ("channel", "unstructured")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple  # example shape, batch first; used for export and latency
+    dtype: str = "float32"
+    dynamic_axes: dict = field(default_factory=dict)  # axis index -> symbolic name
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    method: str
+    ratio: float
+    layer_ratios: dict
+    ignore: tuple
+    importance: str
+    train: str | None
+    epochs: int
+    steps: int | None
+    lr: float
+    seed: int
+    temperature: float
+
+
+@dataclass(frozen=True)
+class TargetRequest:
+    name: str
+    max_metric_drop: float
+    overrides: dict  # tables merged over the target file's own tables (e.g. quantize = {method = "dynamic"})
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    path: Path
+    name: str
+    version: str
+    factory: str
+    factory_args: dict
+    weights: Path
+    python_path: tuple
+    inputs: tuple
+    outputs: tuple
+    calibration: str
+    evaluation: str
+    labels_key: str
+    metric: str
+    opset: int
+    trace_atol: float
+    trace_rtol: float
+    prune: PruneSpec | None
+    targets: dict  # name -> TargetRequest
+
+    @property
+    def dir(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, ref: str) -> str:
+        """A data reference: a path relative to the spec, or 'module:callable' left as is."""
+        if is_callable_ref(ref):
+            return ref
+        return str((self.dir / ref).resolve())
+
+
+def is_callable_ref(ref: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", ref)) and not ref.endswith(".npz")
+
+
+class _Table:
+    """A TOML table being read: tracks which keys were used so unknown ones can be named."""
+
+    def __init__(self, path, prefix, data):
+        self.path, self.prefix = path, prefix
+        if not isinstance(data, dict):
+            raise SpecError(path, prefix, f"must be a table, got {_typename(data)}")
+        self.data = data
+
+    def key(self, k):
+        return f"{self.prefix}.{k}" if self.prefix else k
+
+    def get(self, k, types, default=..., check=None, what=None):
+        if k not in self.data:
+            if default is ...:
+                raise SpecError(self.path, self.key(k), "is required")
+            return default
+        v = self.data[k]
+        # TOML integers are fine where floats are wanted; bools are not numbers here.
+        if float in types and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            want = what or " or ".join(_typename_t(t) for t in types)
+            raise SpecError(self.path, self.key(k), f"must be {want}, got {_typename(v)} {v!r}")
+        if check is not None:
+            problem = check(v)
+            if problem:
+                raise SpecError(self.path, self.key(k), problem)
+        return v
+
+    def table(self, k, required=False):
+        if k not in self.data:
+            if required:
+                raise SpecError(self.path, self.key(k), "is required")
+            return _Table(self.path, self.key(k), {})
+        return _Table(self.path, self.key(k), self.data[k])
+
+    def reject_unknown(self, known):
+        for k in self.data:
+            if k not in known:
+                close = difflib.get_close_matches(str(k), list(known), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(sorted(known))})"
+                raise SpecError(self.path, self.key(k), f"unknown key{hint}")
+
+
+def _typename_t(t):
+    return {str: "a string", int: "an integer", float: "a number", bool: "true/false", list: "a list",
+            dict: "a table"}.get(t, t.__name__)
+
+
+def _typename(v):
+    return {str: "string", int: "integer", float: "number", bool: "boolean", list: "list",
+            dict: "table"}.get(type(v), type(v).__name__)
+
+
+def _one_of(choices):
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
+
+
+def _in_range(lo, hi, hi_open=False):
+    def check(v):
+        ok = lo <= v < hi if hi_open else lo <= v <= hi
+        return None if ok and v == v else f"must be in [{lo}, {hi}{')' if hi_open else ']'}, got {v!r}"
+    return check
+
+
+def _nonempty(v):
+    return None if v.strip() else "must not be empty"
+
+
+def _factory_ref(v):
+    return None if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v) else \
+        f"must be 'package.module:function', got {v!r}"
+
+
+def _data_ref(v):
+    return None if v.strip() else "must be a .npz path or 'module:function'"
+
+
+def load_spec(path) -> BuildSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(path, None, "build spec not found" if not path.exists() else "is not a file")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SpecError(path, None, "is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(path, None, f"invalid TOML: {e}") from None
+    return parse_spec(path.resolve(), raw)
+
+
+def parse_spec(path: Path, raw: dict) -> BuildSpec:
+    top = _Table(path, "", raw)
+    top.reject_unknown({"model", "inputs", "outputs", "data", "metric", "trace", "prune", "targets"})
+
+    model = top.table("model", required=True)
+    model.reject_unknown({"name", "version", "factory", "factory_args", "weights", "python_path"})
+    name = model.get("name", (str,), check=lambda v: None if re.fullmatch(r"[A-Za-z0-9][\w.-]*", v)
+                     else f"must be letters, digits, '.', '_' or '-', got {v!r}")
+    version = model.get("version", (str,), "0.0.0", check=_nonempty)
+    factory = model.get("factory", (str,), check=_factory_ref)
+    factory_args = model.get("factory_args", (dict,), {})
+    weights_rel = model.get("weights", (str,), check=_nonempty)
+    weights = (path.parent / weights_rel).resolve()
+    if not weights.is_file():
+        raise SpecError(path, "model.weights", f"file not found: {weights}")
+    pp = model.get("python_path", (list,), ["."])
+    for i, p in enumerate(pp):
+        if not isinstance(p, str):
+            raise SpecError(path, f"model.python_path[{i}]", f"must be a string, got {_typename(p)}")
+    python_path = tuple(str((path.parent / p).resolve()) for p in pp)
+
+    inputs = _tensors(path, top, "inputs", with_shape=True)
+    outputs = _tensors(path, top, "outputs", with_shape=False)
+
+    data = top.table("data", required=True)
+    data.reject_unknown({"calibration", "evaluation", "labels_key"})
+    calibration = data.get("calibration", (str,), check=_data_ref)
+    evaluation = data.get("evaluation", (str,), check=_data_ref)
+    for key, ref in (("calibration", calibration), ("evaluation", evaluation)):
+        if not is_callable_ref(ref) and not (path.parent / ref).is_file():
+            raise SpecError(path, f"data.{key}", f"file not found: {(path.parent / ref).resolve()}")
+    labels_key = data.get("labels_key", (str,), "labels", check=_nonempty)
+
+    metric_t = top.table("metric")
+    metric_t.reject_unknown({"name"})
+    metric = metric_t.get("name", (str,), "top1", check=_one_of(METRICS))
+
+    trace = top.table("trace")
+    trace.reject_unknown({"opset", "atol", "rtol"})
+    opset = trace.get("opset", (int,), 17, check=_in_range(13, 21))
+    atol = trace.get("atol", (float,), 1e-4, check=_in_range(0.0, 1.0))
+    rtol = trace.get("rtol", (float,), 1e-3, check=_in_range(0.0, 1.0))
+
+    prune = _prune(path, top) if "prune" in raw else None
+
+    targets_t = top.table("targets", required=True)
+    if not targets_t.data:
+        raise SpecError(path, "targets", "names no target (add e.g. [targets.x86_64])")
+    targets = {}
+    for tname in targets_t.data:
+        t = targets_t.table(tname)
+        t.reject_unknown({"max_metric_drop", "quantize", "fp16", "convert", "latency"})
+        drop = t.get("max_metric_drop", (float,), check=_in_range(0.0, 100.0))
+        overrides = {k: t.get(k, (dict,)) for k in ("quantize", "fp16", "convert", "latency") if k in t.data}
+        targets[tname] = TargetRequest(tname, drop, overrides)
+
+    return BuildSpec(path, name, version, factory, factory_args, weights, python_path, inputs, outputs,
+                     calibration, evaluation, labels_key, metric, opset, atol, rtol, prune, targets)
+
+
+def _tensors(path, top, key, with_shape):
+    items = top.data.get(key)
+    if items is None:
+        raise SpecError(path, key, "is required (an array of tables: [[%s]])" % key)
+    if not isinstance(items, list) or not items:
+        raise SpecError(path, key, "must be a non-empty array of tables")
+    seen, out = set(), []
+    for i, item in enumerate(items):
+        t = _Table(path, f"{key}[{i}]", item)
+        t.reject_unknown({"name", "shape", "dtype", "dynamic_axes"} if with_shape else {"name"})
+        name = t.get("name", (str,), check=lambda v: None if re.fullmatch(r"[A-Za-z_][\w.:/-]*", v)
+                     else f"must be an identifier, got {v!r}")
+        if name in seen:
+            raise SpecError(path, t.key("name"), f"duplicate name {name!r}")
+        seen.add(name)
+        if not with_shape:
+            out.append(TensorSpec(name, ()))
+            continue
+        shape = t.get("shape", (list,))
+        if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+            raise SpecError(path, t.key("shape"), f"must be a non-empty list of positive integers, got {shape!r}")
+        dtype = t.get("dtype", (str,), "float32", check=_one_of(DTYPES))
+        dyn_raw = t.get("dynamic_axes", (dict,), {"0": "batch"})
+        dyn = {}
+        for ax, axname in dyn_raw.items():
+            if not (str(ax).isdigit() and int(ax) < len(shape)):
+                raise SpecError(path, t.key(f"dynamic_axes.{ax}"), f"must be an axis index below {len(shape)}")
+            if not isinstance(axname, str) or not axname:
+                raise SpecError(path, t.key(f"dynamic_axes.{ax}"), "must name the axis (a string)")
+            dyn[int(ax)] = axname
+        out.append(TensorSpec(name, tuple(shape), dtype, dyn))
+    return tuple(out)
+
+
+def _prune(path, top) -> PruneSpec:
+    p = top.table("prune")
+    p.reject_unknown({"method", "ratio", "layer_ratios", "ignore", "importance", "train", "epochs", "steps",
+                      "lr", "seed", "temperature"})
+    method = p.get("method", (str,), "channel", check=_one_of(PRUNE_METHODS))
+    ratio = p.get("ratio", (float,), check=_in_range(0.0, 1.0, hi_open=True))
+    layer_ratios = p.get("layer_ratios", (dict,), {})
+    for k, v in layer_ratios.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise SpecError(path, f"prune.layer_ratios.{k}", f"must be a number in [0, 1), got {v!r}")
+    ignore = p.get("ignore", (list,), ["classifier"])
+    for i, v in enumerate(ignore):
+        if not isinstance(v, str):
+            raise SpecError(path, f"prune.ignore[{i}]", "must be a layer name (string)")
+    importance = p.get("importance", (str,), "magnitude", check=_one_of(("magnitude",)))
+    train = p.get("train", (str,), None, check=_data_ref)
+    if train is not None and not is_callable_ref(train) and not (path.parent / train).is_file():
+        raise SpecError(path, "prune.train", f"file not found: {(path.parent / train).resolve()}")
+    epochs = p.get("epochs", (int,), 0, check=_in_range(0, 1000))
+    steps = p.get("steps", (int,), None, check=_in_range(1, 10_000_000))
+    if (epochs or steps) and train is None:
+        raise SpecError(path, "prune.train", "is required when recovery (epochs or steps) is asked for")
+    lr = p.get("lr", (float,), 1e-3, check=_in_range(0.0, 10.0))
+    seed = p.get("seed", (int,), 0)
+    temperature = p.get("temperature", (float,), 4.0, check=_in_range(0.01, 100.0))
+    return PruneSpec(method, ratio, {str(k): float(v) for k, v in layer_ratios.items()}, tuple(ignore),
+                     importance, train, epochs, steps, lr, seed, temperature)

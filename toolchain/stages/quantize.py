@@ -1,0 +1,97 @@
+"""quantize: fp32 ONNX -> int8 ONNX with ONNX Runtime's quantizer (static QDQ calibrated on the spec's
+calibration data, or dynamic). We choose the settings; ORT does the quantizing."""
+
+import shutil
+
+from ..errors import StageError
+
+NAME = "quantize"
+VERSION = 1
+LIBRARIES = ("onnxruntime", "onnx", "numpy")
+OUTPUT = "model.int8.onnx"
+
+DEFAULTS = {"method": "static", "per_channel": True, "activation_type": "uint8", "weight_type": "int8",
+            "calibrate_method": "minmax", "nodes_to_exclude": [], "op_types_to_quantize": [],
+            "preprocess": True}
+KNOWN = set(DEFAULTS)
+
+
+def params_for(target_table: dict, key_path) -> dict:
+    from ..errors import SpecError
+
+    unknown = set(target_table) - KNOWN
+    if unknown:
+        raise SpecError(key_path, "quantize", f"unknown option(s): {', '.join(sorted(unknown))} "
+                                              f"(known: {', '.join(sorted(KNOWN))})")
+    params = {**DEFAULTS, **target_table}
+    checks = {"method": ("static", "dynamic"), "activation_type": ("uint8", "int8"),
+              "weight_type": ("uint8", "int8"), "calibrate_method": ("minmax", "entropy", "percentile")}
+    for k, allowed in checks.items():
+        if params[k] not in allowed:
+            raise SpecError(key_path, f"quantize.{k}", f"must be one of {', '.join(allowed)}, got {params[k]!r}")
+    return params
+
+
+class _Reader:
+    """ORT CalibrationDataReader over in-memory arrays, one sample at a time (batch 1, like deployment)."""
+
+    def __init__(self, arrays, names):
+        self.arrays, self.names, self.i = arrays, names, 0
+        self.n = len(arrays[names[0]])
+
+    def get_next(self):
+        if self.i >= self.n:
+            return None
+        feed = {k: self.arrays[k][self.i:self.i + 1] for k in self.names}
+        self.i += 1
+        return feed
+
+    def rewind(self):
+        self.i = 0
+
+
+def run(fp32_path, params: dict, out_dir, calibration: dict, input_names) -> dict:
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    src = out_dir / "prep.onnx"
+    if params["preprocess"]:
+        try:
+            quant_pre_process(str(fp32_path), str(src), skip_symbolic_shape=True)
+        except Exception as e:  # noqa: BLE001
+            raise StageError(NAME, f"ONNX Runtime quant_pre_process failed: {type(e).__name__}: {e}") from None
+    else:
+        shutil.copyfile(fp32_path, src)
+    out = out_dir / OUTPUT
+    common = dict(per_channel=params["per_channel"], weight_type=qtype[params["weight_type"]],
+                  nodes_to_exclude=list(params["nodes_to_exclude"]),
+                  op_types_to_quantize=list(params["op_types_to_quantize"]) or None)
+    try:
+        if params["method"] == "dynamic":
+            quantize_dynamic(str(src), str(out), **common)
+        else:
+            method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                      "percentile": CalibrationMethod.Percentile}[params["calibrate_method"]]
+            quantize_static(str(src), str(out), _Reader(calibration, input_names), quant_format=QuantFormat.QDQ,
+                            activation_type=qtype[params["activation_type"]], calibrate_method=method, **common)
+    except Exception as e:  # noqa: BLE001
+        raise StageError(NAME, f"ONNX Runtime quantization failed: {type(e).__name__}: {e}") from None
+    finally:
+        src.unlink(missing_ok=True)
+        for leftover in out_dir.glob("*.onnx.data"):
+            leftover.unlink()
+        for leftover in out_dir.glob("augmented_model*.onnx"):
+            leftover.unlink()
+    import onnx
+
+    graph = onnx.load(str(out)).graph
+    counts = {}
+    for n in graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return {"scheme": {k: params[k] for k in ("method", "per_channel", "activation_type", "weight_type",
+                                              "calibrate_method")},
+            "calibration_samples": len(calibration[input_names[0]]),
+            "quantized_nodes": counts.get("QuantizeLinear", 0) + counts.get("DynamicQuantizeLinear", 0),
+            "op_counts": counts}

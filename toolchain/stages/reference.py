@@ -1,0 +1,58 @@
+"""reference: fp32 PyTorch outputs on the evaluation data, and the check that the traced ONNX reproduces them
+at fp32 tolerance. Runs right after trace, before any target stage; every target is judged against these."""
+
+import numpy as np
+
+from ..data import batches
+from ..errors import StageError
+from ..validate import metrics
+
+NAME = "reference"
+VERSION = 1
+LIBRARIES = ("torch", "onnxruntime", "numpy")
+OUTPUT = "reference.npz"
+BATCH = 64
+
+
+def torch_outputs(model, evaluation, inputs) -> list:
+    import torch
+
+    names = [t.name for t in inputs]
+    chunks = []
+    with torch.no_grad():
+        for feed in batches(evaluation, names, BATCH):
+            out = model(*(torch.from_numpy(feed[n]) for n in names))
+            out = out if isinstance(out, (tuple, list)) else (out,)
+            chunks.append([o.float().numpy() for o in out])
+    return [np.concatenate(parts) for parts in zip(*chunks)]
+
+
+def run(model, fp32_path, params: dict, out_dir, evaluation: dict, spec) -> dict:
+    from ..runtimes.onnxruntime import OrtSession
+
+    ref = torch_outputs(model, evaluation, spec.inputs)
+    bad = metrics.non_finite(ref)
+    if bad:
+        raise StageError(NAME, f"the PyTorch model itself produces {bad} NaN/Inf values on the evaluation data")
+    session = OrtSession(fp32_path)
+    names = [t.name for t in spec.inputs]
+    onnx_chunks = [session.run(feed) for feed in batches(evaluation, names, BATCH)]
+    got = [np.concatenate(parts) for parts in zip(*onnx_chunks)]
+    worst = {}
+    for o, r, g in zip(spec.outputs, ref, got):
+        if r.shape != g.shape:
+            raise StageError("trace", f"ONNX output {o.name!r} has shape {g.shape}, PyTorch gives {r.shape}")
+        err = float(np.abs(r - g).max())
+        worst[o.name] = err
+        if not np.allclose(g, r, atol=params["atol"], rtol=params["rtol"]):
+            raise StageError("trace", f"ONNX output {o.name!r} differs from PyTorch on the evaluation data: max abs "
+                                      f"error {err:.3g} exceeds atol={params['atol']}, rtol={params['rtol']}")
+    np.savez(out_dir / OUTPUT, **{f"out{i}": r for i, r in enumerate(ref)})
+    value = metrics.compute(spec.metric, ref, evaluation, ref, spec)
+    return {"metric": spec.metric, "value": value, "onnx_vs_torch_max_abs_error": worst,
+            "samples": int(len(evaluation[names[0]]))}
+
+
+def load(entry_path) -> list:
+    with np.load(entry_path / OUTPUT, allow_pickle=False) as z:
+        return [z[f"out{i}"] for i in range(len(z.files))]

@@ -1,0 +1,69 @@
+"""Validate one target's artifact on its real runtime: task metric, agreement with fp32 PyTorch, non-finite
+outputs, and latency interleaved against the target's fp32 baseline in the same process."""
+
+import numpy as np
+
+from ..data import batches
+from ..hostinfo import host
+from ..runtimes import RuntimeFellBack, RuntimeUnavailable, open_artifact
+from . import latency, metrics
+
+EVAL_BATCH = 64
+
+
+def outputs_on(session, evaluation, input_names) -> list:
+    size = EVAL_BATCH if session.batchable else 1
+    chunks = [session.run(feed) for feed in batches(evaluation, input_names, size)]
+    return [np.concatenate(parts).astype(np.float32) for parts in zip(*chunks)]
+
+
+def accuracy(outputs, evaluation, reference, spec, ref_value) -> dict:
+    value = metrics.compute(spec.metric, outputs, evaluation, reference, spec)
+    return {"metric": value, "metric_drop": ref_value - value, "agreement": metrics.agreement(outputs, reference),
+            "non_finite_outputs": metrics.non_finite(outputs)}
+
+
+def run(target, artifact, baseline, evaluation, reference, spec, ref_value) -> dict:
+    names = [t.name for t in spec.inputs]
+    result = {"host": host(), "threads": target.threads}
+    try:
+        session = open_artifact(target, artifact)
+    except RuntimeUnavailable as e:
+        # Still prove what can be proven here: the artifact's agreement with fp32, run on the CPU provider.
+        result.update(status="skipped", reason=str(e))
+        if target.runtime == "onnxruntime":
+            cpu = open_artifact(target, artifact, providers=["CPUExecutionProvider"])
+            result["cpu_check"] = accuracy(outputs_on(cpu, evaluation, names), evaluation, reference, spec,
+                                           ref_value)
+            result["cpu_check"]["note"] = "run on CPUExecutionProvider for agreement only; not a pass for the target"
+        return result
+    except RuntimeFellBack as e:
+        result.update(status="failed", reason=f"runtime fell back: {e}")
+        return result
+    result.update(accuracy(outputs_on(session, evaluation, names), evaluation, reference, spec, ref_value))
+    result["device"] = _device(target, session)
+    result["providers"] = list(getattr(session, "providers", [target.runtime]))
+    if hasattr(session, "io_details"):
+        result["io"] = session.io_details()
+
+    lat = target.latency
+    batch = min(lat["batch"], len(evaluation[names[0]]))
+    feed = {n: evaluation[n][:batch] for n in names}
+    base = open_artifact(target, baseline)
+    timed = latency.interleaved({"artifact": session.timer(feed), "baseline": base.timer(feed)},
+                                lat["warmup"], lat["runs"])
+    result.update(latency_ms=timed["artifact"], baseline_latency_ms=timed["baseline"],
+                  latency_ratio=timed["artifact"]["p50"] / timed["baseline"]["p50"],
+                  latency_protocol={"batch": batch, "warmup": lat["warmup"], "runs": lat["runs"],
+                                    "interleaved_with": "fp32 baseline", "timing": session.timing_method})
+    return result
+
+
+def _device(target, session):
+    if target.runtime == "onnxruntime":
+        from ..runtimes.onnxruntime import device_name
+
+        return device_name(session.device)
+    from ..hostinfo import cpu_name
+
+    return cpu_name()
