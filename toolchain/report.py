@@ -25,7 +25,7 @@ def target_entry(name, res, gate, model_dir, budget) -> dict:
     if "cpu_check" in v:
         entry["cpu_check"] = v["cpu_check"]
     for k in ("latency_ms", "baseline_latency_ms", "latency_ratio", "latency_protocol", "device", "providers",
-              "host", "threads", "io"):
+              "host", "threads", "io", "latency_note"):
         if k in v:
             entry[k] = v[k]
     if res.get("transform"):
@@ -58,10 +58,11 @@ def markdown(report: dict) -> str:
             lines.append(f"- **{name}** {t['status']}: {t['reason']}")
         for n in t.get("notes", []):
             lines.append(f"- **{name}** note: {n}")
-        if t.get("host"):
+        if t.get("latency_ms"):
             h = t["host"]
-            lines.append(f"- **{name}** measured on {t.get('device', h['cpu'])} (host arch {h['arch']}), "
-                         f"{t.get('threads')} thread(s)")
+            lines.append(f"- **{name}** latency measured on {t.get('device', h['cpu'])} (host arch {h['arch']}), "
+                         f"{t.get('threads')} thread(s), {t['latency_protocol']['timing']}"
+                         + (f"; {t['latency_note']}" if t.get("latency_note") else ""))
     if report.get("html"):
         lines += ["", f"Plot and tables: [{report['html']}]({report['html']})"]
     return "\n".join(lines) + "\n"

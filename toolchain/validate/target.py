@@ -26,8 +26,9 @@ def accuracy(outputs, evaluation, reference, spec, ref_value) -> dict:
 def run(target, artifact, baseline, evaluation, reference, spec, ref_value) -> dict:
     names = [t.name for t in spec.inputs]
     result = {"host": host(), "threads": target.threads}
+    shapes = [r.shape[1:] for r in reference]
     try:
-        session = open_artifact(target, artifact)
+        session = open_artifact(target, artifact, output_shapes=shapes)
     except RuntimeUnavailable as e:
         # Still prove what can be proven here: the artifact's agreement with fp32, run on the CPU provider.
         result.update(status="skipped", reason=str(e))
@@ -44,12 +45,20 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value) -> d
     result["device"] = _device(target, session)
     result["providers"] = list(getattr(session, "providers", [target.runtime]))
     if hasattr(session, "io_details"):
-        result["io"] = session.io_details()
+        io = session.io_details()
+        for d, t in zip(io["inputs"], spec.inputs):
+            d["name"] = t.name
+        for d, o in zip(io["outputs"], spec.outputs):
+            d["name"] = o.name
+        result["io"] = io
+    if target.runtime == "litert" and result["host"]["arch"] not in ("aarch64", "arm64"):
+        result["latency_note"] = (f"measured with LiteRT's {result['host']['arch']} kernels on this host, "
+                                  "not on an ARM device")
 
     lat = target.latency
     batch = min(lat["batch"], len(evaluation[names[0]]))
     feed = {n: evaluation[n][:batch] for n in names}
-    base = open_artifact(target, baseline)
+    base = open_artifact(target, baseline, output_shapes=shapes)
     timed = latency.interleaved({"artifact": session.timer(feed), "baseline": base.timer(feed)},
                                 lat["warmup"], lat["runs"])
     result.update(latency_ms=timed["artifact"], baseline_latency_ms=timed["baseline"],

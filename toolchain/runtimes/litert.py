@@ -1,0 +1,105 @@
+"""LiteRT (the TFLite interpreter, `ai-edge-litert`). Takes data in the model's own layout (NCHW for the
+sample CNNs): moves channels last, quantizes int8 inputs with the tensor's scale/zero point, dequantizes
+outputs and puts them back in the model's layout, so the same metric code serves every target."""
+
+import numpy as np
+
+from .base import RuntimeUnavailable
+
+
+def _to_tflite(a, shape):
+    """Model layout -> the interpreter's layout, decided from the real tensor shape (batch 1)."""
+    if tuple(a.shape) == tuple(shape):
+        return a
+    for perm in ((0, 2, 3, 1), (0, 2, 1)):
+        if a.ndim == len(perm) and tuple(a.transpose(perm).shape) == tuple(shape):
+            return a.transpose(perm)
+    raise ValueError(f"cannot map an input of shape {a.shape} onto the TFLite tensor {list(shape)}")
+
+
+def _from_tflite(a, want):
+    if want is None or tuple(a.shape[1:]) == tuple(want):
+        return a
+    for perm in ((0, 3, 1, 2), (0, 2, 1)):
+        if a.ndim == len(perm) and tuple(a.transpose(perm).shape[1:]) == tuple(want):
+            return a.transpose(perm)
+    return a
+
+
+def _quant(d):
+    scale, zero = d["quantization"]
+    return float(scale), int(zero)
+
+
+class LiteRTSession:
+    batchable = False  # onnx2tf fixes the batch at 1
+    timing_method = "interpreter.invoke (tensors set once)"
+
+    def __init__(self, path, threads=1, output_shapes=None):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as e:
+            raise RuntimeUnavailable(f"ai-edge-litert is not installed ({e})") from None
+        self.interp = Interpreter(model_path=str(path), num_threads=threads)
+        self.interp.allocate_tensors()
+        self.inputs = self._ordered(self.interp.get_input_details(), "inputs")
+        self.outputs = self._ordered(self.interp.get_output_details(), "outputs")
+        self.output_shapes = output_shapes
+        self.providers = ["LiteRT interpreter (CPU kernels)"]
+
+    def _ordered(self, details, kind):
+        """Tensors in the signature's order (the ONNX names, kept by the converter), else as listed."""
+        try:
+            sig = self.interp.get_signature_list()
+            (runner,) = sig.values()
+            names = runner[kind]
+            by_name = {}
+            runner_obj = self.interp.get_signature_runner()
+            getter = runner_obj.get_input_details if kind == "inputs" else runner_obj.get_output_details
+            for n, d in getter().items():
+                by_name[d["index"]] = n
+            ordered = sorted(details, key=lambda d: names.index(by_name[d["index"]]))
+            for d in ordered:
+                d["onnx_name"] = by_name[d["index"]]
+            return ordered
+        except (ValueError, KeyError, TypeError):
+            for d in details:
+                d["onnx_name"] = d["name"]
+            return details
+
+    def _set(self, feeds: dict):
+        for d, value in zip(self.inputs, feeds.values()):
+            a = _to_tflite(np.asarray(value, np.float32), d["shape"])
+            if d["dtype"] in (np.int8, np.uint8):
+                scale, zero = _quant(d)
+                info = np.iinfo(d["dtype"])
+                a = np.clip(np.round(a / scale) + zero, info.min, info.max)
+            self.interp.set_tensor(d["index"], a.astype(d["dtype"]))
+
+    def _get(self) -> list:
+        outs = []
+        for i, d in enumerate(self.outputs):
+            a = self.interp.get_tensor(d["index"])
+            if d["dtype"] in (np.int8, np.uint8):
+                scale, zero = _quant(d)
+                a = (a.astype(np.float32) - zero) * scale
+            want = self.output_shapes[i] if self.output_shapes else None
+            outs.append(_from_tflite(a.astype(np.float32), want))
+        return outs
+
+    def run(self, feeds: dict) -> list:
+        self._set(feeds)
+        self.interp.invoke()
+        return self._get()
+
+    def timer(self, feeds: dict):
+        self._set(feeds)
+        return self.interp.invoke
+
+    def io_details(self) -> dict:
+        """Names, shapes, dtypes and quantization parameters a device app needs to feed the model."""
+        def describe(d):
+            scale, zero = _quant(d)
+            return {"name": d["onnx_name"], "tflite_name": d["name"], "shape": [int(x) for x in d["shape"]],
+                    "dtype": np.dtype(d["dtype"]).name, "scale": scale, "zero_point": zero}
+        return {"inputs": [describe(d) for d in self.inputs], "outputs": [describe(d) for d in self.outputs]}
