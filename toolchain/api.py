@@ -7,11 +7,12 @@ from pathlib import Path
 from . import __version__
 from .cache import copy_atomic, write_json_atomic
 from .digest import sha256_file
-from .errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_STAGE_FAILED, StageError
+from .errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_STAGE_FAILED, StageError, ToolchainError
 from .gates import judge
 from .locking import locked
 from .report import markdown, target_entry
 from .spec import load_spec
+from .stages.reference import OUTPUT as REFERENCE
 from .versions import TRACKED, versions
 
 EXTENSIONS = {"onnx": "onnx", "tflite": "tflite"}
@@ -32,6 +33,9 @@ def build(spec_path, out_root="build", cache_dir=None, targets=None, targets_dir
             raise
         fp32_out = model_dir / "fp32" / f"{spec.name}.fp32.onnx"
         _publish(fp32.file("model.fp32.onnx"), fp32_out)
+        # The fp32 PyTorch outputs travel with the build, so `toolchain validate` can judge an artifact on
+        # another machine (a GPU host) without torch.
+        _publish(ref.file(REFERENCE), model_dir / "fp32" / REFERENCE)
         report = {
             "model": spec.name, "version": spec.version, "toolchain_version": __version__,
             "reference": {"metric": spec.metric, "value": ref.meta["value"], "samples": ref.meta["samples"],
@@ -55,8 +59,58 @@ def build(spec_path, out_root="build", cache_dir=None, targets=None, targets_dir
                 _clear_others(target_dir, dest)
                 _publish(res["artifact"], dest)
                 res["published"], res["sha256"] = dest, sha256_file(dest)
+                if res["baseline"].name != "model.fp32.onnx":  # a baseline of the target's own format
+                    base = model_dir / "fp32" / f"{spec.name}.{name}.fp32.{ext}"
+                    _publish(res["baseline"], base)
+                    res["baseline"] = base
+                else:
+                    res["baseline"] = fp32_out
             report["targets"][name] = target_entry(name, res, gate, model_dir, budget)
         report["targets"] = _merge_previous(model_dir, report)
+        report["status"] = _overall(report)
+        write_json_atomic(model_dir / "report.json", report)
+        _write_text(model_dir / "report.md", markdown(report))
+    return report, exit_code(report)
+
+
+def validate(spec_path, out_root="build", targets=None, targets_dir=None, progress=None):
+    """Re-validate already built artifacts on this machine (e.g. the cuda target on a GPU host), without
+    rebuilding and without torch. Updates those targets in report.json. Returns (report, exit code)."""
+    from .data import check_inputs, load_arrays
+    from .stages import reference
+    from .targets import load_target
+    from .validate import target as validate_target
+    from .validate.metrics import METRICS
+
+    spec = load_spec(spec_path)
+    model_dir = Path(out_root) / spec.name
+    with locked(model_dir):
+        try:
+            report = json.loads((model_dir / "report.json").read_text())
+        except (OSError, ValueError):
+            raise ToolchainError(f"{model_dir / 'report.json'}: no build to validate (run toolchain build first)")
+        names = targets or [n for n, t in report["targets"].items() if "artifact" in t]
+        evaluation = load_arrays(spec.evaluation, spec, "evaluation")
+        check_inputs(evaluation, spec, "evaluation data", need_labels=METRICS[spec.metric][2])
+        ref_outputs = reference.load(model_dir / "fp32")
+        for name in names:
+            entry = report["targets"].get(name)
+            if not entry or "artifact" not in entry:
+                raise ToolchainError(f"{model_dir / 'report.json'}: target {name!r} has no built artifact")
+            target = load_target(name, targets_dir, spec.targets[name].overrides, spec.path)
+            artifact, baseline = model_dir / entry["artifact"], model_dir / entry["baseline"]
+            for f, want in ((artifact, entry["sha256"]),):
+                if sha256_file(f) != want:
+                    raise ToolchainError(f"{f}: sha256 differs from report.json; rebuild before validating")
+            if progress:
+                progress.line("validate", name, "running")
+            v = validate_target.run(target, artifact, baseline, evaluation, ref_outputs, spec,
+                                    report["reference"]["value"])
+            res = {"target": target, "validation": v, "transform": entry.get("build", {}), "published": artifact,
+                   "sha256": entry["sha256"], "baseline": baseline}
+            budget = spec.targets[name].max_metric_drop
+            gate = judge(name, v, budget, res["transform"])
+            report["targets"][name] = target_entry(name, res, gate, model_dir, budget)
         report["status"] = _overall(report)
         write_json_atomic(model_dir / "report.json", report)
         _write_text(model_dir / "report.md", markdown(report))

@@ -44,5 +44,27 @@ def build(spec, out_root, cache_dir, targets, targets_dir, quiet):
     sys.exit(code)
 
 
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out_root", default="build", show_default=True, help="Build directory.")
+@click.option("-t", "--target", "targets", multiple=True, help="Validate only these targets.")
+@click.option("--targets-dir", default=None, help="Directory of target files (default: the repo's targets/).")
+def validate(spec, out_root, targets, targets_dir):
+    """Re-validate built artifacts of SPEC on this machine's runtimes (e.g. cuda on a GPU host); no rebuild."""
+    from .api import validate as do_validate
+    from .progress import Progress
+    from .spec import load_spec
+
+    try:
+        report, code = do_validate(spec, out_root, list(targets) or None, targets_dir,
+                                   Progress(load_spec(spec).name))
+    except ToolchainError as e:
+        _fail(e)
+    for tname, t in report["targets"].items():
+        extra = f": {t['reason']}" if t.get("reason") else ""
+        click.echo(f"{report['model']} {tname}: {t['status']}{extra}")
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -11,6 +11,7 @@ def target_entry(name, res, gate, model_dir, budget) -> dict:
         entry["artifact"] = os.path.relpath(res["published"], model_dir)
         entry["sha256"] = res["sha256"]
         entry["size_bytes"] = os.path.getsize(res["published"])
+        entry["baseline"] = os.path.relpath(res["baseline"], model_dir)
         entry["baseline_size_bytes"] = os.path.getsize(res["baseline"])
         entry["size_ratio"] = entry["size_bytes"] / entry["baseline_size_bytes"]
     if "error" in res:

@@ -1,0 +1,146 @@
+"""`make bench`: the figures the issues ask for, printed with their goals. Not a test: timings drift up to
+50% between runs on small shared machines, so every comparison is interleaved in one process and quoted as
+a ratio.
+
+    python -m toolchain.bench [--build-dir build] [--no-build] [--only x86,arm64,cuda]
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = ("digits_cnn", "digits_resnet")
+
+
+def _spec(model):
+    return REPO / "sample_models" / model / "build.toml"
+
+
+def _line(label, value, goal=None, ok=None):
+    mark = "" if ok is None else ("  [meets goal]" if ok else "  [MISSES goal]")
+    print(f"  {label:<46} {value}{'  (goal ' + goal + ')' if goal else ''}{mark}")
+
+
+def _report(build_dir, model):
+    return json.loads((Path(build_dir) / model / "report.json").read_text())
+
+
+def ensure_built(build_dir, models, targets=None):
+    from .api import build
+
+    for m in models:
+        build(_spec(m), build_dir, targets=targets)
+
+
+def _interleaved(target, a_path, b_path, feed, runs, warmup=50, options=None):
+    from .runtimes import open_artifact
+    from .validate.latency import interleaved
+
+    a = open_artifact(target, a_path)
+    b = open_artifact(target, b_path)
+    return interleaved({"a": a.timer(feed), "b": b.timer(feed)}, warmup, runs)
+
+
+def _eval_feed(spec, batch):
+    from .data import load_arrays
+
+    ev = load_arrays(spec.evaluation, spec, "evaluation")
+    names = [t.name for t in spec.inputs]
+    n = len(ev[names[0]])
+    idx = np.arange(batch) % n
+    return {k: ev[k][idx] for k in names}
+
+
+def bench_cpu_target(build_dir, name, goals, runs=1000):
+    from .spec import load_spec
+    from .targets import load_target
+
+    print(f"\n== {name} (batch 1, one thread, {runs} interleaved runs) ==")
+    for model in MODELS:
+        r = _report(build_dir, model)
+        t = r["targets"].get(name)
+        if not t or "artifact" not in t:
+            print(f"  {model}: not built ({t.get('reason') if t else 'no entry'})")
+            continue
+        spec = load_spec(_spec(model))
+        target = load_target(name, None, spec.targets[name].overrides)
+        md = Path(build_dir) / model
+        lat = _interleaved(target, md / t["artifact"], md / t["baseline"], _eval_feed(spec, 1), runs)
+        ratio = lat["a"]["p50"] / lat["b"]["p50"]
+        print(f" {model}: status {t['status']}")
+        g = goals.get(model, {})
+        _line("metric drop (points)", f"{t['metric_drop']:.3f}", g.get("drop") and f"<= {g['drop']}",
+              t["metric_drop"] <= g["drop"] if "drop" in g else None)
+        _line(f"p50 {t['precision']} / fp32 baseline", f"{lat['a']['p50']:.4f} / {lat['b']['p50']:.4f} ms = "
+              f"{ratio:.2f}x", g.get("speed") and f"<= {g['speed']}x", ratio <= g["speed"] if "speed" in g else None)
+        _line("size / fp32 baseline", f"{t['size_bytes']} / {t['baseline_size_bytes']} B = {t['size_ratio']:.2f}x",
+              g.get("size") and f"<= {g['size']}x", t["size_ratio"] <= g["size"] if "size" in g else None)
+
+
+def bench_cuda(build_dir, batches=(1, 8, 64), runs=300):
+    from .runtimes.onnxruntime import OrtSession, available_providers, device_name
+    from .spec import load_spec
+    from .validate.latency import interleaved
+
+    print("\n== cuda (fp16 vs fp32 ONNX, CUDA provider, I/O binding, interleaved) ==")
+    if "CUDAExecutionProvider" not in available_providers():
+        print(f"  skipped: CUDAExecutionProvider not available (providers: {', '.join(available_providers())})")
+        return
+    print(f"  device: {device_name('CUDAExecutionProvider')}")
+    variants = {
+        "default": {},
+        "cuda_graph": {"enable_cuda_graph": "1"},
+        "nhwc+exhaustive": {"prefer_nhwc": "1", "cudnn_conv_algo_search": "EXHAUSTIVE"},
+    }
+    for model in MODELS:
+        r = _report(build_dir, model)
+        t = r["targets"].get("cuda")
+        if not t or "artifact" not in t:
+            print(f"  {model}: not built")
+            continue
+        md = Path(build_dir) / model
+        spec = load_spec(_spec(model))
+        print(f" {model}: status {t['status']}, metric drop {t.get('metric_drop', float('nan')):.3f} points "
+              "(goal <= 0.2)")
+        for b in batches:
+            feed = _eval_feed(spec, b)
+            calls, sessions = {}, []
+            for vname, opts in variants.items():
+                for prec, path in (("fp16", md / t["artifact"]), ("fp32", md / t["baseline"])):
+                    s = OrtSession(path, ["CUDAExecutionProvider"], 1,
+                                   provider_options={"CUDAExecutionProvider": opts}, io_binding=True)
+                    sessions.append(s)
+                    calls[(vname, prec)] = s.timer(feed)
+            lat = interleaved(calls, 50, runs)
+            base = lat[("default", "fp32")]["p50"]
+            row = ", ".join(f"{v}/{p} {lat[(v, p)]['p50']:.4f} ms ({lat[(v, p)]['p50'] / base:.2f}x)"
+                            for v in variants for p in ("fp16", "fp32"))
+            print(f"   batch {b:>3}: {row}")
+        print("   (ratios vs default-options fp32 at the same batch; goal: fp16 p50 <= fp32 p50)")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--build-dir", default=str(REPO / "build"))
+    ap.add_argument("--no-build", action="store_true", help="use the artifacts already in the build dir")
+    ap.add_argument("--only", default="x86_64,arm64,cuda")
+    args = ap.parse_args(argv)
+    only = args.only.split(",")
+    if not args.no_build:
+        ensure_built(args.build_dir, MODELS)
+    if "x86_64" in only:
+        bench_cpu_target(args.build_dir, "x86_64", {"digits_resnet": {"drop": 0.5, "speed": 0.6, "size": 0.3}})
+    if "arm64" in only:
+        bench_cpu_target(args.build_dir, "arm64", {"digits_cnn": {"drop": 1.0, "size": 0.3},
+                                                   "digits_resnet": {"drop": 1.0, "speed": 0.6, "size": 0.3}})
+    if "cuda" in only:
+        bench_cuda(args.build_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
