@@ -4,7 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
-from . import __version__
+from . import __version__, stamp
 from .cache import copy_atomic, write_json_atomic
 from .digest import sha256_file
 from .errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_STAGE_FAILED, StageError, ToolchainError
@@ -20,12 +20,18 @@ EXTENSIONS = {"onnx": "onnx", "tflite": "tflite"}
 
 def build(spec_path, out_root="build", cache_dir=None, targets=None, targets_dir=None, progress=None):
     """Build every target of one spec. Returns (report dict, exit code)."""
-    from .pipeline import Pipeline
-
     spec = load_spec(spec_path)
-    pipe = Pipeline(spec, out_root, cache_dir, targets, targets_dir, progress)
-    model_dir = pipe.model_dir
+    model_dir = Path(out_root) / spec.name
+    target_files, options = _stamp_inputs(spec, out_root, cache_dir, targets, targets_dir)
     with locked(model_dir):
+        fresh, record = stamp.up_to_date(model_dir, spec, target_files, options)
+        if fresh:  # nothing changed: no heavy import, no cache access
+            if progress:
+                progress.line("build", None, "up to date")
+            return json.loads((model_dir / "report.json").read_text()), record["exit_code"]
+        from .pipeline import Pipeline
+
+        pipe = Pipeline(spec, out_root, cache_dir, targets, targets_dir, progress)
         try:
             fp32, ref, results = pipe.run()
         except StageError as e:
@@ -70,7 +76,38 @@ def build(spec_path, out_root="build", cache_dir=None, targets=None, targets_dir
         report["status"] = _overall(report)
         write_json_atomic(model_dir / "report.json", report)
         _write_text(model_dir / "report.md", markdown(report))
+        outputs = [model_dir / "report.json", model_dir / "report.md", fp32_out, model_dir / "fp32" / REFERENCE]
+        outputs += [model_dir / t["artifact"] for t in report["targets"].values() if "artifact" in t]
+        stamp.write(model_dir, spec, target_files, options, outputs, pipe.keys, exit_code(report))
     return report, exit_code(report)
+
+
+def _stamp_inputs(spec, out_root, cache_dir, targets, targets_dir):
+    from .targets import default_targets_dir
+
+    tdir = Path(targets_dir or default_targets_dir()).resolve()
+    names = sorted(targets or spec.targets)
+    options = {"targets": names, "targets_dir": str(tdir), "out": str(Path(out_root).resolve()),
+               "cache_dir": str(Path(cache_dir).resolve()) if cache_dir else None}
+    return [tdir / f"{n}.toml" for n in names], options
+
+
+def explain(spec_path, out_root="build", cache_dir=None, targets=None, targets_dir=None) -> list:
+    """Without building: (label, verdict) for each stage, and whether the build as a whole is up to date."""
+    spec = load_spec(spec_path)
+    model_dir = Path(out_root) / spec.name
+    target_files, options = _stamp_inputs(spec, out_root, cache_dir, targets, targets_dir)
+    fresh, record = stamp.up_to_date(model_dir, spec, target_files, options)
+    if fresh:
+        return [("build", "up to date: nothing changed since the last build")]
+    from .pipeline import Pipeline
+
+    previous = (stamp.read(model_dir) or {}).get("stages", {})
+    pipe = Pipeline(spec, out_root, cache_dir, targets, targets_dir)
+    lines = pipe.explain(previous)
+    if all(verdict == "up to date" for _, verdict in lines):
+        lines.append(("publish", f"would re-publish outputs and report: {record}"))
+    return lines
 
 
 def validate(spec_path, out_root="build", targets=None, targets_dir=None, progress=None):

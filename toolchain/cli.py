@@ -25,11 +25,21 @@ def main():
 @click.option("-t", "--target", "targets", multiple=True, help="Build only these targets of the spec.")
 @click.option("--targets-dir", default=None, help="Directory of target files (default: the repo's targets/).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
-def build(spec, out_root, cache_dir, targets, targets_dir, quiet):
+@click.option("--explain", is_flag=True, help="Build nothing; list each stage that would run and why.")
+def build(spec, out_root, cache_dir, targets, targets_dir, quiet, explain):
     """Build SPEC (a build.toml) for its targets; exit 0 only when every gate passes."""
     from .api import build as do_build
     from .progress import Progress
 
+    if explain:
+        from .api import explain as do_explain
+
+        try:
+            for label, verdict in do_explain(spec, out_root, cache_dir, list(targets) or None, targets_dir):
+                click.echo(f"{label:<22} {verdict}")
+        except ToolchainError as e:
+            _fail(e)
+        return
     try:
         from .spec import load_spec
 

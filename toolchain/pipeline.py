@@ -72,6 +72,7 @@ class Pipeline:
         self.targets = {n: load_target(n, targets_dir, spec.targets[n].overrides, spec.path) for n in names}
         self.transform_params = {n: self._transform_params(t) for n, t in self.targets.items()}
         self.ran = []  # (stage, target) of stages that executed (not cached) in this build
+        self.keys = {}  # "stage[target]" -> key inputs, recorded in the stamp so --explain can diff them
 
     # ---- inputs, loaded lazily so a fully cached build touches as little as possible ----------------------
     @cached_property
@@ -122,6 +123,7 @@ class Pipeline:
 
     # ---- stage plumbing ---------------------------------------------------------------------------------
     def run_stage(self, st: StageRun):
+        self.keys[_label(st)] = st.key_inputs
         entry = self.cache.get(st.name, st.key)
         if entry is not None:
             self.progress.line(st.name, st.target, "cached")
@@ -222,6 +224,69 @@ class Pipeline:
                 self.progress.line(e.stage, name, f"FAILED: {e.cause}")
                 results[name] = {"target": target, "error": e}
         return fp32, ref, results
+
+
+    def explain(self, previous: dict) -> list:
+        """Without building: each stage that would run and why, as (label, verdict) pairs."""
+        lines = []
+
+        def check(st):
+            label = _label(st)
+            if self.cache.get(st.name, st.key) is not None:
+                lines.append((label, "up to date"))
+                return self.cache.get(st.name, st.key, verify=False)
+            lines.append((label, "would run: " + _why(previous.get(label), st.key_inputs)))
+            return None
+
+        def blocked(label, upstream):
+            lines.append((label, f"would run: its input comes from {upstream}, which reruns"))
+
+        fp32 = check(self.trace_stage())
+        ref = check(self.reference_stage(fp32)) if fp32 else blocked("reference", "trace")
+        for name, target in self.targets.items():
+            st = self.transform_stage(name, target, fp32) if fp32 else None
+            if fp32 is None:
+                if target.transform:
+                    blocked(f"{target.transform}[{name}]", "trace")
+                blocked(f"validate[{name}]", "trace")
+                continue
+            entry = check(st) if st else fp32
+            if entry is None:
+                blocked(f"validate[{name}]", _label(st))
+            elif ref is None:
+                blocked(f"validate[{name}]", "reference")
+            else:
+                artifact, baseline = _artifact_files(target, entry, fp32)
+                check(self.validate_stage(name, target, artifact, baseline, ref))
+        return lines
+
+
+def _label(st):
+    return st.name + (f"[{st.target}]" if st.target else "")
+
+
+def _why(prev, now) -> str:
+    """Name what changed between the key inputs of the last build and now."""
+    if prev is None:
+        return "no previous build of this stage is recorded"
+    if prev == now:
+        return "its output is missing from the cache (deleted or corrupt)"
+    reasons = []
+    if prev.get("stage_version") != now["stage_version"] or prev.get("toolchain") != now["toolchain"]:
+        reasons.append("stage or toolchain version changed")
+    changed = sorted(k for k in set(prev.get("params", {})) | set(now["params"])
+                     if prev.get("params", {}).get(k) != now["params"].get(k))
+    if changed:
+        reasons.append("params changed: " + ", ".join(changed))
+    deps = sorted(k for k in set(prev.get("deps", {})) | set(now["deps"])
+                  if prev.get("deps", {}).get(k) != now["deps"].get(k))
+    if deps:
+        reasons.append("input changed: " + ", ".join(deps))
+    libs = sorted(f"{k} {prev.get('libraries', {}).get(k)} -> {v}" for k, v in now["libraries"].items()
+                  if prev.get("libraries", {}).get(k) != v)
+    if libs:
+        reasons.append("library version changed: " + ", ".join(libs))
+    return "; ".join(reasons) or "key changed"
 
 
 def _artifact_files(target, entry, fp32):

@@ -1,11 +1,8 @@
 """reference: fp32 PyTorch outputs on the evaluation data, and the check that the traced ONNX reproduces them
 at fp32 tolerance. Runs right after trace, before any target stage; every target is judged against these."""
 
-import numpy as np
-
 from ..data import batches
 from ..errors import StageError
-from ..validate import metrics
 
 NAME = "reference"
 VERSION = 1
@@ -15,6 +12,7 @@ BATCH = 64
 
 
 def torch_outputs(model, evaluation, inputs) -> list:
+    import numpy as np
     import torch
 
     names = [t.name for t in inputs]
@@ -28,7 +26,10 @@ def torch_outputs(model, evaluation, inputs) -> list:
 
 
 def run(model, fp32_path, params: dict, out_dir, evaluation: dict, spec) -> dict:
+    import numpy as np
+
     from ..runtimes.onnxruntime import OrtSession
+    from ..validate import metrics
 
     ref = torch_outputs(model, evaluation, spec.inputs)
     bad = metrics.non_finite(ref)
@@ -54,5 +55,7 @@ def run(model, fp32_path, params: dict, out_dir, evaluation: dict, spec) -> dict
 
 
 def load(entry_path) -> list:
+    import numpy as np
+
     with np.load(entry_path / OUTPUT, allow_pickle=False) as z:
         return [z[f"out{i}"] for i in range(len(z.files))]

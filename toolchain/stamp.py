@@ -1,0 +1,84 @@
+"""Make's manners: after a build, a stamp records every input file (stat + sha256), the library versions,
+the host, the published outputs and each stage's key inputs. The next `toolchain build` compares stats first
+and digests only files whose stats changed (as make and doit do): when nothing changed it returns without
+importing torch, TensorFlow or onnx2tf, and without touching the cache. The stage keys let --explain say
+why a stage would rerun."""
+
+import json
+import os
+from pathlib import Path
+
+from . import __version__
+from .digest import sha256_file, sha256_json
+from .hostinfo import host_id
+from .imports import module_sources
+from .spec import is_callable_ref
+from .versions import TRACKED, versions
+
+STAMP = ".stamp.json"
+
+
+def input_files(spec, targets) -> list:
+    files = [spec.path, spec.weights, *module_sources(spec.factory, spec.python_path)]
+    refs = [spec.calibration, spec.evaluation] + ([spec.prune.train] if spec.prune and spec.prune.train else [])
+    for ref in refs:
+        files += module_sources(ref, spec.python_path) if is_callable_ref(ref) else [Path(spec.resolve(ref))]
+    files += [t.path for t in targets.values()] if isinstance(targets, dict) else list(targets)
+    return sorted({str(Path(f).resolve()) for f in files})
+
+
+def _stat(path):
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def context(spec, options: dict) -> dict:
+    """What, besides files, decides a build's result: toolchain and library versions, host, options."""
+    return {"toolchain": __version__, "libraries": versions(TRACKED), "host": host_id(),
+            "options": sha256_json(options)}
+
+
+def write(model_dir: Path, spec, target_files, options, outputs, stages, exit_code):
+    from .cache import write_json_atomic
+
+    record = {
+        "context": context(spec, options),
+        "inputs": {f: [*_stat(f), sha256_file(f)] for f in input_files(spec, target_files)},
+        "outputs": {str(p): _stat(p) for p in outputs},
+        "stages": stages,
+        "exit_code": exit_code,
+    }
+    write_json_atomic(model_dir / STAMP, record)
+
+
+def read(model_dir: Path):
+    try:
+        return json.loads((model_dir / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def up_to_date(model_dir: Path, spec, target_files, options) -> tuple:
+    """(True, record) when nothing changed since the stamp was written; else (False, first reason)."""
+    record = read(model_dir)
+    if record is None:
+        return False, "no previous build"
+    if record.get("context") != context(spec, options):
+        return False, "toolchain, library versions, host or options changed"
+    files = input_files(spec, target_files)
+    if sorted(record["inputs"]) != files:
+        return False, "the set of input files changed"
+    for f, (size, mtime, digest) in record["inputs"].items():
+        try:
+            stat = _stat(f)
+        except OSError:
+            return False, f"input missing: {f}"
+        if stat != [size, mtime] and sha256_file(f) != digest:
+            return False, f"input changed: {f}"
+    for p, stat in record["outputs"].items():
+        try:
+            if _stat(p) != stat:
+                return False, f"output changed: {p}"
+        except OSError:
+            return False, f"output missing: {p}"
+    return True, record
