@@ -76,5 +76,37 @@ def validate(spec, out_root, targets, targets_dir):
     sys.exit(code)
 
 
+@main.command()
+@click.argument("build_dir", type=click.Path(file_okay=False))
+@click.option("--version", "version", required=True, help="Release version recorded in the manifest.")
+@click.option("-o", "--out", "dist", required=True, help="Bundle directory to write (DIST and DIST.tar.gz).")
+@click.option("--allow-failed", is_flag=True, help="Also package artifacts that failed their gate or were skipped (marked so in the manifest).")
+def package(build_dir, version, dist, allow_failed):
+    """Bundle every passed artifact of BUILD_DIR with manifest.json and checksums."""
+    from .package import package as do_package
+
+    try:
+        manifest = do_package(build_dir, version, dist, allow_failed)
+    except ToolchainError as e:
+        _fail(e)
+    click.echo(f"{dist}: {len(manifest['artifacts'])} artifacts, {len(manifest['excluded'])} left out; "
+               f"{dist}.tar.gz")
+    for x in manifest["excluded"]:
+        click.echo(f"  left out {x['model']} {x['target']} ({x['status']}): {x['reason']}")
+
+
+@main.command()
+@click.argument("dist", type=click.Path(exists=True))
+def verify(dist):
+    """Check a release bundle (directory or .tar.gz): every checksum, size and manifest entry."""
+    from .package import verify as do_verify
+
+    try:
+        manifest = do_verify(dist)
+    except ToolchainError as e:
+        _fail(e)
+    click.echo(f"{dist}: OK, {len(manifest['artifacts'])} artifacts verified")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,169 @@
+"""Release bundles: `package` collects every passed artifact of a build directory with manifest.json
+(checksums, signatures, validation figures, provenance) into a directory and a reproducible .tar.gz;
+`verify` checks a bundle, refusing archive members that would escape the directory it unpacks into."""
+
+import gzip
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+from . import __version__
+from .cache import write_json_atomic
+from .digest import sha256_file
+from .errors import ToolchainError
+
+MANIFEST = "manifest.json"
+SUMS = "SHA256SUMS"
+_ONNX_TYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 2: "uint8", 3: "int8", 9: "bool"}
+
+
+class VerifyError(ToolchainError):
+    exit_code = 5
+
+
+def onnx_signature(path) -> dict:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    init = {i.name for i in graph.initializer}
+
+    def describe(v):
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]
+        return {"name": v.name, "shape": dims, "dtype": _ONNX_TYPES.get(v.type.tensor_type.elem_type, "other")}
+    return {"inputs": [describe(v) for v in graph.input if v.name not in init],
+            "outputs": [describe(v) for v in graph.output]}
+
+
+def package(build_dir, version, dist, allow_failed=False) -> dict:
+    build_dir, dist = Path(build_dir), Path(dist)
+    reports = sorted(build_dir.glob("*/report.json"))
+    if not reports:
+        raise ToolchainError(f"{build_dir}: no report.json under it (run toolchain build first)")
+    staging = Path(tempfile.mkdtemp(prefix=".package-", dir=dist.parent if dist.parent.exists() else None))
+    manifest = {"format_version": 1, "release_version": version, "toolchain_version": __version__,
+                "artifacts": [], "excluded": [], "models": {}}
+    try:
+        for rp in reports:
+            report = json.loads(rp.read_text())
+            model_dir = rp.parent
+            model = report["model"]
+            manifest["models"][model] = {"version": report.get("version"), "reference": report.get("reference"),
+                                         "provenance": report.get("provenance"),
+                                         "fp32_onnx_sha256": (report.get("fp32_onnx") or {}).get("sha256")}
+            for name, t in sorted(report.get("targets", {}).items()):
+                ok = t["status"] == "passed" or (allow_failed and "artifact" in t)
+                if not ok or "artifact" not in t:
+                    manifest["excluded"].append({"model": model, "target": name, "status": t["status"],
+                                                 "reason": t.get("reason") or f"status {t['status']}"})
+                    continue
+                src = model_dir / t["artifact"]
+                if sha256_file(src) != t["sha256"]:
+                    raise ToolchainError(f"{src}: differs from the sha256 in {rp}; rebuild before packaging")
+                rel = Path(model) / name / src.name
+                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, staging / rel)
+                signature = onnx_signature(src) if t["format"] == "onnx" else t.get("io", {})
+                manifest["artifacts"].append({
+                    "path": rel.as_posix(), "sha256": t["sha256"], "size_bytes": t["size_bytes"], "model": model,
+                    "model_version": report.get("version"), "target": name, "format": t["format"],
+                    "precision": t["precision"], "runtime": t["runtime"], "status": t["status"],
+                    "signature": signature,
+                    "validation": {k: t.get(k) for k in ("metric", "metric_drop", "max_metric_drop", "agreement",
+                                                          "latency_ms", "baseline_latency_ms", "latency_ratio",
+                                                          "latency_protocol", "device", "host", "notes",
+                                                          "reason")},
+                    "build": t.get("build", {}),
+                })
+        write_json_atomic(staging / MANIFEST, manifest)
+        sums = "".join(f"{a['sha256']}  {a['path']}\n" for a in manifest["artifacts"])
+        (staging / SUMS).write_text(sums)
+        if dist.exists():
+            shutil.rmtree(dist)
+        os.rename(staging, dist)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _tar_reproducibly(dist, dist.with_name(dist.name + ".tar.gz"))
+    return manifest
+
+
+def _tar_reproducibly(src: Path, out: Path):
+    """Same inputs, same bytes: sorted members, zero times and owners, fixed modes, gzip without a timestamp."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for p in sorted(src.rglob("*")):
+            if not p.is_file():
+                continue
+            info = tarfile.TarInfo(f"{src.name}/{p.relative_to(src).as_posix()}")
+            info.size, info.mtime, info.mode = p.stat().st_size, 0, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with open(p, "rb") as f:
+                tar.addfile(info, f)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        gz.write(buf.getvalue())
+    os.replace(tmp, out)
+
+
+def safe_extract(archive: Path, dest: Path) -> Path:
+    """Unpack a bundle, refusing members that escape dest: absolute paths, '..', links and devices."""
+    dest = dest.resolve()
+    with tarfile.open(archive, "r:*") as tar:
+        members = tar.getmembers()
+        for m in members:
+            target = (dest / m.name).resolve()
+            if os.path.isabs(m.name) or ".." in Path(m.name).parts or not str(target).startswith(str(dest) + os.sep):
+                raise VerifyError(f"{archive}: member {m.name!r} escapes the bundle directory; refused")
+            if not (m.isfile() or m.isdir()):
+                raise VerifyError(f"{archive}: member {m.name!r} is a link or special file; refused")
+        tar.extractall(dest, members=members, filter="data")
+    tops = {Path(m.name).parts[0] for m in members}
+    if len(tops) != 1:
+        raise VerifyError(f"{archive}: expected one top-level bundle directory, found {len(tops)}")
+    return dest / tops.pop()
+
+
+def verify(dist) -> dict:
+    dist = Path(dist)
+    if dist.is_file():
+        with tempfile.TemporaryDirectory() as tmp:
+            return verify_dir(safe_extract(dist, Path(tmp)), label=dist)
+    return verify_dir(dist, label=dist)
+
+
+def verify_dir(root: Path, label) -> dict:
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+        artifacts = manifest["artifacts"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise VerifyError(f"{root / MANIFEST}: missing or unreadable manifest ({e})") from None
+    listed = set()
+    for a in artifacts:
+        p = root / a["path"]
+        if ".." in Path(a["path"]).parts or Path(a["path"]).is_absolute():
+            raise VerifyError(f"{label}: manifest path {a['path']!r} escapes the bundle")
+        if not p.is_file():
+            raise VerifyError(f"{label}: {a['path']}: listed in the manifest but missing")
+        if p.stat().st_size != a["size_bytes"]:
+            raise VerifyError(f"{label}: {a['path']}: size {p.stat().st_size} != manifest {a['size_bytes']}")
+        if sha256_file(p) != a["sha256"]:
+            raise VerifyError(f"{label}: {a['path']}: sha256 does not match the manifest (file altered)")
+        listed.add(a["path"])
+    sums = {}
+    try:
+        for line in (root / SUMS).read_text().splitlines():
+            digest, _, path = line.partition("  ")
+            sums[path] = digest
+    except OSError:
+        raise VerifyError(f"{label}: {SUMS} missing") from None
+    if sums != {a["path"]: a["sha256"] for a in artifacts}:
+        raise VerifyError(f"{label}: {SUMS} disagrees with {MANIFEST}")
+    for p in root.rglob("*"):
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink() or (p.is_file() and rel not in listed and rel not in (MANIFEST, SUMS)):
+            raise VerifyError(f"{label}: {rel}: not listed in the manifest")
+    return manifest
