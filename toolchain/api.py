@@ -74,9 +74,9 @@ def build(spec_path, out_root="build", cache_dir=None, targets=None, targets_dir
             report["targets"][name] = target_entry(name, res, gate, model_dir, budget)
         report["targets"] = _merge_previous(model_dir, report)
         report["status"] = _overall(report)
-        write_json_atomic(model_dir / "report.json", report)
-        _write_text(model_dir / "report.md", markdown(report))
-        outputs = [model_dir / "report.json", model_dir / "report.md", fp32_out, model_dir / "fp32" / REFERENCE]
+        _write_reports(model_dir, report)
+        outputs = [model_dir / n for n in ("report.json", "report.md", "report.html")]
+        outputs += [fp32_out, model_dir / "fp32" / REFERENCE]
         outputs += [model_dir / t["artifact"] for t in report["targets"].values() if "artifact" in t]
         stamp.write(model_dir, spec, target_files, options, outputs, pipe.keys, exit_code(report))
     return report, exit_code(report)
@@ -149,9 +149,17 @@ def validate(spec_path, out_root="build", targets=None, targets_dir=None, progre
             gate = judge(name, v, budget, res["transform"])
             report["targets"][name] = target_entry(name, res, gate, model_dir, budget)
         report["status"] = _overall(report)
-        write_json_atomic(model_dir / "report.json", report)
-        _write_text(model_dir / "report.md", markdown(report))
+        _write_reports(model_dir, report)
     return report, exit_code(report)
+
+
+def _write_reports(model_dir, report):
+    from .report_html import render
+
+    report["html"] = "report.html"
+    _write_text(model_dir / "report.html", render(report))
+    write_json_atomic(model_dir / "report.json", report)
+    _write_text(model_dir / "report.md", markdown(report))
 
 
 def _provenance(spec, pipe):

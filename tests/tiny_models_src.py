@@ -1,0 +1,104 @@
+"""Source of the tiny model package that conftest.py writes into a temporary directory (never imported from
+here: the build imports it by the spec's python_path, as it would a user's code)."""
+
+import torch
+from torch import nn
+
+
+class TinyCNN(nn.Module):
+    """Two convolutions on a 1x8x8 input and a `classifier` Linear: ~5k parameters."""
+
+    def __init__(self, channels: int = 1, width: int = 8, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Linear(width * 8 * 8, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class Branchy(TinyCNN):
+    """Data-dependent control flow: tracing keeps only the branch the example input takes."""
+
+    def forward(self, x):
+        h = self.features(x)
+        if x.sum() > 0:
+            h = h * 2.0
+        return self.classifier(h)
+
+
+class DictOut(TinyCNN):
+    """Returns a dict, which the ONNX export cannot name as outputs."""
+
+    def forward(self, x):
+        return {"logits": self.classifier(self.features(x))}
+
+
+class FrozenScale(TinyCNN):
+    """`.item()` turns a tensor into a Python number while tracing: the exported graph keeps the example
+    input's value as a constant, so ONNX and PyTorch disagree on every other input."""
+
+    def forward(self, x):
+        return self.classifier(self.features(x)) * x.abs().mean().item()
+
+
+class _CastLike(torch.autograd.Function):
+    """Identity in PyTorch; exported as ONNX CastLike, which ONNX Runtime runs and onnx2tf has no converter for."""
+
+    @staticmethod
+    def forward(ctx, x, like):
+        return x.to(like.dtype)
+
+    @staticmethod
+    def symbolic(g, x, like):
+        return g.op("CastLike", x, like)
+
+
+class WithCastLike(TinyCNN):
+    def forward(self, x):
+        return self.classifier(_CastLike.apply(self.features(x), x))
+
+
+class TwoInputs(nn.Module):
+    """Two inputs of different shapes, declared in non-alphabetical order (zimg, then aux)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.aux = nn.Linear(5, 10)
+        self.classifier = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, zimg, aux):
+        return self.classifier(torch.relu(self.conv(zimg)).flatten(1)) + self.aux(aux)
+
+
+def tiny_cnn():
+    return TinyCNN()
+
+
+def tiny_rgb():
+    return TinyCNN(channels=3)
+
+
+def branchy():
+    return Branchy()
+
+
+def dict_out():
+    return DictOut()
+
+
+def frozen_scale():
+    return FrozenScale()
+
+
+def with_castlike():
+    return WithCastLike()
+
+
+def two_inputs():
+    return TwoInputs()
