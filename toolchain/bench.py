@@ -123,11 +123,43 @@ def bench_cuda(build_dir, batches=(1, 8, 64), runs=300):
         print("   (ratios vs default-options fp32 at the same batch; goal: fp16 p50 <= fp32 p50)")
 
 
+def bench_make(models=MODELS):
+    """Cold build of the sample models for all targets (fresh cache), then no-op builds (median of 10), and
+    the peak memory of the build processes (converter children included)."""
+    import resource
+    import shutil
+    import subprocess
+    import tempfile
+    import time
+
+    exe = [sys.executable, "-m", "toolchain.cli", "build"]
+    print("\n== make manners (fresh cache, all targets) ==")
+    tmp = Path(tempfile.mkdtemp(prefix="toolchain-bench-"))
+    try:
+        t0 = time.perf_counter()
+        for m in models:
+            subprocess.run([*exe, str(_spec(m)), "-o", str(tmp), "-q"], check=False, capture_output=True)
+        cold = time.perf_counter() - t0
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        _line(f"cold build, {len(models)} models x all targets", f"{cold:.1f} s")
+        _line("peak RSS of one build process (incl. children)", f"{peak_mb:.0f} MiB")
+        for m in models:
+            times = []
+            for _ in range(10):
+                t0 = time.perf_counter()
+                subprocess.run([*exe, str(_spec(m)), "-o", str(tmp), "-q"], check=False, capture_output=True)
+                times.append(time.perf_counter() - t0)
+            med = float(np.median(times))
+            _line(f"no-op build {m} (median of 10, wall)", f"{med:.3f} s", "<= 0.5 s", med <= 0.5)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--build-dir", default=str(REPO / "build"))
     ap.add_argument("--no-build", action="store_true", help="use the artifacts already in the build dir")
-    ap.add_argument("--only", default="x86_64,arm64,cuda")
+    ap.add_argument("--only", default="x86_64,arm64,cuda,make")
     args = ap.parse_args(argv)
     only = args.only.split(",")
     if not args.no_build:
@@ -139,6 +171,8 @@ def main(argv=None):
                                                    "digits_resnet": {"drop": 1.0, "speed": 0.6, "size": 0.3}})
     if "cuda" in only:
         bench_cuda(args.build_dir)
+    if "make" in only:
+        bench_make()
     return 0
 
 
