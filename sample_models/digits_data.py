@@ -56,3 +56,9 @@ def train_set(size: int = 8) -> dict:
     """Training split as ``{"input": x_train, "labels": y_train}``."""
     x, y = images("train", size)
     return {"input": x, "labels": y}
+
+
+def train_set_32() -> dict:
+    """The training split upscaled to 32x32 (prune recovery data for digits_resnet; specs name callables
+    without arguments)."""
+    return train_set(32)

@@ -51,6 +51,8 @@ def build(spec_path, out_root="build", cache_dir=None, targets=None, targets_dir
             "provenance": _provenance(spec, pipe),
             "targets": {},
         }
+        if spec.prune is not None:
+            report["prune"] = dict(pipe.prune_entry.meta)
         for name, res in results.items():
             budget = spec.targets[name].max_metric_drop
             target_dir = model_dir / name
@@ -72,6 +74,9 @@ def build(spec_path, out_root="build", cache_dir=None, targets=None, targets_dir
                 else:
                     res["baseline"] = fp32_out
             report["targets"][name] = target_entry(name, res, gate, model_dir, budget)
+        if spec.prune is not None:
+            report["prune"]["speedup_vs_unpruned"] = {
+                n: t.get("speedup_vs_unpruned") for n, t in report["targets"].items()}
         report["targets"] = _merge_previous(model_dir, report)
         report["status"] = _overall(report)
         _write_reports(model_dir, report)

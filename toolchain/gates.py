@@ -13,6 +13,10 @@ def judge(name, validation: dict, budget: float, transform_meta: dict) -> dict:
     drop = validation["metric_drop"]
     if not drop <= budget:  # NaN-safe: a NaN drop fails
         reasons.append(f"metric drop {drop:.3f} exceeds the budget max_metric_drop={budget}")
+    speedup = validation.get("speedup_vs_unpruned")
+    if speedup is not None and speedup <= 1.0:
+        notes.append(f"PRUNING DID NOT PAY: the pruned artifact's p50 is {1 / speedup:.2f}x the unpruned one's on "
+                     "this target (measured interleaved)")
     ratio = validation.get("latency_ratio")
     if ratio is not None and ratio >= 1.0:
         notes.append(_slower_note(ratio, validation, transform_meta))

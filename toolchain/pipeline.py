@@ -8,7 +8,7 @@ digests of its inputs, and the versions of the libraries it uses. Failures are n
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -56,8 +56,10 @@ class _ValidateStage:
 
 
 class Pipeline:
-    def __init__(self, spec, out_root, cache_dir=None, only_targets=None, targets_dir=None, progress=None):
+    def __init__(self, spec, out_root, cache_dir=None, only_targets=None, targets_dir=None, progress=None,
+                 label_prefix=""):
         self.spec = spec
+        self.label_prefix = label_prefix
         self.out_root = Path(out_root)
         self.model_dir = self.out_root / spec.name
         self.cache = StageCache(cache_dir or self.out_root / ".cache")
@@ -73,6 +75,12 @@ class Pipeline:
         self.transform_params = {n: self._transform_params(t) for n, t in self.targets.items()}
         self.ran = []  # (stage, target) of stages that executed (not cached) in this build
         self.keys = {}  # "stage[target]" -> key inputs, recorded in the stamp so --explain can diff them
+        # A pruned build also builds each target unpruned (cached like any stage) to measure the speedup.
+        self.unpruned = None
+        if spec.prune is not None:
+            self.unpruned = Pipeline(replace(spec, prune=None), out_root, cache_dir, only_targets, targets_dir,
+                                     self.progress, label_prefix="unpruned ")
+            self.unpruned.cache = self.cache
 
     # ---- inputs, loaded lazily so a fully cached build touches as little as possible ----------------------
     @cached_property
@@ -109,32 +117,55 @@ class Pipeline:
         return sha256_file(self.spec.weights)
 
     @cached_property
-    def model_digest(self):
+    def base_model_digest(self):
         s = self.spec
         code = sha256_sources(module_sources(s.factory, s.python_path))
         return sha256_json({"factory": s.factory, "args": s.factory_args, "code": code,
                             "weights": self.weights_digest})
 
     @cached_property
-    def torch_model(self):
+    def model_digest(self):
+        """The model that is traced: the spec's model, or its pruned form (then the prune output's digest)."""
+        if self.spec.prune is None:
+            return self.base_model_digest
+        from .stages import prune
+
+        return sha256_json({"base": self.base_model_digest, "pruned": self.prune_entry.digest(prune.OUTPUT)})
+
+    @cached_property
+    def base_model(self):
         from .modelload import build_model
 
         return build_model(self.spec)
 
+    @cached_property
+    def torch_model(self):
+        if self.spec.prune is None:
+            return self.base_model
+        from .stages import prune
+
+        return prune.load(self.base_model, self.prune_entry.path)
+
+    @cached_property
+    def prune_entry(self):
+        return self.run_stage(self.prune_stage())
+
     # ---- stage plumbing ---------------------------------------------------------------------------------
     def run_stage(self, st: StageRun):
-        self.keys[_label(st)] = st.key_inputs
+        label = self.label_prefix + _label(st)
+        self.keys[label] = st.key_inputs
+        name = self.label_prefix + st.name
         entry = self.cache.get(st.name, st.key)
         if entry is not None:
-            self.progress.line(st.name, st.target, "cached")
+            self.progress.line(name, st.target, "cached")
             return entry
-        self.progress.line(st.name, st.target, "running")
+        self.progress.line(name, st.target, "running")
         t0 = time.monotonic()
         with self.cache.writer(st.name, st.key) as tmp:
             meta = st.produce(tmp)
             entry = self.cache.publish(tmp, st.name, st.key, meta, st.key_inputs)
-        self.ran.append((st.name, st.target))
-        self.progress.line(st.name, st.target, "done", time.monotonic() - t0)
+        self.ran.append((self.label_prefix + st.name, st.target))
+        self.progress.line(name, st.target, "done", time.monotonic() - t0)
         return entry
 
     def _transform_params(self, target):
@@ -150,6 +181,41 @@ class Pipeline:
         return {}
 
     # ---- the plan -----------------------------------------------------------------------------------------
+    def prune_stage(self) -> StageRun:
+        from .stages import prune, trace
+
+        s, p = self.spec, self.spec.prune
+        params = {k: getattr(p, k) for k in ("method", "ratio", "layer_ratios", "ignore", "importance", "epochs",
+                                             "steps", "lr", "seed", "temperature")}
+        params["inputs"] = [[t.name, list(t.shape), t.dtype] for t in s.inputs]
+        deps = {"model": self.base_model_digest, "evaluation": self.evaluation_digest}
+        if p.train:
+            deps["train"] = self._data_digest(p.train, lambda: self.train_data)
+
+        def produce(out):
+            import torch
+
+            from .stages.reference import torch_outputs
+            from .validate import metrics
+
+            base_ref = torch_outputs(self.base_model, self.evaluation, s.inputs)
+
+            def metric_fn(model):
+                return metrics.compute(s.metric, torch_outputs(model, self.evaluation, s.inputs), self.evaluation,
+                                       base_ref, s)
+            example = trace.example_inputs(s.inputs, torch)
+            return prune.run(self.base_model, p, out, example, self.train_data if p.train else None,
+                             self.evaluation, [t.name for t in s.inputs], metric_fn, s.labels_key)
+        return StageRun(prune, params, deps, produce)
+
+    @cached_property
+    def train_data(self):
+        from .data import check_inputs, load_arrays
+
+        arrays = load_arrays(self.spec.prune.train, self.spec, "prune.train")
+        check_inputs(arrays, self.spec, f"prune.train data ({self.spec.prune.train})")
+        return arrays
+
     def trace_stage(self) -> StageRun:
         from .stages import trace
 
@@ -191,7 +257,7 @@ class Pipeline:
                 fp32_path, params, out, self.calibration, self.spec, name), name)
         return None
 
-    def validate_stage(self, name, target, artifact, baseline, ref_entry) -> StageRun:
+    def validate_stage(self, name, target, artifact, baseline, ref_entry, unpruned=None) -> StageRun:
         from .stages import reference
         from .validate import target as validate_target
 
@@ -201,21 +267,26 @@ class Pipeline:
         deps = {"artifact": sha256_file(artifact), "baseline": sha256_file(baseline),
                 "reference": ref_entry.digest(reference.OUTPUT), "evaluation": self.evaluation_digest,
                 "host": host_id()}
+        if unpruned is not None:
+            deps["unpruned"] = sha256_file(unpruned)
         ref_value = ref_entry.meta["value"]
         return StageRun(_ValidateStage, params, deps, lambda out: validate_target.run(
-            target, artifact, baseline, self.evaluation, reference.load(ref_entry.path), s, ref_value), name)
+            target, artifact, baseline, self.evaluation, reference.load(ref_entry.path), s, ref_value,
+            unpruned), name)
 
     def run(self):
         """Run every stage; returns (shared results, per-target results). Target failures do not stop others."""
         fp32 = self.run_stage(self.trace_stage())
         ref = self.run_stage(self.reference_stage(fp32))
+        ufp32 = self.unpruned.run_stage(self.unpruned.trace_stage()) if self.unpruned else None
         results = {}
         for name, target in self.targets.items():
             try:
                 st = self.transform_stage(name, target, fp32)
                 entry = self.run_stage(st) if st else fp32
                 artifact, baseline = _artifact_files(target, entry, fp32)
-                val = self.run_stage(self.validate_stage(name, target, artifact, baseline, ref))
+                unpruned = self.unpruned.built_artifact(name, target, ufp32) if self.unpruned else None
+                val = self.run_stage(self.validate_stage(name, target, artifact, baseline, ref, unpruned))
                 results[name] = {"target": target, "entry": entry, "artifact": artifact, "baseline": baseline,
                                  "validation": val.meta, "transform": entry.meta if st else {}}
             except StageError as e:
@@ -225,6 +296,11 @@ class Pipeline:
                 results[name] = {"target": target, "error": e}
         return fp32, ref, results
 
+
+    def built_artifact(self, name, target, fp32):
+        st = self.transform_stage(name, target, fp32)
+        entry = self.run_stage(st) if st else fp32
+        return _artifact_files(target, entry, fp32)[0]
 
     def explain(self, previous: dict) -> list:
         """Without building: each stage that would run and why, as (label, verdict) pairs."""
@@ -241,6 +317,14 @@ class Pipeline:
         def blocked(label, upstream):
             lines.append((label, f"would run: its input comes from {upstream}, which reruns"))
 
+        if self.spec.prune is not None:
+            pruned = check(self.prune_stage())
+            if pruned is None:
+                for label in ["trace", "reference"] + [f"{t.transform}[{n}]" for n, t in self.targets.items()
+                                                       if t.transform] + [f"validate[{n}]" for n in self.targets]:
+                    blocked(label, "prune")
+                return lines
+            self.__dict__["prune_entry"] = pruned
         fp32 = check(self.trace_stage())
         ref = check(self.reference_stage(fp32)) if fp32 else blocked("reference", "trace")
         for name, target in self.targets.items():

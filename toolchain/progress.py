@@ -16,4 +16,4 @@ class Progress:
         where = f"{stage}" + (f"[{target}]" if target else "")
         took = f" {seconds:6.2f}s" if seconds is not None else ""
         total = time.monotonic() - self.t0
-        print(f"[{self.model}] {where:<22} {what}{took}  (+{total:.1f}s)", file=self.stream, flush=True)
+        print(f"[{self.model}] {where:<30} {what}{took}  (+{total:.1f}s)", file=self.stream, flush=True)

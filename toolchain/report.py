@@ -26,7 +26,8 @@ def target_entry(name, res, gate, model_dir, budget) -> dict:
     if "cpu_check" in v:
         entry["cpu_check"] = v["cpu_check"]
     for k in ("latency_ms", "baseline_latency_ms", "latency_ratio", "latency_protocol", "device", "providers",
-              "host", "threads", "io", "latency_note"):
+              "host", "threads", "io", "latency_note",
+              "unpruned_latency_ms", "speedup_vs_unpruned"):
         if k in v:
             entry[k] = v[k]
     if res.get("transform"):
@@ -54,6 +55,21 @@ def markdown(report: dict) -> str:
             f"{_fmt(ratio, '{:.2f}x')} | {_fmt(size / 1024 if size else None, '{:.1f}')} | "
             f"{_fmt(t.get('size_ratio'), '{:.2f}x')} |")
     lines.append("")
+    if report.get("prune"):
+        p = report["prune"]
+        lines += [f"Pruned ({p['method']}, ratio {p['ratio']}): params {p['params_before']} -> {p['params_after']} "
+                  f"({p['params_after'] / p['params_before']:.2f}x), MACs {p['macs_before']} -> {p['macs_after']} "
+                  f"({p['macs_after'] / max(p['macs_before'], 1):.2f}x); metric {p['metric_before']:.3f} -> "
+                  f"{p['metric_after_prune']:.3f} after pruning -> "
+                  + (f"{p['metric_after_recovery']:.3f} after recovery." if p.get("metric_after_recovery")
+                     is not None else "no recovery."), ""]
+        if p.get("note"):
+            lines += [f"Note: {p['note']}", ""]
+        for name, t in report["targets"].items():
+            if t.get("speedup_vs_unpruned"):
+                lines.append(f"- **{name}** pruned vs unpruned (interleaved): p50 {t['latency_ms']['p50']:.4f} ms vs "
+                             f"{t['unpruned_latency_ms']['p50']:.4f} ms, {t['speedup_vs_unpruned']:.2f}x faster")
+        lines.append("")
     for name, t in report["targets"].items():
         if t.get("reason"):
             lines.append(f"- **{name}** {t['status']}: {t['reason']}")

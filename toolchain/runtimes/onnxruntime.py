@@ -22,7 +22,8 @@ class OrtSession:
         import onnxruntime as ort
 
         providers = list(providers)
-        if "CUDAExecutionProvider" in providers and hasattr(ort, "preload_dlls"):
+        if ("CUDAExecutionProvider" in providers and hasattr(ort, "preload_dlls")
+                and "CUDAExecutionProvider" in ort.get_available_providers()):
             ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels, when that is how CUDA is installed
         have = ort.get_available_providers()
         missing = [p for p in providers if p not in have]

@@ -33,6 +33,7 @@ OUTPUT = "pruned.pt"
 
 FORMAT = "toolchain.prune/1"
 BATCH = 64
+LR_SCHEDULE = "cosine"  # Adam at prune.lr, annealed to 0 over the recovery steps ("constant": no annealing)
 KD_WEIGHT = 0.5  # loss = KD_WEIGHT * KL(T) * T^2 + (1 - KD_WEIGHT) * CE(labels); KL only when there are no labels
 # Kept channel counts are rounded to the nearest multiple of 8 (layers narrower than 8 are left unrounded).
 # int8 / fp32 conv kernels (ONNX Runtime MLAS on x86, XNNPACK / LiteRT on ARM) work on channel blocks of 8 or
@@ -364,6 +365,8 @@ def _recover(student, teacher, train, input_names, labels_key, prune) -> dict:
             gen = torch.Generator().manual_seed(prune.seed)
             params = [p for p in student.parameters() if p.requires_grad]
             opt = torch.optim.Adam(params, lr=float(prune.lr))
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total, 1)) \
+                if LR_SCHEDULE == "cosine" else None
             student.train()
             step = 0
             while step < total:
@@ -382,12 +385,14 @@ def _recover(student, teacher, train, input_names, labels_key, prune) -> dict:
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
+                    if sched is not None:
+                        sched.step()
                     losses.append(float(loss))
                     step += 1
         finally:
             torch.use_deterministic_algorithms(was_det, warn_only=was_warn)
             student.eval()
-    return {"optimizer_steps": total, "batch": BATCH, "samples": n,
+    return {"optimizer_steps": total, "batch": BATCH, "samples": n, "optimizer": "Adam", "lr_schedule": LR_SCHEDULE,
             "loss": "KL(T)*T^2" + (f" * {KD_WEIGHT} + CE(labels) * {1 - KD_WEIGHT}" if use_ce else ""),
             "loss_first": round(losses[0], 5) if losses else None,
             "loss_last": round(losses[-1], 5) if losses else None,

@@ -23,7 +23,7 @@ def accuracy(outputs, evaluation, reference, spec, ref_value) -> dict:
             "non_finite_outputs": metrics.non_finite(outputs)}
 
 
-def run(target, artifact, baseline, evaluation, reference, spec, ref_value) -> dict:
+def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpruned=None) -> dict:
     names = [t.name for t in spec.inputs]
     result = {"host": host(), "threads": target.threads}
     shapes = [r.shape[1:] for r in reference]
@@ -59,8 +59,13 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value) -> d
     batch = min(lat["batch"], len(evaluation[names[0]]))
     feed = {n: evaluation[n][:batch] for n in names}
     base = open_artifact(target, baseline, output_shapes=shapes)
-    timed = latency.interleaved({"artifact": session.timer(feed), "baseline": base.timer(feed)},
-                                lat["warmup"], lat["runs"])
+    calls = {"artifact": session.timer(feed), "baseline": base.timer(feed)}
+    if unpruned is not None:  # the same target built without pruning: the speedup is measured, not a MAC ratio
+        calls["unpruned"] = open_artifact(target, unpruned, output_shapes=shapes).timer(feed)
+    timed = latency.interleaved(calls, lat["warmup"], lat["runs"])
+    if unpruned is not None:
+        result.update(unpruned_latency_ms=timed["unpruned"],
+                      speedup_vs_unpruned=timed["unpruned"]["p50"] / timed["artifact"]["p50"])
     result.update(latency_ms=timed["artifact"], baseline_latency_ms=timed["baseline"],
                   latency_ratio=timed["artifact"]["p50"] / timed["baseline"]["p50"],
                   latency_protocol={"batch": batch, "warmup": lat["warmup"], "runs": lat["runs"],
