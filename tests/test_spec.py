@@ -115,9 +115,6 @@ def test_unknown_target_name(tmp_path, write_spec):
     assert not out.exists() or {p.name for p in out.rglob("*") if p.is_file()} <= {".lock"}  # nothing built
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an invalid option in a spec's per-target override table "
-                   "([targets.x86_64] quantize/latency = {...}) is reported against the repo's targets/x86_64.toml "
-                   "with a key relative to that file, not against the build spec and its dotted key")
 @pytest.mark.parametrize("override,key", [
     ({"quantize": {"calibrate_methd": "percentile"}}, "targets.x86_64.quantize"),
     ({"quantize": {"calibrate_method": "bogus"}}, "targets.x86_64.quantize.calibrate_method"),

@@ -33,57 +33,64 @@ def build(spec_path, out_root="build", cache_dir=None, targets=None, targets_dir
 
         pipe = Pipeline(spec, out_root, cache_dir, targets, targets_dir, progress)
         try:
-            fp32, ref, results = pipe.run()
+            return _build_locked(spec, pipe, model_dir, target_files, options)
         except StageError as e:
-            _write_failure(spec, model_dir, pipe, e)
+            _write_failure(spec, model_dir, list(pipe.targets), e.stage, e.cause)
             raise
-        fp32_out = model_dir / "fp32" / f"{spec.name}.fp32.onnx"
-        _publish(fp32.file("model.fp32.onnx"), fp32_out)
-        # The fp32 PyTorch outputs travel with the build, so `toolchain validate` can judge an artifact on
-        # another machine (a GPU host) without torch.
-        _publish(ref.file(REFERENCE), model_dir / "fp32" / REFERENCE)
-        report = {
-            "model": spec.name, "version": spec.version, "toolchain_version": __version__,
-            "reference": {"metric": spec.metric, "value": ref.meta["value"], "samples": ref.meta["samples"],
-                          "runtime": "pytorch fp32", "onnx_vs_torch_max_abs_error": ref.meta[
-                              "onnx_vs_torch_max_abs_error"]},
-            "fp32_onnx": {"path": str(fp32_out.relative_to(model_dir)), "sha256": fp32.digest("model.fp32.onnx")},
-            "provenance": _provenance(spec, pipe),
-            "targets": {},
-        }
-        if spec.prune is not None:
-            report["prune"] = dict(pipe.prune_entry.meta)
-        for name, res in results.items():
-            budget = spec.targets[name].max_metric_drop
-            target_dir = model_dir / name
-            if "error" in res:
-                shutil.rmtree(target_dir, ignore_errors=True)  # never leave an older artifact to be trusted
-                e = res["error"]
-                gate = {"status": "failed", "reason": f"stage {e.stage} failed: {e.cause}"}
+        except ToolchainError as e:  # bad data: no earlier result may stand as if it still held
+            _write_failure(spec, model_dir, list(pipe.targets), "inputs", str(e))
+            raise
+
+
+def _build_locked(spec, pipe, model_dir, target_files, options):
+    fp32, ref, results = pipe.run()
+    fp32_out = model_dir / "fp32" / f"{spec.name}.fp32.onnx"
+    _publish(fp32.file("model.fp32.onnx"), fp32_out)
+    # The fp32 PyTorch outputs travel with the build, so `toolchain validate` can judge an artifact on
+    # another machine (a GPU host) without torch.
+    _publish(ref.file(REFERENCE), model_dir / "fp32" / REFERENCE)
+    report = {
+        "model": spec.name, "version": spec.version, "toolchain_version": __version__,
+        "reference": {"metric": spec.metric, "value": ref.meta["value"], "samples": ref.meta["samples"],
+                      "runtime": "pytorch fp32", "onnx_vs_torch_max_abs_error": ref.meta[
+                          "onnx_vs_torch_max_abs_error"]},
+        "fp32_onnx": {"path": str(fp32_out.relative_to(model_dir)), "sha256": fp32.digest("model.fp32.onnx")},
+        "provenance": _provenance(spec, pipe),
+        "targets": {},
+    }
+    if spec.prune is not None:
+        report["prune"] = dict(pipe.prune_entry.meta)
+    for name, res in results.items():
+        budget = spec.targets[name].max_metric_drop
+        target_dir = model_dir / name
+        if "error" in res:
+            shutil.rmtree(target_dir, ignore_errors=True)  # never leave an older artifact to be trusted
+            e = res["error"]
+            gate = {"status": "failed", "reason": f"stage {e.stage} failed: {e.cause}"}
+        else:
+            gate = judge(name, res["validation"], budget, res.get("transform", {}))
+            ext = EXTENSIONS[res["target"].format]
+            dest = target_dir / f"{spec.name}.{res['target'].precision}.{ext}"
+            _clear_others(target_dir, dest)
+            _publish(res["artifact"], dest)
+            res["published"], res["sha256"] = dest, sha256_file(dest)
+            if res["baseline"].name != "model.fp32.onnx":  # a baseline of the target's own format
+                base = model_dir / "fp32" / f"{spec.name}.{name}.fp32.{ext}"
+                _publish(res["baseline"], base)
+                res["baseline"] = base
             else:
-                gate = judge(name, res["validation"], budget, res.get("transform", {}))
-                ext = EXTENSIONS[res["target"].format]
-                dest = target_dir / f"{spec.name}.{res['target'].precision}.{ext}"
-                _clear_others(target_dir, dest)
-                _publish(res["artifact"], dest)
-                res["published"], res["sha256"] = dest, sha256_file(dest)
-                if res["baseline"].name != "model.fp32.onnx":  # a baseline of the target's own format
-                    base = model_dir / "fp32" / f"{spec.name}.{name}.fp32.{ext}"
-                    _publish(res["baseline"], base)
-                    res["baseline"] = base
-                else:
-                    res["baseline"] = fp32_out
-            report["targets"][name] = target_entry(name, res, gate, model_dir, budget)
-        if spec.prune is not None:
-            report["prune"]["speedup_vs_unpruned"] = {
-                n: t.get("speedup_vs_unpruned") for n, t in report["targets"].items()}
-        report["targets"] = _merge_previous(model_dir, report)
-        report["status"] = _overall(report)
-        _write_reports(model_dir, report)
-        outputs = [model_dir / n for n in ("report.json", "report.md", "report.html")]
-        outputs += [fp32_out, model_dir / "fp32" / REFERENCE]
-        outputs += [model_dir / t["artifact"] for t in report["targets"].values() if "artifact" in t]
-        stamp.write(model_dir, spec, target_files, options, outputs, pipe.keys, exit_code(report))
+                res["baseline"] = fp32_out
+        report["targets"][name] = target_entry(name, res, gate, model_dir, budget)
+    if spec.prune is not None:
+        report["prune"]["speedup_vs_unpruned"] = {
+            n: t.get("speedup_vs_unpruned") for n, t in report["targets"].items()}
+    report["targets"] = _merge_previous(model_dir, report)
+    report["status"] = _overall(report)
+    _write_reports(model_dir, report)
+    outputs = [model_dir / n for n in ("report.json", "report.md", "report.html")]
+    outputs += [fp32_out, model_dir / "fp32" / REFERENCE]
+    outputs += [model_dir / t["artifact"] for t in report["targets"].values() if "artifact" in t]
+    stamp.write(model_dir, spec, target_files, options, outputs, pipe.keys, exit_code(report))
     return report, exit_code(report)
 
 
@@ -217,14 +224,19 @@ def _write_text(path: Path, text: str):
     tmp.replace(path)
 
 
-def _write_failure(spec, model_dir, pipe, e):
-    """A shared stage failed (trace/reference): no target can be built; the report says where and why."""
+def _write_failure(spec, model_dir, names, stage, cause):
+    """A shared stage or the inputs failed: no target was built. The report says where and why, and no
+    earlier artifact or stamp is left to be trusted."""
     report = {"model": spec.name, "version": spec.version, "toolchain_version": __version__,
-              "status": "stage-failed", "reference": None,
-              "targets": {n: {"status": "failed", "reason": f"stage {e.stage} failed: {e.cause}",
-                              "failed_stage": e.stage, "format": t.format, "precision": t.precision,
-                              "runtime": t.runtime, "max_metric_drop": spec.targets[n].max_metric_drop}
-                          for n, t in pipe.targets.items()}}
-    for n in pipe.targets:
+              "status": "stage-failed" if stage != "inputs" else "error", "reference": None,
+              "targets": {n: {"status": "failed", "reason": f"{stage} failed: {cause}", "failed_stage": stage,
+                              "max_metric_drop": spec.targets[n].max_metric_drop} for n in names}}
+    for n in names:
         shutil.rmtree(model_dir / n, ignore_errors=True)
+    (model_dir / stamp.STAMP).unlink(missing_ok=True)
+    for n in ("report.md", "report.html"):
+        (model_dir / n).unlink(missing_ok=True)
+    if stage == "inputs":  # a user error (exit 2): the error line says it all; no report, nothing stale
+        (model_dir / "report.json").unlink(missing_ok=True)
+        return
     write_json_atomic(model_dir / "report.json", report)

@@ -14,7 +14,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from .digest import sha256_file
+from .digest import sha256_file, sha256_json
 
 ENTRY = "entry.json"
 
@@ -47,6 +47,8 @@ class StageCache:
             record = json.loads((d / ENTRY).read_text())
             if record.get("key") != key:
                 raise ValueError("key mismatch")
+            if record.get("meta_sha256") != sha256_json(record.get("meta")):
+                raise ValueError("meta changed")
             if verify:
                 for name, digest in record["files"].items():
                     if sha256_file(d / name) != digest:
@@ -81,7 +83,8 @@ class StageCache:
 
     def publish(self, tmp: Path, stage: str, key: str, meta: dict, inputs: dict) -> CacheEntry:
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file() and p.name != ENTRY}
-        record = {"key": key, "stage": stage, "inputs": inputs, "files": files, "meta": meta}
+        record = {"key": key, "stage": stage, "inputs": inputs, "files": files, "meta": meta,
+                  "meta_sha256": sha256_json(json.loads(json.dumps(meta)))}
         _write_json_atomic(tmp / ENTRY, record)
         final = self._dir(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -34,14 +34,16 @@ def import_ref(ref: str, paths, spec_path, key):
 
 
 def module_sources(ref: str, paths) -> list:
-    """The .py files of the package directory that holds a referenced module, found without importing it.
-
-    Their digest stands for "the model's code" in cache keys: editing the model rebuilds it.
+    """The .py files that make up a referenced module, found without importing it: for a module inside a
+    package, every .py under that package's directory (subpackages included); for a top-level module, its
+    file. Their digest stands for "the model's code" in cache keys: editing the model rebuilds it.
     """
     module_name = ref.partition(":")[0]
     rel = Path(*module_name.split("."))
     for base in paths:
         for candidate in (Path(base) / rel.with_suffix(".py"), Path(base) / rel / "__init__.py"):
             if candidate.is_file():
-                return sorted(candidate.parent.glob("*.py"))
+                if "." not in module_name and candidate.name != "__init__.py":
+                    return [candidate]
+                return sorted(p for p in candidate.parent.rglob("*.py") if "__pycache__" not in p.parts)
     return []

@@ -72,7 +72,7 @@ class Pipeline:
                                      f"({', '.join(names)})")
             names = [t for t in names if t in only_targets]
         self.targets = {n: load_target(n, targets_dir, spec.targets[n].overrides, spec.path) for n in names}
-        self.transform_params = {n: self._transform_params(t) for n, t in self.targets.items()}
+        self.transform_params = {n: self._transform_params(n, t) for n, t in self.targets.items()}
         self.ran = []  # (stage, target) of stages that executed (not cached) in this build
         self.keys = {}  # "stage[target]" -> key inputs, recorded in the stamp so --explain can diff them
         # A pruned build also builds each target unpruned (cached like any stage) to measure the speedup.
@@ -168,17 +168,19 @@ class Pipeline:
         self.progress.line(name, st.target, "done", time.monotonic() - t0)
         return entry
 
-    def _transform_params(self, target):
-        if target.transform == "quantize":
-            from .stages import quantize
-            return quantize.params_for(target.table("quantize"), target.path)
-        if target.transform == "fp16":
-            from .stages import fp16
-            return fp16.params_for(target.table("fp16"), target.path)
-        if target.transform == "tflite":
-            from .stages import tflite
-            return tflite.params_for(target.table("convert"), target.path)
-        return {}
+    def _transform_params(self, name, target):
+        """The transform stage's params: the spec's override is checked on its own first, so an error in it
+        names the build spec and its key, not the target file."""
+        if target.transform is None:
+            return {}
+        import importlib
+
+        module = importlib.import_module(f".stages.{target.transform}", __package__)
+        table = {"quantize": "quantize", "fp16": "fp16", "tflite": "convert"}[target.transform]
+        override = self.spec.targets[name].overrides.get(table)
+        if override:
+            module.params_for(override, self.spec.path, f"targets.{name}.{table}")
+        return module.params_for(target.table(table), target.path, table)
 
     # ---- the plan -----------------------------------------------------------------------------------------
     def prune_stage(self) -> StageRun:

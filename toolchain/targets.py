@@ -79,9 +79,13 @@ def load_target(name: str, targets_dir=None, overrides=None, spec_path=None) -> 
     tables = {}
     for k in ("quantize", "fp16", "convert", "latency"):
         tables[k] = {**t.get(k, (dict,), {}), **(overrides or {}).get(k, {})}
-    lat = _Table(path, "latency", tables["latency"])
-    lat.reject_unknown({"warmup", "runs", "batch", "io_binding"})
-    for k in ("warmup", "runs", "batch"):
-        lat.get(k, (int,), 1, check=_in_range(1, 100_000))
+    checks = [(path, "latency", tables["latency"])]
+    if "latency" in (overrides or {}):  # an error in the spec's override names the spec and its key
+        checks.insert(0, (spec_path or path, f"targets.{name}.latency", overrides["latency"]))
+    for where, prefix, table in checks:
+        lat = _Table(where, prefix, table)
+        lat.reject_unknown({"warmup", "runs", "batch", "io_binding"})
+        for k in ("warmup", "runs", "batch"):
+            lat.get(k, (int,), 1, check=_in_range(1, 100_000))
     return Target(t.get("name", (str,), name), path, t.get("description", (str,), ""), fmt, precision, runtime,
                   tuple(providers), threads, tables)

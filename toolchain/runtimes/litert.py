@@ -35,7 +35,7 @@ class LiteRTSession:
     batchable = False  # onnx2tf fixes the batch at 1
     timing_method = "interpreter.invoke (tensors set once)"
 
-    def __init__(self, path, threads=1, output_shapes=None):
+    def __init__(self, path, threads=1, output_shapes=None, output_names=None):
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as e:
@@ -45,6 +45,8 @@ class LiteRTSession:
         self.inputs = self._ordered(self.interp.get_input_details(), "inputs")
         self.outputs = self._ordered(self.interp.get_output_details(), "outputs")
         self.output_shapes = output_shapes
+        if output_names and all(any(d["onnx_name"] == n for d in self.outputs) for n in output_names):
+            self.outputs = [next(d for d in self.outputs if d["onnx_name"] == n) for n in output_names]
         self.providers = ["LiteRT interpreter (CPU kernels)"]
 
     def _ordered(self, details, kind):
@@ -68,7 +70,12 @@ class LiteRTSession:
             return details
 
     def _set(self, feeds: dict):
-        for d, value in zip(self.inputs, feeds.values()):
+        # By name (the converter keeps the ONNX names; its signature lists them alphabetically), else by position.
+        by_name = all(d["onnx_name"] in feeds for d in self.inputs)
+        values = [feeds[d["onnx_name"]] for d in self.inputs] if by_name else list(feeds.values())
+        if len(values) != len(self.inputs):
+            raise ValueError(f"the model takes {len(self.inputs)} inputs, got {len(values)}")
+        for d, value in zip(self.inputs, values):
             a = _to_tflite(np.asarray(value, np.float32), d["shape"])
             if d["dtype"] in (np.int8, np.uint8):
                 scale, zero = _quant(d)

@@ -10,12 +10,12 @@ OUTPUT = "model.fp16.onnx"
 DEFAULTS = {"keep_io_types": True, "op_block_list": []}
 
 
-def params_for(table: dict, key_path) -> dict:
+def params_for(table: dict, path, prefix="fp16") -> dict:
     from ..errors import SpecError
 
     unknown = set(table) - set(DEFAULTS)
     if unknown:
-        raise SpecError(key_path, "fp16", f"unknown option(s): {', '.join(sorted(unknown))}")
+        raise SpecError(path, prefix, f"unknown option(s): {', '.join(sorted(unknown))}")
     return {**DEFAULTS, **table}
 
 

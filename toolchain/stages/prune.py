@@ -387,7 +387,7 @@ def _recover(student, teacher, train, input_names, labels_key, prune) -> dict:
                     opt.step()
                     if sched is not None:
                         sched.step()
-                    losses.append(float(loss))
+                    losses.append(float(loss.detach()))
                     step += 1
         finally:
             torch.use_deterministic_algorithms(was_det, warn_only=was_warn)

@@ -16,19 +16,19 @@ DEFAULTS = {"method": "static", "per_channel": True, "activation_type": "uint8",
 KNOWN = set(DEFAULTS)
 
 
-def params_for(target_table: dict, key_path) -> dict:
+def params_for(target_table: dict, path, prefix="quantize") -> dict:
     from ..errors import SpecError
 
     unknown = set(target_table) - KNOWN
     if unknown:
-        raise SpecError(key_path, "quantize", f"unknown option(s): {', '.join(sorted(unknown))} "
+        raise SpecError(path, prefix, f"unknown option(s): {', '.join(sorted(unknown))} "
                                               f"(known: {', '.join(sorted(KNOWN))})")
     params = {**DEFAULTS, **target_table}
     checks = {"method": ("static", "dynamic"), "activation_type": ("uint8", "int8"),
               "weight_type": ("uint8", "int8"), "calibrate_method": ("minmax", "entropy", "percentile")}
     for k, allowed in checks.items():
         if params[k] not in allowed:
-            raise SpecError(key_path, f"quantize.{k}", f"must be one of {', '.join(allowed)}, got {params[k]!r}")
+            raise SpecError(path, f"{prefix}.{k}", f"must be one of {', '.join(allowed)}, got {params[k]!r}")
     return params
 
 

@@ -29,15 +29,15 @@ DEFAULTS = {"converter": "onnx2tf", "timeout_s": 900, "per_channel": True, "extr
 SAMPLE_DATA = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
 
-def params_for(table: dict, key_path) -> dict:
+def params_for(table: dict, path, prefix="convert") -> dict:
     from ..errors import SpecError
 
     unknown = set(table) - set(DEFAULTS)
     if unknown:
-        raise SpecError(key_path, "convert", f"unknown option(s): {', '.join(sorted(unknown))}")
+        raise SpecError(path, prefix, f"unknown option(s): {', '.join(sorted(unknown))}")
     params = {**DEFAULTS, **table}
     if params["converter"] != "onnx2tf":
-        raise SpecError(key_path, "convert.converter", f"unknown converter {params['converter']!r} (known: onnx2tf)")
+        raise SpecError(path, f"{prefix}.converter", f"unknown converter {params['converter']!r} (known: onnx2tf)")
     return params
 
 

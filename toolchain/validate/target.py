@@ -27,8 +27,9 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
     names = [t.name for t in spec.inputs]
     result = {"host": host(), "threads": target.threads}
     shapes = [r.shape[1:] for r in reference]
+    onames = [o.name for o in spec.outputs]
     try:
-        session = open_artifact(target, artifact, output_shapes=shapes)
+        session = open_artifact(target, artifact, output_shapes=shapes, output_names=onames)
     except RuntimeUnavailable as e:
         # Still prove what can be proven here: the artifact's agreement with fp32, run on the CPU provider.
         result.update(status="skipped", reason=str(e))
@@ -58,10 +59,10 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
     lat = target.latency
     batch = min(lat["batch"], len(evaluation[names[0]]))
     feed = {n: evaluation[n][:batch] for n in names}
-    base = open_artifact(target, baseline, output_shapes=shapes)
+    base = open_artifact(target, baseline, output_shapes=shapes, output_names=onames)
     calls = {"artifact": session.timer(feed), "baseline": base.timer(feed)}
     if unpruned is not None:  # the same target built without pruning: the speedup is measured, not a MAC ratio
-        calls["unpruned"] = open_artifact(target, unpruned, output_shapes=shapes).timer(feed)
+        calls["unpruned"] = open_artifact(target, unpruned, output_shapes=shapes, output_names=onames).timer(feed)
     timed = latency.interleaved(calls, lat["warmup"], lat["runs"])
     if unpruned is not None:
         result.update(unpruned_latency_ms=timed["unpruned"],
