@@ -1,15 +1,31 @@
 """Command line: thin. Parse, call the API, map errors to exit codes (see errors.py)."""
 
+import errno
 import sys
 
 import click
 
-from .errors import EXIT_USAGE, ToolchainError
+from .errors import OutputError, ToolchainError
 
 
 def _fail(e: ToolchainError):
     click.echo(f"error: {e}", err=True)
     sys.exit(e.exit_code)
+
+
+# Errors from the machine rather than from the user or from us: a clear line, not a traceback.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM}
+
+
+def _run(fn, *args):
+    try:
+        return fn(*args)
+    except ToolchainError as e:
+        _fail(e)
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS:
+            raise
+        _fail(OutputError(f"cannot write {e.filename or 'build output'}: {e.strerror}"))
 
 
 @click.group()
@@ -40,14 +56,11 @@ def build(spec, out_root, cache_dir, targets, targets_dir, quiet, explain):
         except ToolchainError as e:
             _fail(e)
         return
-    try:
-        from .spec import load_spec
+    from .spec import load_spec
 
-        name = load_spec(spec).name
-        report, code = do_build(spec, out_root, cache_dir, list(targets) or None, targets_dir,
-                                Progress(name, quiet=quiet))
-    except ToolchainError as e:
-        _fail(e)
+    name = _run(load_spec, spec).name
+    report, code = _run(do_build, spec, out_root, cache_dir, list(targets) or None, targets_dir,
+                        Progress(name, quiet=quiet))
     for tname, t in report["targets"].items():
         extra = f": {t['reason']}" if t.get("reason") else ""
         click.echo(f"{report['model']} {tname}: {t['status']}{extra}")
@@ -65,11 +78,8 @@ def validate(spec, out_root, targets, targets_dir):
     from .progress import Progress
     from .spec import load_spec
 
-    try:
-        report, code = do_validate(spec, out_root, list(targets) or None, targets_dir,
-                                   Progress(load_spec(spec).name))
-    except ToolchainError as e:
-        _fail(e)
+    name = _run(load_spec, spec).name
+    report, code = _run(do_validate, spec, out_root, list(targets) or None, targets_dir, Progress(name))
     for tname, t in report["targets"].items():
         extra = f": {t['reason']}" if t.get("reason") else ""
         click.echo(f"{report['model']} {tname}: {t['status']}{extra}")
@@ -85,10 +95,7 @@ def package(build_dir, version, dist, allow_failed):
     """Bundle every passed artifact of BUILD_DIR with manifest.json and checksums."""
     from .package import package as do_package
 
-    try:
-        manifest = do_package(build_dir, version, dist, allow_failed)
-    except ToolchainError as e:
-        _fail(e)
+    manifest = _run(do_package, build_dir, version, dist, allow_failed)
     click.echo(f"{dist}: {len(manifest['artifacts'])} artifacts, {len(manifest['excluded'])} left out; "
                f"{dist}.tar.gz")
     for x in manifest["excluded"]:
@@ -101,10 +108,7 @@ def verify(dist):
     """Check a release bundle (directory or .tar.gz): every checksum, size and manifest entry."""
     from .package import verify as do_verify
 
-    try:
-        manifest = do_verify(dist)
-    except ToolchainError as e:
-        _fail(e)
+    manifest = _run(do_verify, dist)
     click.echo(f"{dist}: OK, {len(manifest['artifacts'])} artifacts verified")
 
 

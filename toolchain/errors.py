@@ -8,6 +8,8 @@ EXIT_OK = 0
 EXIT_GATE_FAILED = 3  # an artifact was built but missed its accuracy/latency budget (artifact kept, marked failed)
 EXIT_USAGE = 2  # a spec, target file or command-line error (click also uses 2 for usage errors)
 EXIT_STAGE_FAILED = 4  # a stage could not produce its output (trace mismatch, conversion failure, ...)
+EXIT_VERIFY_FAILED = 5  # a release bundle does not match its manifest
+EXIT_OUTPUT = 6  # the build could not write its outputs (disk full, no permission, read-only file system)
 
 
 class ToolchainError(Exception):
@@ -38,3 +40,9 @@ class StageError(ToolchainError):
         self.stage, self.target, self.cause = stage, target, message
         where = f"stage {stage}" + (f", target {target}" if target else "")
         super().__init__(f"{where}: {message}")
+
+
+class OutputError(ToolchainError):
+    """The machine refused a write (disk full, permissions). Nothing half-written is left to be trusted."""
+
+    exit_code = EXIT_OUTPUT

@@ -5,6 +5,14 @@ def judge(name, validation: dict, budget: float, transform_meta: dict) -> dict:
     """Returns {"status", "reason", "notes"} for one target."""
     notes = []
     if validation.get("status") in ("skipped", "failed"):
+        cpu = validation.get("cpu_check") or {}
+        if cpu.get("non_finite_outputs"):  # not runnable here, but already known to be broken
+            return {"status": "failed", "notes": notes,
+                    "reason": f"{cpu['non_finite_outputs']} NaN/Inf values in the artifact's outputs on the "
+                              f"evaluation data (checked on the CPU provider; {validation['reason']})"}
+        if cpu and not cpu["metric_drop"] <= budget:
+            notes.append(f"on the CPU provider the metric drop is {cpu['metric_drop']:.3f}, over the budget "
+                         f"{budget}: expect this target to fail where it can run")
         return {"status": validation["status"], "reason": validation["reason"], "notes": notes}
     reasons = []
     if validation["non_finite_outputs"]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import __version__
 from .cache import write_json_atomic
 from .digest import sha256_file
-from .errors import ToolchainError
+from .errors import EXIT_VERIFY_FAILED, ToolchainError
 
 MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
@@ -22,7 +22,7 @@ _ONNX_TYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 2: "uint8", 
 
 
 class VerifyError(ToolchainError):
-    exit_code = 5
+    exit_code = EXIT_VERIFY_FAILED
 
 
 def onnx_signature(path) -> dict:
