@@ -3,7 +3,7 @@
 from .base import RuntimeFellBack, RuntimeUnavailable  # noqa: F401
 
 
-def open_artifact(target, path, providers=None, output_shapes=None, output_names=None):
+def open_artifact(target, path, providers=None, output_shapes=None, output_names=None, input_names=None):
     if target.runtime == "onnxruntime":
         from .onnxruntime import OrtSession
 
@@ -12,5 +12,5 @@ def open_artifact(target, path, providers=None, output_shapes=None, output_names
     if target.runtime == "litert":
         from .litert import LiteRTSession
 
-        return LiteRTSession(path, target.threads, output_shapes, output_names)
+        return LiteRTSession(path, target.threads, output_shapes, output_names, input_names)
     raise RuntimeUnavailable(f"no runtime module for {target.runtime!r}")

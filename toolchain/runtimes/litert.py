@@ -35,7 +35,7 @@ class LiteRTSession:
     batchable = False  # onnx2tf fixes the batch at 1
     timing_method = "interpreter.invoke (tensors set once)"
 
-    def __init__(self, path, threads=1, output_shapes=None, output_names=None):
+    def __init__(self, path, threads=1, output_shapes=None, output_names=None, input_names=None):
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as e:
@@ -45,6 +45,8 @@ class LiteRTSession:
         self.inputs = self._ordered(self.interp.get_input_details(), "inputs")
         self.outputs = self._ordered(self.interp.get_output_details(), "outputs")
         self.output_shapes = output_shapes
+        if input_names and all(any(d["onnx_name"] == n for d in self.inputs) for n in input_names):
+            self.inputs = [next(d for d in self.inputs if d["onnx_name"] == n) for n in input_names]
         if output_names and all(any(d["onnx_name"] == n for d in self.outputs) for n in output_names):
             self.outputs = [next(d for d in self.outputs if d["onnx_name"] == n) for n in output_names]
         self.providers = ["LiteRT interpreter (CPU kernels)"]

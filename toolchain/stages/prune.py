@@ -66,8 +66,12 @@ def run(model, prune, out_dir: Path, example_inputs: tuple, train: dict | None, 
     if recovery_asked and not train:
         raise StageError(NAME, "recovery (prune.epochs / prune.steps) needs training data (prune.train)")
 
-    teacher = copy.deepcopy(model).eval()
-    student = copy.deepcopy(model).eval()
+    try:
+        teacher = copy.deepcopy(model).eval()  # the caller's model is never modified
+        student = copy.deepcopy(model).eval()
+    except Exception as e:  # noqa: BLE001
+        raise StageError(NAME, f"cannot copy the model to prune it (copy.deepcopy failed: {type(e).__name__}: "
+                               f"{_short(e)})") from None
     with torch.no_grad():
         try:
             reference = _tensors(teacher(*example_inputs))
@@ -81,7 +85,7 @@ def run(model, prune, out_dir: Path, example_inputs: tuple, train: dict | None, 
         with torch.enable_grad():  # the dependency graph is read from autograd's graph
             round_to = _channel_prune(student, prune, example_inputs)
         _check_forward(student, example_inputs, reference, model)
-        if params_equal(student, teacher) and (prune.ratio > 0 or any(prune.layer_ratios.values())):
+        if _params_equal(student, teacher) and (prune.ratio > 0 or any(prune.layer_ratios.values())):
             raise StageError(NAME, "torch-pruning found no channel it could remove (no prunable conv/linear group "
                                    "outside prune.ignore; a forward that runs under no_grad or detaches tensors "
                                    "hides the graph from it)")
@@ -140,7 +144,7 @@ def save(pruned, unpruned, path, config: dict | None = None) -> Path:
     import torch
 
     path = Path(path)
-    structure = structure_diff(unpruned, pruned)
+    structure = _structure_diff(unpruned, pruned)
     state = {k: v.detach().clone().contiguous() for k, v in pruned.state_dict().items()}
     torch.save({"format": FORMAT, "config": config or {}, "structure": structure, "state_dict": state}, path)
     return path
@@ -199,7 +203,7 @@ def load(unpruned_model, out_dir_or_file):
     return model.eval()
 
 
-def structure_diff(before, after) -> dict:
+def _structure_diff(before, after) -> dict:
     """{module name: {attribute: value}} for the plain (JSON-like) public attributes that differ."""
     old = dict(before.named_modules())
     out = {}
@@ -217,7 +221,7 @@ def structure_diff(before, after) -> dict:
     return out
 
 
-def params_equal(a, b) -> bool:
+def _params_equal(a, b) -> bool:
     return sum(p.numel() for p in a.parameters()) == sum(p.numel() for p in b.parameters())
 
 
@@ -350,6 +354,9 @@ def _recover(student, teacher, train, input_names, labels_key, prune) -> dict:
     with torch.no_grad():
         teacher.eval()
         soft = torch.cat([_tensors(teacher(*[x[i:i + BATCH] for x in xs]))[0] for i in range(0, n, BATCH)])
+    if soft.dim() < 2 or not soft.is_floating_point():
+        raise StageError(NAME, f"recovery distils the model's first output over axis 1, which needs [N, classes, "
+                               f"...] float logits; it has shape {list(soft.shape)} ({soft.dtype})")
     use_ce = labels is not None and soft.dim() == 2
     steps_per_epoch = math.ceil(n / BATCH)
     total = int(prune.steps) if prune.steps else int(prune.epochs) * steps_per_epoch

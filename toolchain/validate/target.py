@@ -29,7 +29,7 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
     shapes = [r.shape[1:] for r in reference]
     onames = [o.name for o in spec.outputs]
     try:
-        session = open_artifact(target, artifact, output_shapes=shapes, output_names=onames)
+        session = open_artifact(target, artifact, output_shapes=shapes, output_names=onames, input_names=names)
     except RuntimeUnavailable as e:
         # Still prove what can be proven here: the artifact's agreement with fp32, run on the CPU provider.
         result.update(status="skipped", reason=str(e))
@@ -47,10 +47,9 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
     result["providers"] = list(getattr(session, "providers", [target.runtime]))
     if hasattr(session, "io_details"):
         io = session.io_details()
-        for d, t in zip(io["inputs"], spec.inputs):
-            d["name"] = t.name
-        for d, o in zip(io["outputs"], spec.outputs):
-            d["name"] = o.name
+        if len(io["outputs"]) == len(spec.outputs):  # output names are not always kept by the converter
+            for d, o in zip(io["outputs"], spec.outputs):
+                d["name"] = o.name
         result["io"] = io
     if target.runtime == "litert" and result["host"]["arch"] not in ("aarch64", "arm64"):
         result["latency_note"] = (f"measured with LiteRT's {result['host']['arch']} kernels on this host, "
@@ -59,10 +58,10 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
     lat = target.latency
     batch = min(lat["batch"], len(evaluation[names[0]]))
     feed = {n: evaluation[n][:batch] for n in names}
-    base = open_artifact(target, baseline, output_shapes=shapes, output_names=onames)
+    base = open_artifact(target, baseline, output_shapes=shapes, output_names=onames, input_names=names)
     calls = {"artifact": session.timer(feed), "baseline": base.timer(feed)}
     if unpruned is not None:  # the same target built without pruning: the speedup is measured, not a MAC ratio
-        calls["unpruned"] = open_artifact(target, unpruned, output_shapes=shapes, output_names=onames).timer(feed)
+        calls["unpruned"] = open_artifact(target, unpruned, output_shapes=shapes, output_names=onames, input_names=names).timer(feed)
     timed = latency.interleaved(calls, lat["warmup"], lat["runs"])
     if unpruned is not None:
         result.update(unpruned_latency_ms=timed["unpruned"],
