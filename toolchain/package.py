@@ -76,6 +76,7 @@ def package(build_dir, version, dist, allow_failed=False) -> dict:
                                                           "latency_ms", "baseline_latency_ms", "latency_ratio",
                                                           "latency_protocol", "device", "host", "notes",
                                                           "reason")},
+                    "runtime_options": t.get("runtime_options"),
                     "build": t.get("build", {}),
                 })
         write_json_atomic(staging / MANIFEST, manifest)

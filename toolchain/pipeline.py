@@ -265,7 +265,8 @@ class Pipeline:
 
         s = self.spec
         params = {"runtime": target.runtime, "providers": list(target.providers), "threads": target.threads,
-                  "latency": target.latency, "metric": s.metric}
+                  "latency": target.latency, "metric": s.metric,
+                  "runtime_options": target.tables.get("runtime_options", [])}
         deps = {"artifact": sha256_file(artifact), "baseline": sha256_file(baseline),
                 "reference": ref_entry.digest(reference.OUTPUT), "evaluation": self.evaluation_digest,
                 "host": host_id()}

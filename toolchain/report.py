@@ -27,7 +27,8 @@ def target_entry(name, res, gate, model_dir, budget) -> dict:
         entry["cpu_check"] = v["cpu_check"]
     for k in ("latency_ms", "baseline_latency_ms", "latency_ratio", "latency_protocol", "device", "providers",
               "host", "threads", "io", "latency_note",
-              "unpruned_latency_ms", "speedup_vs_unpruned"):
+              "unpruned_latency_ms", "speedup_vs_unpruned", "runtime_options",
+              "baseline_same_options_latency_ms"):
         if k in v:
             entry[k] = v[k]
     if res.get("transform"):
@@ -75,6 +76,11 @@ def markdown(report: dict) -> str:
             lines.append(f"- **{name}** {t['status']}: {t['reason']}")
         for n in t.get("notes", []):
             lines.append(f"- **{name}** note: {n}")
+        if t.get("runtime_options"):
+            ro = t["runtime_options"]
+            tried = ", ".join(f"{n} {v:.4f} ms" for n, v in ro["p50_ms"].items())
+            lines.append(f"- **{name}** runtime options: chose {ro['chosen']} ({tried})"
+                         + (f"; could not run: {', '.join(ro['failed'])}" if ro["failed"] else ""))
         if t.get("latency_ms"):
             h = t["host"]
             lines.append(f"- **{name}** latency measured on {t.get('device', h['cpu'])} (host arch {h['arch']}), "

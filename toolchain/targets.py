@@ -68,7 +68,7 @@ def load_target(name: str, targets_dir=None, overrides=None, spec_path=None) -> 
         raise SpecError(path, None, f"invalid TOML: {e}") from None
     t = _Table(path, "", raw)
     t.reject_unknown({"name", "description", "format", "precision", "runtime", "providers", "threads",
-                      "quantize", "fp16", "convert", "latency"})
+                      "quantize", "fp16", "convert", "latency", "runtime_options"})
     fmt = t.get("format", (str,), check=_one_of(("onnx", "tflite")))
     precision = t.get("precision", (str,), check=_one_of(("fp32", "fp16", "int8")))
     if (fmt, precision) not in TRANSFORMS:
@@ -87,5 +87,28 @@ def load_target(name: str, targets_dir=None, overrides=None, spec_path=None) -> 
         lat.reject_unknown({"warmup", "runs", "batch", "io_binding"})
         for k in ("warmup", "runs", "batch"):
             lat.get(k, (int,), 1, check=_in_range(1, 100_000))
+    tables["runtime_options"] = _runtime_options(path, t)
     return Target(t.get("name", (str,), name), path, t.get("description", (str,), ""), fmt, precision, runtime,
                   tuple(providers), threads, tables)
+
+
+def _runtime_options(path, t) -> list:
+    """Candidates for the runtime-options search: [[runtime_options]] tables, each with a name and either
+    graph_optimization (all|extended|basic|disabled) or provider_options ({PROVIDER = {key = "value"}})."""
+    raw = t.data.get("runtime_options", [])
+    if not isinstance(raw, list):
+        raise SpecError(path, "runtime_options", "must be an array of tables ([[runtime_options]])")
+    out, seen = [], set()
+    for i, item in enumerate(raw):
+        c = _Table(path, f"runtime_options[{i}]", item)
+        c.reject_unknown({"name", "graph_optimization", "provider_options"})
+        name = c.get("name", (str,))
+        if name in seen:
+            raise SpecError(path, c.key("name"), f"duplicate candidate name {name!r}")
+        seen.add(name)
+        c.get("graph_optimization", (str,), "all", check=_one_of(("all", "extended", "basic", "disabled")))
+        for prov, opts in c.get("provider_options", (dict,), {}).items():
+            if not isinstance(opts, dict) or not all(isinstance(v, str) for v in opts.values()):
+                raise SpecError(path, c.key(f"provider_options.{prov}"), "must be a table of string options")
+        out.append(dict(item))
+    return out

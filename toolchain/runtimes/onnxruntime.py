@@ -8,6 +8,14 @@ _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64
        "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(bool)": np.bool_}
 
 
+OPT_LEVELS = {
+    "all": lambda ort: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "extended": lambda ort: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "basic": lambda ort: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "disabled": lambda ort: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+}
+
+
 def available_providers():
     import onnxruntime as ort
 
@@ -18,7 +26,7 @@ class OrtSession:
     batchable = True
 
     def __init__(self, path, providers=("CPUExecutionProvider",), threads=1, provider_options=None,
-                 io_binding=False):
+                 io_binding=False, graph_optimization="all"):
         import onnxruntime as ort
 
         providers = list(providers)
@@ -33,7 +41,7 @@ class OrtSession:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.graph_optimization_level = OPT_LEVELS[graph_optimization](ort)
         so.log_severity_level = 3
         opts = [dict((provider_options or {}).get(p, {})) for p in providers]
         self.session = ort.InferenceSession(str(path), so, providers=providers, provider_options=opts)

@@ -58,18 +58,31 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
     lat = target.latency
     batch = min(lat["batch"], len(evaluation[names[0]]))
     feed = {n: evaluation[n][:batch] for n in names}
-    base = open_artifact(target, baseline, output_shapes=shapes, output_names=onames, input_names=names)
-    calls = {"artifact": session.timer(feed), "baseline": base.timer(feed)}
+
+    def opener(path, options=None):
+        return open_artifact(target, path, output_shapes=shapes, output_names=onames, input_names=names,
+                             options=options)
+
+    chosen, timer = None, session.timer(feed)
+    if target.tables.get("runtime_options"):
+        chosen, timer, result["runtime_options"] = search_options(target, artifact, feed, opener)
+    calls = {"artifact": timer, "baseline": opener(baseline).timer(feed)}
+    if chosen and chosen.get("name") != "default":  # fair comparison too: the baseline with the same options
+        calls["baseline_same_options"] = opener(baseline, chosen).timer(feed)
     if unpruned is not None:  # the same target built without pruning: the speedup is measured, not a MAC ratio
-        calls["unpruned"] = open_artifact(target, unpruned, output_shapes=shapes, output_names=onames, input_names=names).timer(feed)
+        calls["unpruned"] = opener(unpruned, chosen).timer(feed)
     timed = latency.interleaved(calls, lat["warmup"], lat["runs"])
     if unpruned is not None:
         result.update(unpruned_latency_ms=timed["unpruned"],
                       speedup_vs_unpruned=timed["unpruned"]["p50"] / timed["artifact"]["p50"])
+    if "baseline_same_options" in timed:
+        result["baseline_same_options_latency_ms"] = timed["baseline_same_options"]
     result.update(latency_ms=timed["artifact"], baseline_latency_ms=timed["baseline"],
                   latency_ratio=timed["artifact"]["p50"] / timed["baseline"]["p50"],
                   latency_protocol={"batch": batch, "warmup": lat["warmup"], "runs": lat["runs"],
-                                    "interleaved_with": "fp32 baseline", "timing": session.timing_method})
+                                    "interleaved_with": "fp32 baseline (default runtime options)",
+                                    "artifact_runtime_options": (chosen or {}).get("name", "default"),
+                                    "timing": session.timing_method})
     return result
 
 
@@ -81,3 +94,26 @@ def _device(target, session):
     from ..hostinfo import cpu_name
 
     return cpu_name()
+
+
+def search_options(target, artifact, feed, opener):
+    """Bounded search over the target's runtime-options candidates, measured interleaved on this machine.
+    Returns (chosen candidate, its timer, the record for the report). A candidate that fails to load or run
+    (e.g. CUDA graphs with a node on the CPU) is recorded with its reason, never chosen."""
+    calls, failed, by_name = {}, {}, {}
+    for cand in target.tables["runtime_options"]:
+        try:
+            t = opener(artifact, cand).timer(feed)
+            t()
+            calls[cand["name"]], by_name[cand["name"]] = t, cand
+        except Exception as e:  # noqa: BLE001 - any runtime refusal disqualifies the candidate
+            failed[cand["name"]] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    if not calls:
+        raise RuntimeError(f"no runtime-options candidate of target {target.name} could run: {failed}")
+    lat = target.latency
+    timed = latency.interleaved(calls, max(lat["warmup"] // 2, 5), max(lat["runs"] // 2, 20))
+    best = min(timed, key=lambda n: timed[n]["p50"])
+    record = {"chosen": best, "options": {k: v for k, v in by_name[best].items() if k != "name"},
+              "p50_ms": {n: t["p50"] for n, t in timed.items()}, "failed": failed,
+              "note": "accuracy is measured with default options; these options change kernels and scheduling"}
+    return by_name[best], calls[best], record
