@@ -242,6 +242,16 @@ class Pipeline:
         params = self.transform_params[name]
         fp32_path, fp32_digest = fp32.file("model.fp32.onnx"), fp32.digest("model.fp32.onnx")
         names = [t.name for t in self.spec.inputs]
+        if target.transform == "quantize" and params["method"] == "auto":
+            from .stages import plan, reference
+
+            budget = self.spec.targets[name].max_metric_drop
+            ref = self.ref_entry
+            deps = {"fp32": fp32_digest, "calibration": self.calibration_digest, "evaluation": self.evaluation_digest,
+                    "reference": ref.digest(reference.OUTPUT), "host": host_id()}
+            return StageRun(plan, {**params, "budget": budget, "threads": target.threads}, deps,
+                            lambda out: plan.run(fp32_path, params, out, self.calibration, self.evaluation,
+                                                 reference.load(ref.path), self.spec, budget, target.threads), name)
         if target.transform == "quantize":
             from .stages import quantize
             deps = {"fp32": fp32_digest}
@@ -280,7 +290,7 @@ class Pipeline:
     def run(self):
         """Run every stage; returns (shared results, per-target results). Target failures do not stop others."""
         fp32 = self.run_stage(self.trace_stage())
-        ref = self.run_stage(self.reference_stage(fp32))
+        ref = self.ref_entry = self.run_stage(self.reference_stage(fp32))
         ufp32 = self.unpruned.run_stage(self.unpruned.trace_stage()) if self.unpruned else None
         results = {}
         for name, target in self.targets.items():
@@ -301,6 +311,8 @@ class Pipeline:
 
 
     def built_artifact(self, name, target, fp32):
+        if _needs_ref(self, name) and getattr(self, "ref_entry", None) is None:
+            self.ref_entry = self.run_stage(self.reference_stage(fp32))
         st = self.transform_stage(name, target, fp32)
         entry = self.run_stage(st) if st else fp32
         return _artifact_files(target, entry, fp32)[0]
@@ -329,13 +341,17 @@ class Pipeline:
                 return lines
             self.__dict__["prune_entry"] = pruned
         fp32 = check(self.trace_stage())
-        ref = check(self.reference_stage(fp32)) if fp32 else blocked("reference", "trace")
+        ref = self.ref_entry = check(self.reference_stage(fp32)) if fp32 else blocked("reference", "trace")
         for name, target in self.targets.items():
-            st = self.transform_stage(name, target, fp32) if fp32 else None
+            st = self.transform_stage(name, target, fp32) if fp32 and (ref or not _needs_ref(self, name)) else None
             if fp32 is None:
                 if target.transform:
                     blocked(f"{target.transform}[{name}]", "trace")
                 blocked(f"validate[{name}]", "trace")
+                continue
+            if st is None and target.transform:  # needs the reference, which reruns
+                blocked(f"{target.transform}[{name}]", "reference")
+                blocked(f"validate[{name}]", "reference")
                 continue
             entry = check(st) if st else fp32
             if entry is None:
@@ -346,6 +362,10 @@ class Pipeline:
                 artifact, baseline = _artifact_files(target, entry, fp32)
                 check(self.validate_stage(name, target, artifact, baseline, ref))
         return lines
+
+
+def _needs_ref(pipe, name):
+    return pipe.transform_params[name].get("method") == "auto"
 
 
 def _label(st):

@@ -12,7 +12,10 @@ OUTPUT = "model.int8.onnx"
 
 DEFAULTS = {"method": "static", "per_channel": True, "activation_type": "uint8", "weight_type": "int8",
             "calibrate_method": "minmax", "nodes_to_exclude": [], "op_types_to_quantize": [],
-            "preprocess": True}
+            "preprocess": True,
+            # method = "auto": the precision plan (stages/plan.py) chooses scheme and float nodes by measurement
+            "schemes": ["static_u8s8", "static_s8s8", "dynamic_s8"], "force_float": [], "force_int8": [],
+            "time_budget_s": 300}
 KNOWN = set(DEFAULTS)
 
 
@@ -24,7 +27,21 @@ def params_for(target_table: dict, path, prefix="quantize") -> dict:
         raise SpecError(path, prefix, f"unknown option(s): {', '.join(sorted(unknown))} "
                                               f"(known: {', '.join(sorted(KNOWN))})")
     params = {**DEFAULTS, **target_table}
-    checks = {"method": ("static", "dynamic"), "activation_type": ("uint8", "int8"),
+    for k in ("schemes", "force_float", "force_int8", "nodes_to_exclude", "op_types_to_quantize"):
+        if not isinstance(params[k], list) or not all(isinstance(v, str) for v in params[k]):
+            raise SpecError(path, f"{prefix}.{k}", f"must be a list of strings, got {params[k]!r}")
+    from .precision import SCHEMES
+
+    for v in params["schemes"]:
+        if v not in SCHEMES:
+            raise SpecError(path, f"{prefix}.schemes", f"unknown scheme {v!r} (known: {', '.join(SCHEMES)})")
+    if not params["schemes"]:
+        raise SpecError(path, f"{prefix}.schemes", "must name at least one scheme")
+    if isinstance(params["time_budget_s"], bool) or not isinstance(params["time_budget_s"], (int, float)) \
+            or not 1 <= params["time_budget_s"] <= 86400:
+        raise SpecError(path, f"{prefix}.time_budget_s", f"must be seconds in [1, 86400], got "
+                                                         f"{params['time_budget_s']!r}")
+    checks = {"method": ("static", "dynamic", "auto"), "activation_type": ("uint8", "int8"),
               "weight_type": ("uint8", "int8"), "calibrate_method": ("minmax", "entropy", "percentile")}
     for k, allowed in checks.items():
         if params[k] not in allowed:

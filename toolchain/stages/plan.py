@@ -1,0 +1,186 @@
+"""plan: the x86 precision plan. Quantize what pays, keep in float what hurts, decided by measurement.
+
+For each candidate scheme (static uint8/int8 activations with int8 per-channel weights, or dynamic int8):
+  1. start from everything int8 (minus what the spec forces to stay float);
+  2. accuracy: while the metric drop on the evaluation data exceeds the target's budget, keep in float the
+     next most sensitive compute nodes (sensitivity = output cosine to fp32 when only that node is int8;
+     1, 2, 4, ... nodes per step);
+  3. speed: for each kind of compute node still int8 (Conv 1x1 / kxk / depthwise, MatMul, Gemm), measure
+     the model with that kind kept float against the current plan, interleaved; keep it float if that is
+     >= 5% faster and the budget still holds;
+then ship the fastest scheme that meets the budget. Every step, the sensitivity table and the timings go
+into the stage's meta (and so into report.json). The search stops at its time budget with the best plan
+so far. Timing decisions depend on the host, so the host is part of the stage's cache key.
+"""
+
+import shutil
+import time
+
+from ..errors import StageError
+
+NAME = "plan"
+VERSION = 1
+LIBRARIES = ("onnxruntime", "onnx", "numpy")
+OUTPUT = "model.int8.onnx"
+SPEED_MARGIN = 0.95  # a kind is kept float only if that makes the model at least 5% faster
+SENSITIVITY_SAMPLES = 64
+
+
+def _resolve(patterns, nodes, key):
+    """Node names from spec entries that name a node or a kind/op type ('Conv(depthwise)', 'MatMul')."""
+    names, kinds = {n for n, _ in nodes}, {k for _, k in nodes} | {k.split("(")[0] for _, k in nodes}
+    out = set()
+    for p in patterns:
+        if p in names:
+            out.add(p)
+        elif p in kinds:
+            out |= {n for n, k in nodes if k == p or k.split("(")[0] == p}
+        else:
+            raise StageError(NAME, f"quantize.{key}: {p!r} is neither a compute node nor a node kind of this model "
+                                   f"(kinds: {', '.join(sorted({k for _, k in nodes}))})")
+    return out
+
+
+def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, budget, threads) -> dict:
+    import numpy as np
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from ..validate import metrics
+    from . import precision
+
+    t0 = time.monotonic()
+    deadline = t0 + params["time_budget_s"]
+    names = [t.name for t in spec.inputs]
+    prep = out_dir / "prep.onnx"
+    quant_pre_process(str(fp32_path), str(prep), skip_symbolic_shape=True)
+    model = onnx.load(str(prep))
+    nodes = precision.compute_nodes(model)
+    kind_of = dict(nodes)
+    forced_float = _resolve(params["force_float"], nodes, "force_float")
+    forced_int8 = _resolve(params["force_int8"], nodes, "force_int8")
+    runner = precision.Runner(threads, names)
+    ref_value = metrics.compute(spec.metric, reference, evaluation, reference, spec)
+    feed = {n: evaluation[n][:1] for n in names}
+    sub = {k: v[:SENSITIVITY_SAMPLES] for k, v in evaluation.items()}
+    ref_sub = [r[:SENSITIVITY_SAMPLES] for r in reference]
+    calib = None
+    counter = [0]
+
+    def make(scheme, exclude=(), only=None):
+        nonlocal calib
+        method, act, weight = precision.SCHEMES[scheme]
+        counter[0] += 1
+        path = out_dir / f"variant{counter[0]}.onnx"
+        if method == "static":
+            if calib is None:
+                calib = precision.Calibration(prep, calibration, names, params["calibrate_method"])
+            onnx.save(calib.static(act, weight, params["per_channel"], only, exclude), str(path))
+        else:
+            precision.dynamic(prep, path, weight, params["per_channel"], only, exclude)
+        return path
+
+    def judge(path):
+        outs = runner.outputs(path, evaluation)
+        bad = metrics.non_finite(outs)
+        drop = ref_value - metrics.compute(spec.metric, outs, evaluation, reference, spec)
+        return drop, bad, (bad == 0 and drop <= budget)
+
+    def sensitivity(scheme):
+        rows = []
+        for n, kind in nodes:
+            if time.monotonic() > deadline:
+                rows.append({"node": n, "kind": kind, "cosine": None, "note": "not measured (time budget)"})
+                continue
+            outs = runner.outputs(make(scheme, only=[n]), sub)
+            cos = float(np.mean([metrics.cosine_per_sample(o, r).mean() for o, r in zip(outs, ref_sub)]))
+            rows.append({"node": n, "kind": kind, "cosine": cos})
+        return sorted(rows, key=lambda r: (r["cosine"] is None, r["cosine"] if r["cosine"] is not None else 0))
+
+    candidates, steps, tables = {}, [], {}
+    for scheme in params["schemes"]:
+        if time.monotonic() > deadline and candidates:
+            steps.append(f"{scheme}: not tried (time budget of {params['time_budget_s']} s spent)")
+            continue
+        exclude = set(forced_float)
+        path = make(scheme, exclude)
+        try:
+            drop, bad, ok = judge(path)
+        except Exception as e:  # noqa: BLE001 - a variant ORT cannot run disqualifies the scheme, not the build
+            steps.append(f"{scheme}: ONNX Runtime cannot run it ({str(e).splitlines()[0][:160]}); dropped")
+            continue
+        steps.append(f"{scheme}: all compute nodes int8 -> metric drop {drop:.3f}"
+                     + (f", {bad} NaN/Inf" if bad else ""))
+        if not ok:
+            tables[scheme] = sensitivity(scheme)
+            order = [r["node"] for r in tables[scheme] if r["node"] not in exclude | forced_int8]
+            k = 1
+            while not ok and order and time.monotonic() < deadline:
+                take, order = order[:k], order[k:]
+                exclude |= set(take)
+                path = make(scheme, exclude)
+                drop, bad, ok = judge(path)
+                steps.append(f"{scheme}: keep {len(take)} more most-sensitive node(s) float ({', '.join(take[:4])}"
+                             f"{', ...' if len(take) > 4 else ''}) -> drop {drop:.3f}")
+                k *= 2
+        if not ok:
+            steps.append(f"{scheme}: cannot meet the budget {budget}; dropped")
+            continue
+        reasons = {n: "forced float by the spec" for n in forced_float}
+        reasons.update({n: "accuracy: among the most sensitive nodes" for n in exclude - forced_float})
+        for kind in sorted({kind_of[n] for n in kind_of if n not in exclude | forced_int8}):
+            if time.monotonic() > deadline:
+                break
+            trial = exclude | {n for n, k in nodes if k == kind and n not in forced_int8}
+            tpath = make(scheme, trial)
+            lat = runner.latency({"current": path, "trial": tpath}, feed)
+            verdict = lat["trial"] < lat["current"] * SPEED_MARGIN
+            if verdict:  # confirm with a second interleaved measurement: noise must not decide precision
+                again = runner.latency({"trial": tpath, "current": path}, feed)
+                verdict = again["trial"] < again["current"] * SPEED_MARGIN
+            tdrop, tbad, tok = judge(tpath) if verdict else (None, 0, False)
+            steps.append(f"{scheme}: {kind} kept float -> p50 {lat['trial']:.4f} vs {lat['current']:.4f} ms"
+                         + (" (faster; kept float)" if verdict and tok else " (not kept)"))
+            if verdict and tok:
+                for n in trial - exclude:
+                    reasons[n] = (f"speed: int8 {kind} is slower here (whole-model A/B p50 {lat['current']:.4f} -> "
+                                  f"{lat['trial']:.4f} ms with it float)")
+                exclude, path, drop = trial, tpath, tdrop
+        candidates[scheme] = {"path": path, "exclude": exclude, "drop": drop, "reasons": reasons}
+
+    if not candidates:
+        raise StageError(NAME, f"no int8 plan meets the budget max_metric_drop={budget}: " + "; ".join(steps[-3:]))
+    before = make(params["schemes"][0])  # the naive plan: everything int8 with the first scheme
+    timed = runner.latency({**{s: c["path"] for s, c in candidates.items()}, "all_int8": before,
+                            "fp32": fp32_path}, feed, runs=300, warmup=30)
+    best = min(candidates, key=lambda s: timed[s])
+    chosen = candidates[best]
+    shutil.copyfile(chosen["path"], out_dir / OUTPUT)
+    before_drop, _, _ = judge(before)
+    for p in out_dir.glob("*.onnx"):
+        if p.name != OUTPUT:
+            p.unlink()
+    method, act, weight = precision.SCHEMES[best]
+    top = next(iter(tables.values()), None) or []
+    return {
+        "scheme": {"method": method, "activation_type": act, "weight_type": weight,
+                   "per_channel": params["per_channel"], "calibrate_method": params["calibrate_method"]},
+        "plan": {
+            "chosen": best,
+            "kept_float": [{"node": n, "kind": kind_of.get(n, "?"), "reason": chosen["reasons"].get(n, "")}
+                           for n in sorted(chosen["exclude"])],
+            "int8_compute_nodes": sum(1 for n in kind_of if n not in chosen["exclude"]),
+            "compute_nodes": len(kind_of),
+            "candidates": {s: {"metric_drop": c["drop"], "p50_ms": timed[s], "kept_float": len(c["exclude"])}
+                           for s, c in candidates.items()},
+            "before": {"plan": f"{params['schemes'][0]}, every node int8", "metric_drop": before_drop,
+                       "p50_ms": timed["all_int8"]},
+            "after": {"plan": best, "metric_drop": chosen["drop"], "p50_ms": timed[best]},
+            "fp32_p50_ms": timed["fp32"],
+            "sensitivity_top": top[:10],
+            "steps": steps,
+            "search_seconds": round(time.monotonic() - t0, 1),
+            "decided_by_timing": "speed decisions were measured on this host (see the report's host); another "
+                                 "CPU may choose differently",
+        },
+    }

@@ -1,0 +1,120 @@
+"""Building blocks of the x86 precision plan, on ONNX Runtime's own quantizer: calibrate once, then make any
+variant (scheme x nodes kept in float) from the same activation ranges, run it, time it.
+
+The judgement lives in plan.py; this module only knows how to make and measure variants.
+"""
+
+import copy
+from pathlib import Path
+
+# The ops whose int8 form carries the compute (and the weights): the units of sensitivity analysis.
+COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+SCHEMES = {  # name -> (method, activation type, weight type)
+    "static_u8s8": ("static", "uint8", "int8"),
+    "static_s8s8": ("static", "int8", "int8"),
+    "dynamic_s8": ("dynamic", None, "int8"),
+}
+
+
+class Calibration:
+    """Activation ranges of the pre-processed fp32 model, collected once on the calibration data."""
+
+    def __init__(self, prep_path: Path, arrays: dict, input_names, method="minmax"):
+        from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+        from .quantize import _Reader
+
+        self.prep_path = Path(prep_path)
+        self.op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[method]
+        calibrator = create_calibrator(self.prep_path, self.op_types,
+                                       augmented_model_path=str(self.prep_path.with_suffix(".augmented.onnx")),
+                                       calibrate_method=method)
+        calibrator.collect_data(_Reader(arrays, list(input_names)))
+        self.ranges = calibrator.compute_data()
+        del calibrator
+        self.prep_path.with_suffix(".augmented.onnx").unlink(missing_ok=True)
+
+    def static(self, activation: str, weight: str, per_channel=True, only=None, exclude=()):
+        """A QDQ model proto: every quantizable node, or `only` these, minus `exclude`."""
+        from onnxruntime.quantization import QuantType
+        from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+        from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+
+        qt = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+        model = load_model_with_shape_infer(self.prep_path)
+        q = QDQQuantizer(model, per_channel, False, qt[weight], qt[activation], copy.deepcopy(self.ranges),
+                         list(only or []), list(exclude), self.op_types, {})
+        q.quantize_model()
+        return q.model.model
+
+
+def dynamic(prep_path: Path, out_path: Path, weight="int8", per_channel=True, only=None, exclude=()):
+    """Dynamic int8 (weights int8, activations quantized at run time). Convolutions are left out: ORT's CPU
+    ConvInteger takes only uint8 weights and is rarely faster than float."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+    quantize_dynamic(str(prep_path), str(out_path), per_channel=per_channel,
+                     weight_type={"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[weight],
+                     nodes_to_quantize=list(only or []), nodes_to_exclude=list(exclude),
+                     op_types_to_quantize=[t for t in IntegerOpsRegistry if t != "Conv"])
+    return out_path
+
+
+def compute_nodes(model) -> list:
+    """(name, kind) of the compute nodes; Conv split by shape, because depthwise and 1x1 convs fare
+    differently in int8 (STACK.md: depthwise convs stayed float and made MobileNetV3 int8 slower)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    out = []
+    for n in model.graph.node:
+        if n.op_type not in COMPUTE_OPS:
+            continue
+        kind = n.op_type
+        if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in inits:
+            dims = list(inits[n.input[1]].dims)  # [C_out, C_in / group, kH, kW]
+            group = next((a.i for a in n.attribute if a.name == "group"), 1)
+            if group > 1 and dims[1] == 1:
+                kind = "Conv(depthwise)"
+            elif dims[2:] == [1, 1]:
+                kind = "Conv(1x1)"
+            else:
+                kind = "Conv(kxk)"
+        out.append((n.name, kind))
+    return out
+
+
+def other_quantizable(model, op_types) -> list:
+    """(name, op_type) of the quantizable nodes that are not compute nodes (Add, Mul, pooling, ...)."""
+    return [(n.name, n.op_type) for n in model.graph.node if n.op_type in op_types and n.op_type not in COMPUTE_OPS]
+
+
+class Runner:
+    """Runs variants on ONNX Runtime's CPU provider: outputs on a data set, and interleaved latency."""
+
+    def __init__(self, threads, input_names):
+        self.threads, self.input_names = threads, list(input_names)
+
+    def session(self, path):
+        from ..runtimes.onnxruntime import OrtSession
+
+        return OrtSession(path, ["CPUExecutionProvider"], self.threads)
+
+    def outputs(self, path, arrays, limit=None):
+        import numpy as np
+
+        from ..data import batches
+
+        s = self.session(path)
+        if limit:
+            arrays = {k: arrays[k][:limit] for k in self.input_names}
+        chunks = [s.run(f) for f in batches(arrays, self.input_names, 64)]
+        return [np.concatenate(parts).astype(np.float32) for parts in zip(*chunks)]
+
+    def latency(self, paths: dict, feed: dict, runs=150, warmup=15) -> dict:
+        from ..validate.latency import interleaved
+
+        calls = {name: self.session(p).timer(feed) for name, p in paths.items()}
+        return {n: r["p50"] for n, r in interleaved(calls, warmup, runs).items()}
