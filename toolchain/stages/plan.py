@@ -19,7 +19,7 @@ import time
 from ..errors import StageError
 
 NAME = "plan"
-VERSION = 1
+VERSION = 3
 LIBRARIES = ("onnxruntime", "onnx", "numpy")
 OUTPUT = "model.int8.onnx"
 SPEED_MARGIN = 0.95  # a kind is kept float only if that makes the model at least 5% faster
@@ -126,9 +126,20 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
         if not ok:
             steps.append(f"{scheme}: cannot meet the budget {budget}; dropped")
             continue
+        # Steps take nodes in doubling batches: give back to int8 any that the budget did not need.
+        rank = {r["node"]: i for i, r in enumerate(tables.get(scheme, []))}
+        for n in sorted(exclude - forced_float, key=lambda n: -rank.get(n, 0)):
+            if time.monotonic() > deadline:
+                break
+            tpath = make(scheme, exclude - {n})
+            tdrop, tbad, tok = judge(tpath)
+            if tok:
+                exclude, path, drop = exclude - {n}, tpath, tdrop
+                steps.append(f"{scheme}: {n} back to int8 -> drop {tdrop:.3f} (budget still holds)")
         reasons = {n: "forced float by the spec" for n in forced_float}
         reasons.update({n: "accuracy: among the most sensitive nodes" for n in exclude - forced_float})
-        for kind in sorted({kind_of[n] for n in kind_of if n not in exclude | forced_int8}):
+        kinds = sorted({kind_of[n] for n in kind_of if n not in exclude | forced_int8}) if params["speed_search"] else []
+        for kind in kinds:
             if time.monotonic() > deadline:
                 break
             trial = exclude | {n for n, k in nodes if k == kind and n not in forced_int8}

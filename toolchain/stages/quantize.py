@@ -15,7 +15,7 @@ DEFAULTS = {"method": "static", "per_channel": True, "activation_type": "uint8",
             "preprocess": True,
             # method = "auto": the precision plan (stages/plan.py) chooses scheme and float nodes by measurement
             "schemes": ["static_u8s8", "static_s8s8", "dynamic_s8"], "force_float": [], "force_int8": [],
-            "time_budget_s": 300}
+            "time_budget_s": 300, "speed_search": True}
 KNOWN = set(DEFAULTS)
 
 
@@ -35,6 +35,8 @@ def params_for(target_table: dict, path, prefix="quantize") -> dict:
     for v in params["schemes"]:
         if v not in SCHEMES:
             raise SpecError(path, f"{prefix}.schemes", f"unknown scheme {v!r} (known: {', '.join(SCHEMES)})")
+    if not isinstance(params["speed_search"], bool):
+        raise SpecError(path, f"{prefix}.speed_search", f"must be true or false, got {params['speed_search']!r}")
     if not params["schemes"]:
         raise SpecError(path, f"{prefix}.schemes", "must name at least one scheme")
     if isinstance(params["time_budget_s"], bool) or not isinstance(params["time_budget_s"], (int, float)) \

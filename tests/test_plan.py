@@ -1,0 +1,132 @@
+"""The x86 precision plan (quantize.method = "auto") on a model with a planted sensitive layer: one channel of
+conv1 runs 1000x hotter than the rest (conv2 scales it back), so fp32 is fine but a per-tensor int8 scale for
+that activation wipes out the other channels. The plan must find conv1/conv2, keep them float, meet the budget,
+and obey the spec's overrides."""
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import dumps_toml, run_build
+
+SOURCE = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+
+    class Planted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+            self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+            self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+            self.pool = nn.AdaptiveAvgPool2d(2)
+            self.classifier = nn.Linear(64, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.conv1(x))
+            x = torch.relu(self.conv2(x))
+            x = torch.relu(self.conv3(x))
+            return self.classifier(torch.flatten(self.pool(x), 1))
+
+
+    def planted():
+        return Planted()
+''')
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    import sys
+
+    import torch
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("planted model")
+    (root / "planted_models.py").write_text(SOURCE)
+    sys.path.insert(0, str(root))
+    try:
+        from planted_models import planted as factory
+    finally:
+        sys.path.remove(str(root))
+    torch.manual_seed(0)
+    m = factory().eval()
+    with torch.no_grad():
+        m.conv1.weight[0] *= 1000
+        m.conv1.bias[0] = m.conv1.bias[0].abs() * 1000
+        m.conv2.weight[:, 0] /= 1000
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(root / "w.safetensors"))
+    x = np.random.default_rng(0).random((96, 1, 8, 8), dtype=np.float32)
+    np.savez(root / "eval.npz", input=x[:64])
+    np.savez(root / "cal.npz", input=x[64:])
+    return root
+
+
+def spec(root, directory, quantize):
+    directory.mkdir(parents=True, exist_ok=True)
+    doc = {"model": {"name": "planted", "factory": "planted_models:planted", "weights": str(root / "w.safetensors"),
+                     "python_path": [str(root)]},
+           "inputs": [{"name": "input", "shape": [1, 1, 8, 8]}], "outputs": [{"name": "logits"}],
+           "data": {"calibration": str(root / "cal.npz"), "evaluation": str(root / "eval.npz")},
+           "metric": {"name": "cosine"},
+           "targets": {"x86_64": {"max_metric_drop": 0.002, "quantize": quantize,
+                                  "latency": {"warmup": 2, "runs": 20}}}}
+    path = directory / "build.toml"
+    path.write_text(dumps_toml(doc))
+    return path
+
+
+def test_plain_int8_misses_the_budget(planted, tmp_path):
+    b = run_build(spec(planted, tmp_path / "s", {"method": "static"}), tmp_path / "out")
+    assert b.code == 3
+    assert b.report["targets"]["x86_64"]["status"] == "failed"
+    assert b.report["targets"]["x86_64"]["metric_drop"] > 0.002
+
+
+def test_plan_finds_the_planted_layers_and_meets_the_budget(planted, tmp_path):
+    b = run_build(spec(planted, tmp_path / "s", {"method": "auto", "schemes": ["static_u8s8"],
+                                                 "speed_search": False}), tmp_path / "out")
+    t = b.report["targets"]["x86_64"]
+    assert b.code == 0 and t["status"] == "passed"
+    plan = t["build"]["plan"]
+    assert {r["node"] for r in plan["sensitivity_top"][:2]} == {"/conv1/Conv", "/conv2/Conv"}
+    assert plan["sensitivity_top"][0]["cosine"] < plan["sensitivity_top"][-1]["cosine"]
+    kept = {k["node"]: k["reason"] for k in plan["kept_float"]}
+    assert set(kept) <= {"/conv1/Conv", "/conv2/Conv"} and kept
+    assert all(r.startswith("accuracy") for r in kept.values())
+    assert plan["before"]["metric_drop"] > 0.002 >= plan["after"]["metric_drop"]
+    assert plan["int8_compute_nodes"] == plan["compute_nodes"] - len(kept)
+    # The artifact really is the plan: the kept nodes have no weight DequantizeLinear feeding them.
+    import onnx
+
+    g = onnx.load(str(b.model_dir / t["artifact"])).graph
+    producers = {o: n for n in g.node for o in n.output}
+    for n in g.node:
+        if n.name in kept:
+            assert producers.get(n.input[1]) is None or producers[n.input[1]].op_type != "DequantizeLinear"
+    assert json.loads((b.model_dir / "report.json").read_text())["targets"]["x86_64"]["build"]["plan"] == plan
+
+
+def test_force_float_override_is_obeyed_and_named(planted, tmp_path):
+    b = run_build(spec(planted, tmp_path / "s", {"method": "auto", "schemes": ["static_u8s8"], "speed_search": False,
+                                                 "force_float": ["Gemm"]}), tmp_path / "out")
+    kept = {k["node"]: k["reason"] for k in b.report["targets"]["x86_64"]["build"]["plan"]["kept_float"]}
+    assert kept["/classifier/Gemm"] == "forced float by the spec"
+
+
+def test_force_int8_on_the_sensitive_layers_fails_the_stage(planted, tmp_path):
+    s = spec(planted, tmp_path / "s", {"method": "auto", "schemes": ["static_u8s8"], "speed_search": False,
+                                       "force_int8": ["/conv1/Conv", "/conv2/Conv"]})
+    b = run_build(s, tmp_path / "out")
+    t = b.report["targets"]["x86_64"]
+    assert b.code == 4 and t["status"] == "failed" and t["failed_stage"] == "plan"
+    assert "no int8 plan meets the budget" in t["reason"]
+
+
+def test_unknown_override_name_is_a_stage_error_naming_it(planted, tmp_path):
+    s = spec(planted, tmp_path / "s", {"method": "auto", "force_float": ["/nope/Conv"]})
+    b = run_build(s, tmp_path / "out")
+    t = b.report["targets"]["x86_64"]
+    assert b.code == 4 and "/nope/Conv" in t["reason"] and "force_float" in t["reason"]
