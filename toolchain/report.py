@@ -76,6 +76,17 @@ def markdown(report: dict) -> str:
             lines.append(f"- **{name}** {t['status']}: {t['reason']}")
         for n in t.get("notes", []):
             lines.append(f"- **{name}** note: {n}")
+        plan = (t.get("build") or {}).get("plan")
+        if plan:
+            kept = ", ".join(f"{k['node']} ({k['reason'].split(':')[0]})" for k in plan["kept_float"][:6]) or "none"
+            top = ", ".join(f"{r['node']} cos {r['cosine']:.4f}" for r in plan["sensitivity_top"][:3]
+                            if r.get("cosine") is not None)
+            b, a = plan["before"], plan["after"]
+            lines.append(f"- **{name}** precision plan: {plan['chosen']}, {plan['int8_compute_nodes']}/"
+                         f"{plan['compute_nodes']} compute nodes int8; kept float: {kept}. Before (every node int8): "
+                         f"drop {b['metric_drop']:.3f}, p50 {b['p50_ms']:.4f} ms; after: drop {a['metric_drop']:.3f}, "
+                         f"p50 {a['p50_ms']:.4f} ms; fp32 p50 {plan['fp32_p50_ms']:.4f} ms"
+                         + (f". Most sensitive: {top}" if top else ""))
         if t.get("runtime_options"):
             ro = t["runtime_options"]
             tried = ", ".join(f"{n} {v:.4f} ms" for n, v in ro["p50_ms"].items())
