@@ -77,6 +77,7 @@ def package(build_dir, version, dist, allow_failed=False) -> dict:
                                                           "latency_protocol", "device", "host", "notes",
                                                           "reason")},
                     "runtime_options": t.get("runtime_options"),
+                    "reproducible": _reproducible(t),
                     "build": t.get("build", {}),
                 })
         write_json_atomic(staging / MANIFEST, manifest)
@@ -89,6 +90,17 @@ def package(build_dir, version, dist, allow_failed=False) -> dict:
         shutil.rmtree(staging, ignore_errors=True)
     _tar_reproducibly(dist, dist.with_name(dist.name + ".tar.gz"))
     return manifest
+
+
+def _reproducible(t) -> dict:
+    """Whether a clean rebuild on the same machine gives the same bytes (tests prove it for the fixed schemes)."""
+    plan = (t.get("build") or {}).get("plan")
+    if plan and any("kept float" in s for s in plan.get("steps", [])):
+        return {"same_bytes_on_rebuild": False,
+                "why": "the precision plan's speed decisions were measured on the build host; timing noise or "
+                       "another CPU can choose differently (set quantize.speed_search = false for a plan decided "
+                       "by accuracy alone)"}
+    return {"same_bytes_on_rebuild": True, "why": "fixed converter settings, seeded calibration order"}
 
 
 def _tar_reproducibly(src: Path, out: Path):
