@@ -13,11 +13,12 @@ BUILD := build
 venv: $(STAMP)
 
 # torch first and pinned (a plain `torch` requirement pulls a multi-GB CUDA build), then the lock under a torch constraint.
-$(STAMP): requirements.lock constraints.txt pyproject.toml
+$(STAMP): requirements.lock requirements-nodeps.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -r requirements.lock
+	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	@if $(BIN)/pip list 2>/dev/null | grep -qi '^nvidia'; then echo "error: a CUDA torch build slipped in" >&2; exit 1; fi
 	touch $@
