@@ -128,6 +128,8 @@ MODEL_TABLE = {
     "frozen_scale": ("frozen_scale", [("input", (1, 1, 8, 8))]),
     "with_castlike": ("with_castlike", [("input", (1, 1, 8, 8))]),
     "two_inputs": ("two_inputs", [("zimg", (1, 1, 8, 8)), ("aux", (1, 5))]),
+    "fp16_overflow": ("fp16_overflow", [("input", (1, 1, 8, 8))]),
+    "gru_seq": ("gru_seq", [("input", (1, 8, 4))]),
 }
 N_CALIB, N_EVAL = 32, 64
 

@@ -102,3 +102,38 @@ def with_castlike():
 
 def two_inputs():
     return TwoInputs()
+
+
+class FP16Overflow(TinyCNN):
+    """Finite in fp32, overflows in fp16: the features are scaled up by 1e6 (two Muls by 1e3; fp16 holds at most
+    65504, and onnxconverter-common clamps larger constants to 1e4) and back down by 1e-6 before the classifier.
+    The factors are parameters (initializers), so the exporter cannot fold the Muls into one."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.Parameter(torch.tensor(1.0e3), requires_grad=False)
+        self.down = nn.Parameter(torch.tensor(1.0e-6), requires_grad=False)
+
+    def forward(self, x):
+        return self.classifier(self.features(x) * self.up * self.up * self.down)
+
+
+class GRUSeq(nn.Module):
+    """A one-layer GRU over a [batch, 8, 4] sequence and a classifier on the last step."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(4, 8, batch_first=True)
+        self.classifier = nn.Linear(8, 10)
+
+    def forward(self, x):
+        out, _ = self.gru(x)
+        return self.classifier(out[:, -1])
+
+
+def fp16_overflow():
+    return FP16Overflow()
+
+
+def gru_seq():
+    return GRUSeq()
