@@ -214,10 +214,6 @@ def _drop_trace_entry(built, tmp_path, write_spec):
     return {"cache_dir": cache}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _why compares the key inputs recorded in the stamp (JSON: the trace "
-                                       "params' dynamic_axes keys became strings, {'0': 'batch'}) with the live "
-                                       "ones ({0: 'batch'}): every trace rerun is also explained as 'params "
-                                       "changed: inputs', and a missing trace entry is never called missing")
 @pytest.mark.parametrize("change,expected", [
     ("weights", "would run: input changed: model"),
     ("torch version", "would run: library version changed: torch {torch} -> 99.0.0"),
@@ -390,9 +386,8 @@ def test_killed_build_leaves_nothing_half_made_and_rebuilds(killed_build):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="BUG: the onnx2tf worker is not tied to its parent: when the build process is "
-                                       "killed, the converter keeps running (no longer under convert.timeout_s) "
-                                       "and its scratch directory is never removed")
+@pytest.mark.xfail(strict=True, reason="BUG: a killed build's converter scratch directory (toolchain-onnx2tf-*) is "
+                                       "never removed (the converter itself now dies with its parent)")
 def test_killed_build_leaves_no_converter_running(killed_build):
     assert killed_build["orphans"] == []
     assert killed_build["scratch"] == []  # toolchain-onnx2tf-* with a copy of the model and the calibration data

@@ -2,8 +2,7 @@
 that starts with the spec's path and names the dotted key at fault; never another exception (which the command
 line would print as a traceback).
 
-Crashes found here are pinned by the explicit xfail tests at the end; the property tests tolerate exactly those
-(by their exception and message) so that they keep guarding against any other."""
+Crashes found here are pinned by explicit regression tests at the end."""
 
 import copy
 import re
@@ -20,13 +19,13 @@ from conftest import dumps_toml
 
 SETTINGS = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
-# Known crashes, each with its xfail test below: (exception type, message fragment).
-KNOWN_CRASHES = [
-    (ValueError, "embedded null byte"),  # test_nul_byte_in_a_path_is_a_spec_error
-    (ValueError, "invalid literal for int()"),  # test_non_ascii_digit_dynamic_axis_is_a_spec_error
-    (OSError, "File name too long"),  # test_overlong_file_name_is_a_spec_error
-    (RecursionError, "maximum recursion depth"),  # test_deeply_nested_toml_is_a_spec_error
-]
+# Crashes once found here, now fixed, each with its regression test below; none is tolerated any more.
+KNOWN_CRASHES = []
+
+
+def _esc(text: str) -> str:
+    """How an error message shows line breaks (it stays one line)."""
+    return "".join(repr(c)[1:-1] if len(f"a{c}a".splitlines()) > 1 else c for c in text)
 
 
 def _known(e: BaseException) -> bool:
@@ -173,17 +172,6 @@ def _mutate(doc, data) -> tuple:
     return path
 
 
-def _has_line_break(node) -> bool:
-    """Whether any key or string in the document holds a character str.splitlines() breaks at."""
-    if isinstance(node, str):
-        return len((node + "x").splitlines()) > 1
-    if isinstance(node, dict):
-        return any(_has_line_break(k) or _has_line_break(v) for k, v in node.items())
-    if isinstance(node, list):
-        return any(_has_line_break(v) for v in node)
-    return False
-
-
 def _names(key: str, touched: tuple) -> bool:
     """The error's dotted key is at the touched location or inside it (same top-level section at least)."""
     if not touched:
@@ -203,10 +191,8 @@ def test_mutated_spec_loads_or_names_the_key(base, data):
     except SpecError as e:
         msg = str(e)
         assert e.key, msg  # names a key, not just the file
-        assert msg.startswith(f"{path}: {e.key}: "), msg
-        if len(msg.splitlines()) != 1:  # one line, unless the spec's own keys or strings broke it (known bug)
-            assert _has_line_break(doc), msg
-            event("known bug: a line break from the spec in the message")
+        assert msg.startswith(f"{_esc(str(path))}: {_esc(e.key)}: "), msg
+        assert len(msg.splitlines()) == 1, msg  # one line, even when the spec's keys or strings hold line breaks
         assert any(_names(e.key, t) for t in touched), (e.key, touched)
         event(f"SpecError at {re.split(r'[.[]', e.key)[0]}")
         return
@@ -290,9 +276,6 @@ def _assert_spec_error_line(f: Path, key: str):
     assert line.startswith(f"error: {f.resolve()}: {key}"), line
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: spec errors interpolate the user's keys (and paths) unescaped: a target "
-                                       "name holding a newline splits the one `error:` line in two, and the second "
-                                       "line can say anything, e.g. pose as another tool's output")
 def test_key_with_a_newline_stays_one_error_line(base, tmp_path):
     path, raw = base
     doc = copy.deepcopy(raw)
@@ -305,8 +288,6 @@ def test_key_with_a_newline_stays_one_error_line(base, tmp_path):
     assert len(lines) == 1, lines
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a NUL byte in a path (TOML \"\\u0000\") raises ValueError('embedded null "
-                                       "byte') from Path.resolve()/os.stat in parse_spec: a traceback, not exit 2")
 @pytest.mark.parametrize("key", ["model.weights", "model.python_path", "data.calibration"])
 def test_nul_byte_in_a_path_is_a_spec_error(key, base, tmp_path):
     path, raw = base
@@ -319,8 +300,6 @@ def test_nul_byte_in_a_path_is_a_spec_error(key, base, tmp_path):
     _assert_spec_error_line(f, key)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _tensors checks a dynamic_axes key with str.isdigit(), which is true for "
-                                       "'²' and other non-ASCII digits that int() rejects: ValueError, a traceback")
 def test_non_ascii_digit_dynamic_axis_is_a_spec_error(base, tmp_path):
     path, raw = base
     doc = copy.deepcopy(raw)
@@ -330,9 +309,6 @@ def test_non_ascii_digit_dynamic_axis_is_a_spec_error(base, tmp_path):
     _assert_spec_error_line(f, "inputs[0].dynamic_axes")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a file name over NAME_MAX (255 bytes) raises OSError ENAMETOOLONG from "
-                                       "Path.is_file() in parse_spec; the CLI re-raises OSErrors it does not know: a "
-                                       "traceback, not exit 2")
 @pytest.mark.parametrize("key", ["model.weights", "data.evaluation"])
 def test_overlong_file_name_is_a_spec_error(key, base, tmp_path):
     path, raw = base
@@ -344,8 +320,6 @@ def test_overlong_file_name_is_a_spec_error(key, base, tmp_path):
     _assert_spec_error_line(f, key)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: load_spec catches only TOMLDecodeError; tomllib recurses per nesting "
-                                       "level, so a spec with a few hundred nested arrays raises RecursionError")
 def test_deeply_nested_toml_is_a_spec_error(tmp_path):
     f = tmp_path / "build.toml"
     f.write_text("x = " + "[" * 1000 + "]" * 1000 + "\n")
@@ -355,9 +329,6 @@ def test_deeply_nested_toml_is_a_spec_error(tmp_path):
     assert line.startswith(f"error: {f.resolve()}: ") or line.startswith(f"error: {f}: "), line
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (minor; TOML integers are 64-bit, so only a dict from elsewhere gets "
-                                       "here): _Table.get converts an int to float for a number key, and "
-                                       "float(10**400) raises OverflowError instead of an out-of-range SpecError")
 def test_budget_beyond_float_range_from_a_dict(base):
     path, raw = base
     doc = copy.deepcopy(raw)

@@ -40,6 +40,9 @@ def build(spec_path, out_root="build", cache_dir=None, targets=None, targets_dir
         except ToolchainError as e:  # bad data: no earlier result may stand as if it still held
             _write_failure(spec, model_dir, list(pipe.targets), "inputs", str(e))
             raise
+        except OSError:  # the machine refused a write: leave nothing that looks like a good build
+            _clear_outputs(model_dir, list(pipe.targets))
+            raise
 
 
 def _build_locked(spec, pipe, model_dir, target_files, options):
@@ -219,9 +222,20 @@ def _clear_others(target_dir: Path, keep: Path):
 
 
 def _write_text(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    from .cache import atomic_write
+
+    atomic_write(path, text.encode())
+
+
+def _clear_outputs(model_dir, names):
+    """Best effort (the disk may still be full): remove the stamp, the reports and the targets' artifacts."""
+    for p in [model_dir / stamp.STAMP, model_dir / "report.json", model_dir / "report.md", model_dir / "report.html"]:
+        try:
+            p.unlink(missing_ok=True)
+        except OSError:
+            pass
+    for n in [*names, "fp32"]:
+        shutil.rmtree(model_dir / n, ignore_errors=True)
 
 
 def _write_failure(spec, model_dir, names, stage, cause):

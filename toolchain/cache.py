@@ -100,14 +100,25 @@ class StageCache:
         return CacheEntry(final, record)
 
 
-def _write_json_atomic(path: Path, obj):
+def atomic_write(path: Path, data: bytes):
+    """Write a whole file or nothing: a temp file renamed into place; the temp file never outlives a failure,
+    and an error names the file being written."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_json_atomic(path: Path, obj):
+    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _fsync_dir(path: Path):
@@ -133,6 +144,8 @@ def copy_atomic(src: Path, dst: Path):
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, dst)
+    except OSError as e:  # name the file being written, not the one being read
+        raise OSError(e.errno, e.strerror, str(dst)) from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -1,20 +1,15 @@
 """Command line: thin. Parse, call the API, map errors to exit codes (see errors.py)."""
 
-import errno
 import sys
 
 import click
 
-from .errors import OutputError, ToolchainError
+from .errors import WRITE_ERRNOS, OutputError, ToolchainError
 
 
 def _fail(e: ToolchainError):
-    click.echo(f"error: {e}", err=True)
+    click.echo(f"error: {e}", err=True)  # one line: ToolchainError escapes line breaks
     sys.exit(e.exit_code)
-
-
-# Errors from the machine rather than from the user or from us: a clear line, not a traceback.
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM}
 
 
 def _run(fn, *args):
@@ -23,7 +18,7 @@ def _run(fn, *args):
     except ToolchainError as e:
         _fail(e)
     except OSError as e:
-        if e.errno not in _WRITE_ERRNOS:
+        if e.errno not in WRITE_ERRNOS:  # the machine refused a write: a clear line, not a traceback
             raise
         _fail(OutputError(f"cannot write {e.filename or 'build output'}: {e.strerror}"))
 
@@ -110,6 +105,27 @@ def verify(dist):
 
     manifest = _run(do_verify, dist)
     click.echo(f"{dist}: OK, {len(manifest['artifacts'])} artifacts verified")
+
+
+@main.command()
+@click.option("-o", "--out", "out_dir", default="build/coverage", show_default=True,
+              help="Where the suite's specs, builds and coverage.md / coverage.json go.")
+@click.option("--only", default=None, help="Comma-separated patterns (default: every pattern).")
+@click.option("-t", "--target", "targets", multiple=True, help="Targets (default: x86_64, arm64, cuda).")
+@click.option("--readme", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="Replace the block between the coverage markers in this README with the table.")
+def coverage(out_dir, only, targets, readme):
+    """Build the coverage suite (small models of common patterns) through every target; print the table.
+    Exit 0 when every pattern passed on every target, 3 when any did not (the table is written either way)."""
+    from . import coverage as cov
+    from .errors import EXIT_GATE_FAILED
+
+    names = [p.strip() for p in only.split(",") if p.strip()] if only else None
+    targets = tuple(targets) or cov.TARGETS
+    rows = _run(cov.run, out_dir, names, targets, None, lambda line: click.echo(line, err=True))
+    table = _run(cov.write_outputs, rows, out_dir, readme, targets)
+    click.echo(table)
+    sys.exit(0 if all(r["status"].startswith("pass") for r in rows) else EXIT_GATE_FAILED)
 
 
 if __name__ == "__main__":  # pragma: no cover

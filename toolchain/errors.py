@@ -11,11 +11,28 @@ EXIT_STAGE_FAILED = 4  # a stage could not produce its output (trace mismatch, c
 EXIT_VERIFY_FAILED = 5  # a release bundle does not match its manifest
 EXIT_OUTPUT = 6  # the build could not write its outputs (disk full, no permission, read-only file system)
 
+import errno as _errno  # noqa: E402
+
+# OSErrors that mean "the machine refused a write", not "the model or data is wrong".
+WRITE_ERRNOS = frozenset({_errno.ENOSPC, _errno.EACCES, _errno.EROFS, _errno.EDQUOT, _errno.EPERM})
+
+
+def reraise_write_error(e: BaseException):
+    """In a stage's catch-all: a full disk is the machine's problem, never blamed on the model."""
+    if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+        raise e
+
+
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # everything str.splitlines() splits on
+
 
 class ToolchainError(Exception):
     """An error the user can fix; printed as one line, never with a traceback."""
 
     exit_code = EXIT_USAGE
+
+    def __str__(self):  # one line, whatever a key, a value or a path holds
+        return "".join(repr(c)[1:-1] if c in _LINE_BREAKS else c for c in super().__str__())
 
 
 class SpecError(ToolchainError):

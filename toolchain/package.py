@@ -9,6 +9,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
 from . import __version__
@@ -125,6 +126,13 @@ def _tar_reproducibly(src: Path, out: Path):
 def safe_extract(archive: Path, dest: Path) -> Path:
     """Unpack a bundle, refusing members that escape dest: absolute paths, '..', links and devices."""
     dest = dest.resolve()
+    try:
+        return _extract(archive, dest)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise VerifyError(f"{archive}: not a readable bundle archive ({type(e).__name__}: {e})") from None
+
+
+def _extract(archive: Path, dest: Path) -> Path:
     with tarfile.open(archive, "r:*") as tar:
         members = tar.getmembers()
         for m in members:

@@ -7,6 +7,7 @@ A stage is a pure function of its inputs; its cache key covers the stage name an
 digests of its inputs, and the versions of the libraries it uses. Failures are never cached.
 """
 
+import json
 import time
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -261,7 +262,11 @@ class Pipeline:
                 fp32_path, params, out, self.calibration if params["method"] == "static" else None, names), name)
         if target.transform == "fp16":
             from .stages import fp16
-            return StageRun(fp16, params, {"fp32": fp32_digest}, lambda out: fp16.run(fp32_path, params, out), name)
+            deps = {"fp32": fp32_digest}
+            if params["range_guard"]:
+                deps["calibration"] = self.calibration_digest
+            return StageRun(fp16, params, deps, lambda out: fp16.run(
+                fp32_path, params, out, self.calibration if params["range_guard"] else None, names), name)
         if target.transform == "tflite":
             from .stages import tflite
             deps = {"fp32": fp32_digest, "calibration": self.calibration_digest}
@@ -376,6 +381,7 @@ def _why(prev, now) -> str:
     """Name what changed between the key inputs of the last build and now."""
     if prev is None:
         return "no previous build of this stage is recorded"
+    now = json.loads(json.dumps(now))  # compare as recorded (JSON turns integer keys into strings)
     if prev == now:
         return "its output is missing from the cache (deleted or corrupt)"
     reasons = []

@@ -103,7 +103,12 @@ class _Table:
         v = self.data[k]
         # TOML integers are fine where floats are wanted; bools are not numbers here.
         if float in types and isinstance(v, int) and not isinstance(v, bool):
-            v = float(v)
+            try:
+                v = float(v)
+            except OverflowError:
+                raise SpecError(self.path, self.key(k), f"number out of range: {v}") from None
+        if isinstance(v, str) and "\0" in v:
+            raise SpecError(self.path, self.key(k), "must not contain a NUL character")
         if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
             want = what or " or ".join(_typename_t(t) for t in types)
             raise SpecError(self.path, self.key(k), f"must be {want}, got {_typename(v)} {v!r}")
@@ -162,16 +167,32 @@ def _data_ref(v):
     return None if v.strip() else "must be a .npz path or 'module:function'"
 
 
+def _existing_file(spec_path, key, rel) -> Path:
+    """A file named by the spec, relative to it; every way it can be wrong is this key's error."""
+    try:
+        p = (spec_path.parent / rel).resolve()
+        if p.is_file():
+            return p
+        problem = "is not a file" if p.exists() else "file not found"
+    except (OSError, ValueError) as e:  # over-long names, NUL bytes, loops
+        problem, p = f"unusable path ({e})", rel
+    raise SpecError(spec_path, key, f"{problem}: {p}")
+
+
 def load_spec(path) -> BuildSpec:
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(path, None, "build spec not found" if not path.exists() else "is not a file")
     try:
+        if not path.is_file():
+            raise SpecError(path, None, "build spec not found" if not path.exists() else "is not a file")
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise SpecError(path, None, "is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise SpecError(path, None, f"invalid TOML: {e}") from None
+    except RecursionError:
+        raise SpecError(path, None, "invalid TOML: nested too deeply") from None
+    except (OSError, ValueError) as e:
+        raise SpecError(path, None, f"cannot be read ({e})") from None
     return parse_spec(path.resolve(), raw)
 
 
@@ -187,14 +208,15 @@ def parse_spec(path: Path, raw: dict) -> BuildSpec:
     factory = model.get("factory", (str,), check=_factory_ref)
     factory_args = model.get("factory_args", (dict,), {})
     weights_rel = model.get("weights", (str,), check=_nonempty)
-    weights = (path.parent / weights_rel).resolve()
-    if not weights.is_file():
-        raise SpecError(path, "model.weights", f"file not found: {weights}")
+    weights = _existing_file(path, "model.weights", weights_rel)
     pp = model.get("python_path", (list,), ["."])
     for i, p in enumerate(pp):
-        if not isinstance(p, str):
-            raise SpecError(path, f"model.python_path[{i}]", f"must be a string, got {_typename(p)}")
-    python_path = tuple(str((path.parent / p).resolve()) for p in pp)
+        if not isinstance(p, str) or "\0" in p:
+            raise SpecError(path, f"model.python_path[{i}]", f"must be a directory path (string), got {p!r}")
+    try:
+        python_path = tuple(str((path.parent / p).resolve()) for p in pp)
+    except (OSError, ValueError) as e:
+        raise SpecError(path, "model.python_path", f"unusable path ({e})") from None
 
     inputs = _tensors(path, top, "inputs", with_shape=True)
     outputs = _tensors(path, top, "outputs", with_shape=False)
@@ -204,8 +226,8 @@ def parse_spec(path: Path, raw: dict) -> BuildSpec:
     calibration = data.get("calibration", (str,), check=_data_ref)
     evaluation = data.get("evaluation", (str,), check=_data_ref)
     for key, ref in (("calibration", calibration), ("evaluation", evaluation)):
-        if not is_callable_ref(ref) and not (path.parent / ref).is_file():
-            raise SpecError(path, f"data.{key}", f"file not found: {(path.parent / ref).resolve()}")
+        if not is_callable_ref(ref):
+            _existing_file(path, f"data.{key}", ref)
     labels_key = data.get("labels_key", (str,), "labels", check=_nonempty)
 
     metric_t = top.table("metric")
@@ -260,7 +282,7 @@ def _tensors(path, top, key, with_shape):
         dyn_raw = t.get("dynamic_axes", (dict,), {"0": "batch"})
         dyn = {}
         for ax, axname in dyn_raw.items():
-            if not (str(ax).isdigit() and int(ax) < len(shape)):
+            if not (str(ax).isascii() and str(ax).isdigit() and int(ax) < len(shape)):
                 raise SpecError(path, t.key(f"dynamic_axes.{ax}"), f"must be an axis index below {len(shape)}")
             if not isinstance(axname, str) or not axname:
                 raise SpecError(path, t.key(f"dynamic_axes.{ax}"), "must name the axis (a string)")
@@ -285,8 +307,8 @@ def _prune(path, top) -> PruneSpec:
             raise SpecError(path, f"prune.ignore[{i}]", "must be a layer name (string)")
     importance = p.get("importance", (str,), "magnitude", check=_one_of(("magnitude",)))
     train = p.get("train", (str,), None, check=_data_ref)
-    if train is not None and not is_callable_ref(train) and not (path.parent / train).is_file():
-        raise SpecError(path, "prune.train", f"file not found: {(path.parent / train).resolve()}")
+    if train is not None and not is_callable_ref(train):
+        _existing_file(path, "prune.train", train)
     epochs = p.get("epochs", (int,), 0, check=_in_range(0, 1000))
     steps = p.get("steps", (int,), None, check=_in_range(1, 10_000_000))
     if (epochs or steps) and train is None:

@@ -16,7 +16,7 @@ so far. Timing decisions depend on the host, so the host is part of the stage's 
 import shutil
 import time
 
-from ..errors import StageError
+from ..errors import StageError, reraise_write_error
 
 NAME = "plan"
 VERSION = 3
@@ -107,6 +107,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
         try:
             drop, bad, ok = judge(path)
         except Exception as e:  # noqa: BLE001 - a variant ORT cannot run disqualifies the scheme, not the build
+            reraise_write_error(e)
             steps.append(f"{scheme}: ONNX Runtime cannot run it ({str(e).splitlines()[0][:160]}); dropped")
             continue
         steps.append(f"{scheme}: all compute nodes int8 -> metric drop {drop:.3f}"

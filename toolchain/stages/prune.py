@@ -24,7 +24,7 @@ import math
 import time
 from pathlib import Path
 
-from ..errors import StageError
+from ..errors import StageError, reraise_write_error
 
 NAME = "prune"
 VERSION = 1
@@ -70,12 +70,14 @@ def run(model, prune, out_dir: Path, example_inputs: tuple, train: dict | None, 
         teacher = copy.deepcopy(model).eval()  # the caller's model is never modified
         student = copy.deepcopy(model).eval()
     except Exception as e:  # noqa: BLE001
+        reraise_write_error(e)
         raise StageError(NAME, f"cannot copy the model to prune it (copy.deepcopy failed: {type(e).__name__}: "
                                f"{_short(e)})") from None
     with torch.no_grad():
         try:
             reference = _tensors(teacher(*example_inputs))
         except Exception as e:  # noqa: BLE001 - the user's forward
+            reraise_write_error(e)
             raise StageError(NAME, f"the model's forward failed on example inputs: {type(e).__name__}: {e}") from None
     macs_before, params_before = _count(teacher, example_inputs)
     metric_before = _metric(metric_fn, teacher)
@@ -163,6 +165,7 @@ def load(unpruned_model, out_dir_or_file):
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, OSError, ...
+        reraise_write_error(e)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise StageError(NAME, f"{path}: cannot read the pruned model ({first})") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
@@ -244,12 +247,14 @@ def _channel_prune(student, prune, example_inputs):
                          pruning_ratio=float(prune.ratio), pruning_ratio_dict=ratio_dict or None,
                          ignored_layers=ignored, round_to=ROUND_TO)
     except Exception as e:  # noqa: BLE001 - torch-pruning raises anything from its graph tracer
+        reraise_write_error(e)
         raise StageError(NAME, f"torch-pruning cannot trace the model's dependency graph: {type(e).__name__}: "
                                f"{_short(e)} (use method = \"unstructured\", or prune.ignore the offending "
                                "layers)") from None
     try:
         pruner.step()
     except Exception as e:  # noqa: BLE001
+        reraise_write_error(e)
         raise StageError(NAME, f"torch-pruning failed while removing channels: {type(e).__name__}: {_short(e)}") \
             from None
     return ROUND_TO
@@ -273,6 +278,7 @@ def _check_forward(student, example_inputs, reference, original):
         try:
             got = _tensors(student.eval()(*example_inputs))
         except Exception as e:  # noqa: BLE001
+            reraise_write_error(e)
             raise StageError(NAME, f"the pruned model's forward fails ({type(e).__name__}: {_short(e)}): "
                                    "torch-pruning could not keep it consistent (a channel count hard-coded in "
                                    "forward, e.g. view/reshape with constants?); add the layers involved to "
@@ -430,6 +436,7 @@ def _count(model, example_inputs):
     try:
         macs, params = tp.utils.count_ops_and_params(model, example_inputs)
     except Exception as e:  # noqa: BLE001
+        reraise_write_error(e)
         raise StageError(NAME, f"cannot count the model's MACs and parameters: {type(e).__name__}: {_short(e)}") \
             from None
     return int(macs), int(params)

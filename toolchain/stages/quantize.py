@@ -3,7 +3,7 @@ calibration data, or dynamic). We choose the settings; ORT does the quantizing."
 
 import shutil
 
-from ..errors import StageError
+from ..errors import StageError, reraise_write_error
 
 NAME = "quantize"
 VERSION = 1
@@ -80,6 +80,7 @@ def run(fp32_path, params: dict, out_dir, calibration: dict, input_names) -> dic
         try:
             quant_pre_process(str(fp32_path), str(src), skip_symbolic_shape=True)
         except Exception as e:  # noqa: BLE001
+            reraise_write_error(e)
             raise StageError(NAME, f"ONNX Runtime quant_pre_process failed: {type(e).__name__}: {e}") from None
     else:
         shutil.copyfile(fp32_path, src)
@@ -96,6 +97,7 @@ def run(fp32_path, params: dict, out_dir, calibration: dict, input_names) -> dic
             quantize_static(str(src), str(out), _Reader(calibration, input_names), quant_format=QuantFormat.QDQ,
                             activation_type=qtype[params["activation_type"]], calibrate_method=method, **common)
     except Exception as e:  # noqa: BLE001
+        reraise_write_error(e)
         raise StageError(NAME, f"ONNX Runtime quantization failed: {type(e).__name__}: {e}") from None
     finally:
         src.unlink(missing_ok=True)

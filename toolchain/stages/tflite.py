@@ -5,6 +5,13 @@ onnx2tf imports TensorFlow, rewrites its input file in place, can crash the proc
 and, offline, tries to download sample data for 3-channel image models. So it runs in a child process
 (tflite_worker) with a time limit, on a private copy of the ONNX file, in a scratch directory that holds a
 stand-in for the sample-data file it would otherwise download.
+
+Routes: the graph's ops choose how it is converted. A plain graph takes one route (onnx2tf int8, as always).
+GELU's Erf (a Flex op LiteRT cannot run) is rewritten on the private copy (rewrites.py, proven against the
+original on the calibration inputs first); RNN ops get onnx2tf's -eru (without it the int8 path crashed), with
+the recurrence unrolled in ONNX as the next route. Each route must also load and run on LiteRT (in the child)
+before it counts. The first route that works makes the artifact; the meta records it and every route that
+failed. When none works the stage fails naming the op, the node, the routes tried and what the user can do.
 """
 
 import json
@@ -15,12 +22,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from ..errors import StageError
+from .tflite_worker import LITERT_FAILED  # the worker's exit code when LiteRT cannot run what onnx2tf wrote
 
 NAME = "tflite"
-VERSION = 1
+VERSION = 2
 LIBRARIES = ("onnx2tf", "tensorflow", "onnx", "onnxsim", "numpy")
 OUTPUT = "model.int8.tflite"
 BASELINE = "model.fp32.tflite"
@@ -50,13 +59,49 @@ def nhwc(a):
     return a
 
 
+class _RouteFailed(Exception):
+    def __init__(self, cause, op=None, node=None):
+        super().__init__(cause)
+        self.cause, self.op, self.node = cause, op, node
+
+
+RNN_OPS = ("LSTM", "GRU", "RNN")
+
+
+def plan_routes(op_types) -> list:
+    """The routes to try, in order, for a graph with these op types: {"label", "rewrites", "flags", "why"}."""
+    ops = set(op_types)
+    gelu = ["gelu-tanh"] if ops & {"Erf", "Gelu"} else []
+    rnn = sorted(ops & set(RNN_OPS))
+    routes = []
+    if rnn:
+        routes.append(_route(gelu, {"enable_rnn_unroll": True},
+                             f"{'/'.join(rnn)}: onnx2tf's int8 path crashed (SIGSEGV) on RNN ops without -eru"))
+        if set(rnn) <= {"LSTM", "GRU"}:
+            routes.append(_route(gelu + ["rnn-unroll"], {}, "the recurrence written out in ONNX ops"))
+    else:
+        routes.append(_route(gelu, {}, "Erf becomes a Flex op LiteRT cannot run" if gelu else "plain graph"))
+    if gelu:
+        routes += [_route(["gelu-sigmoid"] + r["rewrites"][1:], r["flags"], "coarser GELU form") for r in list(routes)]
+    return routes
+
+
+def _route(rewrites, flags, why):
+    label = "onnx2tf int8" + (" -eru" if flags.get("enable_rnn_unroll") else "")
+    if rewrites:
+        label += " + rewrite " + ", ".join(rewrites)
+    return {"label": label, "rewrites": list(rewrites), "flags": dict(flags), "why": why}
+
+
 def run(fp32_path, params: dict, out_dir, calibration: dict, spec, target_name) -> dict:
     import numpy as np
+    import onnx
 
+    model = onnx.load(str(fp32_path))
+    routes = plan_routes(n.op_type for n in model.graph.node)
+    tried = []
     with tempfile.TemporaryDirectory(prefix="toolchain-onnx2tf-") as scratch:
         scratch = Path(scratch)
-        onnx_copy = scratch / "model.onnx"  # onnx2tf rewrites its input: never hand it a cached artifact
-        shutil.copyfile(fp32_path, onnx_copy)
         np.save(scratch / SAMPLE_DATA, np.zeros((20, 128, 128, 3), np.float32))
         calib = []
         shapes = []
@@ -66,19 +111,101 @@ def run(fp32_path, params: dict, out_dir, calibration: dict, spec, target_name) 
             np.save(path, nhwc(arr).astype(np.float32))
             calib.append([t.name, str(path), 0.0, 1.0])  # data is already normalised: mean 0, std 1
             shapes.append(f"{t.name}:" + ",".join(str(d) for d in (1, *t.shape[1:])))
-        job = {"onnx": str(onnx_copy), "out": str(scratch / "out"), "calibration": calib, "shapes": shapes,
-               "per_channel": params["per_channel"], "extra": params["extra_flags"]}
-        log = _run_worker(job, scratch, params["timeout_s"], target_name)
-        produced = {"int8": scratch / "out" / "model_full_integer_quant.tflite",
-                    "fp32": scratch / "out" / "model_float32.tflite"}
-        if not produced["int8"].is_file() or not produced["fp32"].is_file():
-            raise StageError(NAME, "onnx2tf finished without writing the full-integer model: "
-                             + _cause(log), target_name)
-        shutil.copyfile(produced["int8"], out_dir / OUTPUT)
-        shutil.copyfile(produced["fp32"], out_dir / BASELINE)
-    return {"converter": "onnx2tf", "route": "onnx -> onnx2tf -> tflite (full integer int8 I/O)",
+        for route in routes:
+            work = scratch / f"route{len(tried)}"
+            work.mkdir()
+            try:
+                check = _prepare_copy(fp32_path, model, route, work / "model.onnx", calibration, spec, target_name)
+                job = {"onnx": str(work / "model.onnx"), "out": str(work / "out"), "calibration": calib,
+                       "shapes": shapes, "per_channel": params["per_channel"],
+                       "extra": {**route["flags"], **params["extra_flags"]}}
+                log = _run_worker(job, scratch, params["timeout_s"], target_name)
+            except _RouteFailed as e:
+                tried.append({"route": route["label"], "status": "failed", "cause": e.cause, "op": e.op,
+                              "node": e.node})
+                continue
+            produced = {"int8": work / "out" / "model_full_integer_quant.tflite",
+                        "fp32": work / "out" / "model_float32.tflite"}
+            if not produced["int8"].is_file() or not produced["fp32"].is_file():
+                tried.append({"route": route["label"], "status": "failed",
+                              "cause": "onnx2tf finished without writing the full-integer model: " + _cause(log)})
+                continue
+            shutil.copyfile(produced["int8"], out_dir / OUTPUT)
+            shutil.copyfile(produced["fp32"], out_dir / BASELINE)
+            tried.append({"route": route["label"], "status": "converted and ran on LiteRT"})
+            break
+        else:
+            raise StageError(NAME, _failure(tried, len(routes), model), target_name)
+    meta = {"converter": "onnx2tf", "route": "onnx -> onnx2tf -> tflite (full integer int8 I/O)",
             "calibration_samples": int(len(calibration[spec.inputs[0].name])), "input_shapes": shapes,
             "full_integer": True}
+    if len(routes) > 1 or route["rewrites"] or route["flags"]:  # a plain graph's meta is as it always was
+        meta.update(route_label=route["label"], route_why=route["why"], onnx2tf_flags=route["flags"],
+                    routes_tried=tried, rewrites=check)
+    return meta
+
+
+def _prepare_copy(fp32_path, model, route, dest, calibration, spec, target_name):
+    """The route's private ONNX copy: the fp32 file as is, or rewritten and proven equivalent first."""
+    if not route["rewrites"]:
+        shutil.copyfile(fp32_path, dest)  # onnx2tf rewrites its input: never hand it a cached artifact
+        return None
+    import onnx
+
+    from .. import rewrites
+
+    try:
+        rewritten, records = rewrites.apply(model, route["rewrites"])
+        feeds = {t.name: calibration[t.name] for t in spec.inputs}
+        check = rewrites.verify(model, rewritten, feeds, route["rewrites"])
+    except rewrites.RewriteError as e:
+        raise _RouteFailed(str(e)) from None
+    missing = [r["rewrite"] for r in records if not r["nodes"]]
+    if missing:
+        raise _RouteFailed(f"rewrite {', '.join(missing)} found nothing to rewrite")
+    onnx.save(rewritten, str(dest))
+    return {"applied": records, "check": check}
+
+
+ADVICE = {
+    "Erf": "use the tanh form of GELU in the model (nn.GELU(approximate='tanh')), or drop this target",
+    "Gelu": "use the tanh form of GELU in the model (nn.GELU(approximate='tanh')), or drop this target",
+    "LSTM": "give the sequence a fixed length and use a forward, single-direction LSTM with default activations "
+            "(the rnn-unroll route takes those), or write the recurrence with Linear layers",
+    "GRU": "give the sequence a fixed length and use a forward, single-direction GRU with default activations "
+           "(the rnn-unroll route takes those), or write the recurrence with Linear layers",
+}
+
+
+def _failure(tried, n_routes, model) -> str:
+    """One paragraph: what failed where, every route tried, what the user can do."""
+    last = tried[-1]
+    if n_routes == 1:
+        text = last["cause"]
+    else:
+        steps = "; ".join(f"[{i + 1}] {t['route']}: {t['cause']}" for i, t in enumerate(tried))
+        text = f"no conversion route made a runnable full-integer model. Routes tried: {steps}"
+    op, node = next(((t.get("op"), t.get("node")) for t in tried if t.get("op")), (None, None))
+    if op is None:
+        return f"{text}. What you can do: simplify the model around the failing part, or drop this target; the " \
+               "other targets still build"
+    onnx_op = op[4:] if op.startswith("Flex") else op
+    nodes = [node] if node else [n.name for n in model.graph.node if n.op_type == onnx_op][:4]
+    where = f"ONNX op {onnx_op}" + (f" (node {', '.join(nodes)})" if nodes else "")
+    if op.startswith("Flex"):
+        where += f", which became the TensorFlow Flex op {op} that LiteRT's builtin kernels cannot run"
+    advice = ADVICE.get(onnx_op) or f"replace the {onnx_op} op in the model with ops onnx2tf converts to TFLite " \
+                                    "builtins, or drop this target"
+    if n_routes > 1 or "could not be converted" not in text:
+        text += f". Stopped at {where}"
+    return f"{text}. What you can do: {advice}; the other targets still build"
+
+
+def _litert_summary(msg: str) -> str:
+    flex = sorted(set(re.findall(r"\((Flex\w+)\)", msg)))
+    if "Select TensorFlow op" in msg:
+        return f"it holds TensorFlow Flex op(s) {', '.join(flex) or ''} that LiteRT's builtin kernels cannot run"
+    return msg
 
 
 def _run_worker(job, scratch, timeout_s, target_name) -> str:
@@ -88,7 +215,8 @@ def _run_worker(job, scratch, timeout_s, target_name) -> str:
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["CUDA_VISIBLE_DEVICES"] = ""
     job_path = scratch / "job.json"
-    job_path.write_text(json.dumps(job))
+    job_path.write_text(json.dumps({**job, "parent_pid": os.getpid()}))
+    started = time.monotonic()
     try:
         proc = subprocess.run([sys.executable, "-m", "toolchain.stages.tflite_worker", str(job_path)], cwd=scratch,
                               env=env, capture_output=True, text=True, timeout=timeout_s)
@@ -96,12 +224,40 @@ def _run_worker(job, scratch, timeout_s, target_name) -> str:
         raise StageError(NAME, f"onnx2tf did not finish within {timeout_s} s (convert.timeout_s); killed",
                          target_name) from None
     log = (proc.stdout or "") + (proc.stderr or "")
+    op, node = _where(log)
     if proc.returncode < 0:
         sig = signal.Signals(-proc.returncode).name
-        raise StageError(NAME, f"the onnx2tf converter process died with {sig}; {_cause(log)}", target_name)
+        raise _RouteFailed(f"the onnx2tf converter process died with {sig}; {_cause(log)}", op, node)
     if proc.returncode != 0:
-        raise StageError(NAME, f"onnx2tf failed: {_cause(log)}", target_name)
+        raise _RouteFailed(f"onnx2tf failed: {_cause(log)}", op, node)
+    # What onnx2tf wrote must load and run on LiteRT, in a process without TensorFlow (see tflite_worker).
+    left = max(timeout_s - (time.monotonic() - started), 1)
+    try:
+        chk = subprocess.run([sys.executable, "-m", "toolchain.stages.tflite_worker", "--check", str(job_path)],
+                             cwd=scratch, env=env, capture_output=True, text=True, timeout=left)
+    except subprocess.TimeoutExpired:
+        raise StageError(NAME, f"onnx2tf did not finish within {timeout_s} s (convert.timeout_s); killed while "
+                         "running the converted model on LiteRT", target_name) from None
+    if chk.returncode != 0:
+        out = (chk.stdout or "") + (chk.stderr or "")
+        msg = (_litert_error(out) if chk.returncode == LITERT_FAILED else
+               f"LiteRT died with {signal.Signals(-chk.returncode).name}" if chk.returncode < 0 else _cause(out))
+        flex = re.search(r"\((Flex\w+)\)", msg)
+        raise _RouteFailed(f"the converted model does not run on LiteRT: {_litert_summary(msg)}",
+                           flex.group(1) if flex else None)
     return log
+
+
+def _litert_error(log: str) -> str:
+    lines = [ln for ln in _ANSI.sub("", log).splitlines() if ln.startswith("LITERT_CHECK_FAILED")]
+    return lines[-1].split(":", 1)[1].strip()[:400] if lines else "no message"
+
+
+def _where(log: str):
+    text = _ANSI.sub("", log)
+    op = re.findall(r"onnx_op_type:\s*(\S+)", text)
+    node = re.findall(r"onnx_op_name:\s*(\S+)", text)
+    return (op[-1] if op else None), (node[-1] if node else None)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

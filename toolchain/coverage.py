@@ -1,0 +1,294 @@
+"""Conversion coverage: the patterns edge models are made of (coverage_models.py), each built through every
+target by the real pipeline, and a table of what reached which target, how closely, and by which route.
+
+    toolchain coverage [--out DIR] [--only PATTERN,...] [--readme README.md]
+
+For each pattern the suite writes what a user would write: the model module, its deterministic random weights
+(safetensors), fixed random calibration and evaluation inputs (.npz) and a build spec with the `cosine` metric.
+The reference cosine is 1.0, so the budgets make the gates cosine >= 0.99 for the int8 targets and >= 0.999 for
+fp16 (max_metric_drop 0.01 / 0.001). Builds run one at a time (onnx2tf is ~10 s and ~0.7 GiB per conversion).
+
+Where a target cannot run here (cuda without a GPU) the fp16 artifact's agreement comes from the CPU provider and
+the table says so. The table is written to DIR/coverage.md (and coverage.json); with --readme it replaces the
+block between the coverage markers in README.md.
+"""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+TARGETS = ("x86_64", "arm64", "cuda")
+# minimum mean cosine to fp32 PyTorch, per target (the gate: max_metric_drop = 1 - this)
+MIN_COSINE = {"x86_64": 0.99, "arm64": 0.99, "cuda": 0.999}
+N_CALIB, N_EVAL = 32, 64
+MODULE = "tc_coverage_models"  # the name the suite's model module is imported under (a copy, as a user's)
+START, END = "<!-- coverage:start -->", "<!-- coverage:end -->"
+LATENCY = {"warmup": 2, "runs": 10}  # the suite measures agreement; latency is the build's own business
+
+
+def patterns() -> dict:
+    from . import coverage_models
+
+    return dict(coverage_models.PATTERNS)
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {type(v).__name__} as TOML")
+
+
+def spec_text(pattern: str, inputs, outputs, targets) -> str:
+    """The build spec a user would write for one pattern (paths relative to the spec)."""
+    lines = ["[model]", f'name = "{pattern}"', 'version = "1.0.0"', f'factory = "{MODULE}:{patterns()[pattern][0]}"',
+             'weights = "weights.safetensors"', 'python_path = [".."]', ""]
+    for name, shape in inputs:
+        lines += ["[[inputs]]", f'name = "{name}"', f"shape = {_toml_value(list(shape))}", ""]
+    for name in outputs:
+        lines += ["[[outputs]]", f'name = "{name}"', ""]
+    lines += ["[data]", 'calibration = "calibration.npz"', 'evaluation = "eval.npz"', "",
+              "[metric]", 'name = "cosine"', ""]
+    for t in targets:
+        drop = round(1.0 - MIN_COSINE[t], 6)
+        lines += [f"[targets.{t}]", f"max_metric_drop = {drop!r}", f"latency = {_toml_value(LATENCY)}", ""]
+    return "\n".join(lines)
+
+
+def prepare(pattern: str, root: Path, targets=TARGETS) -> Path:
+    """Write one pattern's model package, weights, data and spec under root; returns the spec path."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from . import coverage_models
+
+    factory, inputs, outputs, _ = coverage_models.PATTERNS[pattern]
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    module_file = root / f"{MODULE}.py"
+    src = Path(coverage_models.__file__).read_text()
+    if not module_file.is_file() or module_file.read_text() != src:
+        module_file.write_text(src)
+    d = root / pattern
+    d.mkdir(parents=True, exist_ok=True)
+    model = getattr(coverage_models, factory)()
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    _write_if_changed(d / "weights.safetensors", lambda p: save_file(state, str(p)))
+    seed = 1000 * (1 + sorted(coverage_models.PATTERNS).index(pattern))
+    for fname, n, offset in (("calibration.npz", N_CALIB, 1), ("eval.npz", N_EVAL, 2)):
+        tensors = coverage_models.example_inputs(pattern, n, seed + offset)
+        arrays = {name: t.numpy().astype(np.float32) for (name, _), t in zip(inputs, tensors)}
+        _write_if_changed(d / fname, lambda p, a=arrays: np.savez(p, **a))
+    spec = d / "build.toml"
+    text = spec_text(pattern, inputs, outputs, targets)
+    if not spec.is_file() or spec.read_text() != text:
+        spec.write_text(text)
+    return spec
+
+
+def _write_if_changed(path: Path, write):
+    """Write through a temp file; keep the old file (and its mtime, so the no-op stamp holds) when identical."""
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    write(tmp)
+    if path.is_file() and path.read_bytes() == tmp.read_bytes():
+        tmp.unlink()
+    else:
+        tmp.replace(path)
+
+
+# ---- one row per pattern and target -----------------------------------------------------------------------
+def _agreement(entry) -> dict | None:
+    if entry.get("agreement") and "cpu_check" not in entry:
+        return entry["agreement"]
+    cpu = entry.get("cpu_check") or {}
+    return cpu.get("agreement") or entry.get("agreement")
+
+
+def route_of(target: str, entry: dict) -> str:
+    """Which converter, flags and rewrites made the artifact, in a few words."""
+    build = entry.get("build") or {}
+    if target == "arm64" or entry.get("format") == "tflite":
+        if build.get("route_label"):
+            return build["route_label"]
+        return "onnx2tf int8" if build else "onnx2tf int8 (not built)"
+    if entry.get("precision") == "fp16":
+        label = "onnxconverter-common fp16"
+        if build.get("kept_float32_casts"):
+            label += f" + {len(build['kept_float32_casts'])} Cast node(s) kept float32"
+        if build.get("kept_float32_for_range"):
+            label += f" + {len(build['kept_float32_for_range'])} node(s) kept float32 for range"
+        if build.get("op_block_list"):
+            label += " + op block list " + ", ".join(build["op_block_list"])
+        for r in (build.get("rewrites") or {}).get("applied", []):
+            label += f" + rewrite {r['rewrite']}"
+        return label
+    plan = build.get("plan")
+    if plan:
+        return f"ORT precision plan {plan['chosen']}, {plan['int8_compute_nodes']}/{plan['compute_nodes']} int8"
+    scheme = build.get("scheme") or {}
+    if scheme:
+        acts = {"uint8": "u8", "int8": "s8"}
+        return (f"ORT {scheme.get('method', 'static')} QDQ {acts.get(scheme.get('activation_type'), '?')}"
+                f"{acts.get(scheme.get('weight_type'), '?')}")
+    return "ORT int8"
+
+
+def row_for(pattern: str, target: str, entry: dict | None) -> dict:
+    """The table row of one (pattern, target) from the build's report entry."""
+    if entry is None:
+        return {"pattern": pattern, "target": target, "status": "not built", "cosine": None, "max_abs_error": None,
+                "top1_agreement": None, "route": "-", "reason": "the build did not reach this target",
+                "measured_on": None}
+    agreement = _agreement(entry)
+    cos = mae = top1 = None
+    if agreement:
+        cos = min(a["cosine_mean"] for a in agreement.values())
+        mae = max(a["max_abs_error"] for a in agreement.values())
+        t1 = [a["top1_agreement"] for a in agreement.values() if "top1_agreement" in a]
+        top1 = t1[0] if t1 else None
+    need = MIN_COSINE.get(target, 0.99)
+    reason = entry.get("reason") or ""
+    measured = "target runtime"
+    if entry["status"] == "passed":
+        status = "pass"
+    elif entry["status"] == "skipped" and entry.get("cpu_check") and "failed_stage" not in entry:
+        measured = "fp16 on CPU provider"
+        cpu_drop = entry["cpu_check"].get("metric_drop")
+        ok = cpu_drop is not None and cpu_drop <= entry.get("max_metric_drop", 1.0) \
+            and not entry["cpu_check"].get("non_finite_outputs")
+        status = "pass (CPU provider)" if ok else "FAIL"
+        if not ok:
+            reason = f"on the CPU provider the mean cosine is {cos:.4f}, under {need}" if cos is not None else reason
+    elif entry["status"] == "skipped":
+        status = "skipped"
+    else:
+        status = "FAIL"
+    if status.startswith("pass") and cos is not None and cos < need:  # a second output under the bar
+        status = "FAIL"
+        reason = f"an output's mean cosine is {cos:.4f}, under {need} (the gate's metric reads the first output)"
+    return {"pattern": pattern, "target": target, "status": status, "cosine": cos, "max_abs_error": mae,
+            "top1_agreement": top1, "route": route_of(target, entry), "reason": reason, "measured_on": measured}
+
+
+def run(out_dir="build/coverage", only=None, targets=TARGETS, progress=None, echo=print) -> list:
+    """Build every pattern (or those in `only`) for every target, one at a time. Returns the table rows."""
+    from .api import build
+    from .errors import StageError, ToolchainError
+    from .progress import Progress
+
+    known = patterns()
+    names = list(only) if only else list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ToolchainError(f"coverage: unknown pattern {unknown[0]!r} (known: {', '.join(known)})")
+    out_dir = Path(out_dir)
+    specs_dir, build_dir = out_dir / "specs", out_dir / "build"
+    rows = []
+    for name in names:
+        t0 = time.monotonic()
+        spec = prepare(name, specs_dir, targets)
+        prog = progress(name) if progress else Progress(name, quiet=True)
+        try:
+            report, _ = build(spec, build_dir, None, list(targets), None, prog)
+            entries = report.get("targets", {})
+        except StageError as e:  # a shared stage (trace, reference) failed: every target of the pattern fails
+            entries = {t: {"status": "failed", "reason": str(e), "failed_stage": e.stage} for t in targets}
+        for t in targets:
+            rows.append(row_for(name, t, entries.get(t)))
+        if echo:
+            got = ", ".join(f"{r['target']} {r['status']}" + (f" {r['cosine']:.4f}" if r["cosine"] is not None else "")
+                            for r in rows[-len(targets):])
+            echo(f"coverage {name}: {got} ({time.monotonic() - t0:.0f} s)")
+    return rows
+
+
+# ---- the table ---------------------------------------------------------------------------------------------
+def _fmt(v, f="{:.4f}"):
+    return "-" if v is None else f.format(v)
+
+
+def _cell(r) -> str:
+    if r["status"] == "not built":
+        return "not built"
+    mark = {"pass": "pass", "pass (CPU provider)": "pass&#185;"}.get(r["status"], f"**{r['status']}**")
+    return f"{mark} {_fmt(r['cosine'])}"
+
+
+def markdown(rows, targets=None, describe=True) -> str:
+    """Pattern x target: status and cosine; then per target row the route, error and top-1 agreement; then why
+    anything failed."""
+    order = []
+    for r in rows:
+        if r["pattern"] not in order:
+            order.append(r["pattern"])
+    targets = list(targets or dict.fromkeys(r["target"] for r in rows))
+    by = {(r["pattern"], r["target"]): r for r in rows}
+    info = patterns()
+    gates = ", ".join(f"`{t}` cosine >= {MIN_COSINE.get(t, 0.99)}" for t in targets)
+    lines = [f"Gates: {gates} (mean cosine to fp32 PyTorch on {N_EVAL} fixed random inputs; the lowest over a "
+             "model's outputs is shown).", "",
+             "| pattern | " + " | ".join(f"`{t}`" for t in targets) + " |",
+             "|---|" + "---|" * len(targets)]
+    for p in order:
+        label = f"`{p}`" + (f": {info[p][3]}" if describe and p in info else "")
+        lines.append(f"| {label} | " + " | ".join(_cell(by[(p, t)]) if (p, t) in by else "-" for t in targets)
+                     + " |")
+    lines += ["", "| pattern | target | route | max abs error | top-1 agreement % |", "|---|---|---|---|---|"]
+    for p in order:
+        for t in targets:
+            r = by.get((p, t))
+            if r is not None:
+                lines.append(f"| `{p}` | `{t}` | {r['route']} | {_fmt(r['max_abs_error'])} | "
+                             f"{_fmt(r['top1_agreement'], '{:.1f}')} |")
+    if any(r["status"] == "pass (CPU provider)" for r in rows):
+        lines += ["", "&#185; fp16 on CPU provider: no CUDA device where this table was made; the fp16 artifact was "
+                  "built and its agreement measured with ONNX Runtime's CPU provider (`cpu_check` in report.json)."]
+    failed = [r for r in rows if not r["status"].startswith("pass")]
+    if failed:
+        lines += ["", "Failures:", ""]
+        for r in failed:
+            lines.append(f"- `{r['pattern']}` on `{r['target']}`: {_one_line(r['reason'])}")
+    return "\n".join(lines) + "\n"
+
+
+def _one_line(text: str, limit=600) -> str:
+    text = " ".join(str(text).split()).replace("|", "/")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def replace_block(text: str, table: str) -> str:
+    """README text with the block between the coverage markers replaced by `table`."""
+    from .errors import ToolchainError
+
+    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
+        raise ToolchainError(f"README: needs exactly one {START} ... {END} block for the coverage table")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{table.rstrip()}\n{END}{tail}"
+
+
+def write_outputs(rows, out_dir, readme=None, targets=None) -> str:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = markdown(rows, targets)
+    (out_dir / "coverage.md").write_text(table)
+    (out_dir / "coverage.json").write_text(json.dumps(rows, indent=1) + "\n")
+    if readme:
+        path = Path(readme)
+        new = replace_block(path.read_text(), table)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(new)
+        tmp.replace(path)
+    return table
+
+
+def clean(out_dir):
+    shutil.rmtree(Path(out_dir), ignore_errors=True)
