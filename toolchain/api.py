@@ -132,7 +132,6 @@ def validate(spec_path, out_root="build", targets=None, targets_dir=None, progre
     from .stages import reference
     from .targets import load_target
     from .validate import target as validate_target
-    from .validate.metrics import METRICS
 
     spec = load_spec(spec_path)
     model_dir = Path(out_root) / spec.name
@@ -143,7 +142,7 @@ def validate(spec_path, out_root="build", targets=None, targets_dir=None, progre
             raise ToolchainError(f"{model_dir / 'report.json'}: no build to validate (run toolchain build first)")
         names = targets or [n for n, t in report["targets"].items() if "artifact" in t]
         evaluation = load_arrays(spec.evaluation, spec, "evaluation")
-        check_inputs(evaluation, spec, "evaluation data", need_labels=METRICS[spec.metric][2])
+        check_inputs(evaluation, spec, "evaluation data", evaluation=True)
         ref_outputs = reference.load(model_dir / "fp32")
         for name in names:
             entry = report["targets"].get(name)

@@ -26,7 +26,7 @@ def load_arrays(ref: str, spec, key: str) -> dict:
         raise DataError(f"{path} ({key}): not a readable .npz file ({e})") from None
 
 
-def check_inputs(arrays: dict, spec, key: str, need_labels=False) -> int:
+def check_inputs(arrays: dict, spec, key: str, evaluation=False) -> int:
     """Check data against the spec's input signature; returns the number of samples."""
     import numpy as np
 
@@ -51,11 +51,22 @@ def check_inputs(arrays: dict, spec, key: str, need_labels=False) -> int:
         if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
             bad = int((~np.isfinite(a)).sum())
             raise DataError(f"{key}: input {t.name!r} contains {bad} NaN/Inf values")
-    if need_labels:
-        if spec.labels_key not in arrays:
-            raise DataError(f"{key}: no labels array {spec.labels_key!r} (needed by metric {spec.metric})")
-        if len(arrays[spec.labels_key]) != n:
-            raise DataError(f"{key}: {len(arrays[spec.labels_key])} labels for {n} samples")
+    if evaluation:  # the arrays the spec's metrics read besides the inputs
+        from .validate.metrics import METRICS
+
+        for metric in (spec.metric, *spec.extra_metrics):
+            for need in METRICS[metric][2]:
+                name = spec.labels_key if need == "labels" else need
+                if name not in arrays:
+                    what = "labels array" if need == "labels" else "array"
+                    raise DataError(f"{key}: no {what} {name!r} (needed by metric {metric})")
+                a = arrays[name]
+                if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
+                    raise DataError(f"{key}: {name!r} must be a 1-D integer array, got {a.dtype} {list(a.shape)}")
+                if need == "labels" and len(a) != n:
+                    raise DataError(f"{key}: {len(a)} labels for {n} samples")
+                if need != "labels" and len(a) and (a.min() < 0 or a.max() >= n):
+                    raise DataError(f"{key}: {name!r} holds row indices outside 0..{n - 1}")
     return n
 
 

@@ -95,11 +95,10 @@ class Pipeline:
     @cached_property
     def evaluation(self):
         from .data import check_inputs, load_arrays
-        from .validate.metrics import METRICS
 
         arrays = load_arrays(self.spec.evaluation, self.spec, "evaluation")
         check_inputs(arrays, self.spec, f"evaluation data ({self.spec.evaluation})",
-                     need_labels=METRICS[self.spec.metric][2])
+                     evaluation=True)
         return arrays
 
     def _data_digest(self, ref, loader):
@@ -232,7 +231,8 @@ class Pipeline:
         from .stages import reference
 
         s = self.spec
-        params = {"atol": s.trace_atol, "rtol": s.trace_rtol, "metric": s.metric, "labels_key": s.labels_key}
+        params = {"atol": s.trace_atol, "rtol": s.trace_rtol, "metric": s.metric, "labels_key": s.labels_key,
+                  "also": list(s.extra_metrics)}
         deps = {"model": self.model_digest, "fp32": fp32.digest("model.fp32.onnx"),
                 "evaluation": self.evaluation_digest}
         return StageRun(reference, params, deps,
@@ -280,7 +280,7 @@ class Pipeline:
 
         s = self.spec
         params = {"runtime": target.runtime, "providers": list(target.providers), "threads": target.threads,
-                  "latency": target.latency, "metric": s.metric,
+                  "latency": target.latency, "metric": s.metric, "also": list(s.extra_metrics),
                   "runtime_options": target.tables.get("runtime_options", [])}
         deps = {"artifact": sha256_file(artifact), "baseline": sha256_file(baseline),
                 "reference": ref_entry.digest(reference.OUTPUT), "evaluation": self.evaluation_digest,

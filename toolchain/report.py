@@ -20,7 +20,7 @@ def target_entry(name, res, gate, model_dir, budget) -> dict:
         return entry
     v = res["validation"]
     src = v if "metric" in v else v.get("cpu_check", {})
-    for k in ("metric", "metric_drop", "agreement", "non_finite_outputs"):
+    for k in ("metric", "metric_drop", "agreement", "non_finite_outputs", "metrics"):
         if k in src:
             entry[k] = src[k]
     if "cpu_check" in v:

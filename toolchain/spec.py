@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import SpecError
 
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "int8", "bool")
-METRICS = ("top1", "cosine")
+METRICS = ("top1", "cosine", "retrieval_agreement", "recall_at_1")
 PRUNE_METHODS = ("channel", "unstructured")
 
 
@@ -62,6 +62,7 @@ class BuildSpec:
     evaluation: str
     labels_key: str
     metric: str
+    extra_metrics: tuple
     opset: int
     trace_atol: float
     trace_rtol: float
@@ -167,6 +168,24 @@ def _data_ref(v):
     return None if v.strip() else "must be a .npz path or 'module:function'"
 
 
+def _package_file(spec_path, key, ref: str) -> str:
+    """'package:NAME/relative/path' names a file shipped inside an installed package (weights from a registry
+    package); found without importing it. Anything else is a path relative to the spec."""
+    if not ref.startswith("package:"):
+        return ref
+    import importlib.util
+
+    name, _, rel = ref[len("package:"):].partition("/")
+    try:
+        found = importlib.util.find_spec(name) if name.isidentifier() else None
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations or not rel:
+        raise SpecError(spec_path, key, f"{ref!r}: no installed package {name!r} with a file {rel!r} "
+                                        "(form: 'package:NAME/relative/path')")
+    return str(Path(list(found.submodule_search_locations)[0]) / rel)
+
+
 def _existing_file(spec_path, key, rel) -> Path:
     """A file named by the spec, relative to it; every way it can be wrong is this key's error."""
     try:
@@ -208,7 +227,7 @@ def parse_spec(path: Path, raw: dict) -> BuildSpec:
     factory = model.get("factory", (str,), check=_factory_ref)
     factory_args = model.get("factory_args", (dict,), {})
     weights_rel = model.get("weights", (str,), check=_nonempty)
-    weights = _existing_file(path, "model.weights", weights_rel)
+    weights = _existing_file(path, "model.weights", _package_file(path, "model.weights", weights_rel))
     pp = model.get("python_path", (list,), ["."])
     for i, p in enumerate(pp):
         if not isinstance(p, str) or "\0" in p:
@@ -231,8 +250,12 @@ def parse_spec(path: Path, raw: dict) -> BuildSpec:
     labels_key = data.get("labels_key", (str,), "labels", check=_nonempty)
 
     metric_t = top.table("metric")
-    metric_t.reject_unknown({"name"})
+    metric_t.reject_unknown({"name", "also"})
     metric = metric_t.get("name", (str,), "top1", check=_one_of(METRICS))
+    also = metric_t.get("also", (list,), [])
+    for i, m in enumerate(also):
+        if m not in METRICS:
+            raise SpecError(path, f"metric.also[{i}]", f"must be one of {', '.join(METRICS)}, got {m!r}")
 
     trace = top.table("trace")
     trace.reject_unknown({"opset", "atol", "rtol"})
@@ -254,7 +277,7 @@ def parse_spec(path: Path, raw: dict) -> BuildSpec:
         targets[tname] = TargetRequest(tname, drop, overrides)
 
     return BuildSpec(path, name, version, factory, factory_args, weights, python_path, inputs, outputs,
-                     calibration, evaluation, labels_key, metric, opset, atol, rtol, prune, targets)
+                     calibration, evaluation, labels_key, metric, tuple(also), opset, atol, rtol, prune, targets)
 
 
 def _tensors(path, top, key, with_shape):

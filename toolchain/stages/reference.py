@@ -5,7 +5,7 @@ from ..data import batches
 from ..errors import StageError
 
 NAME = "reference"
-VERSION = 1
+VERSION = 2
 LIBRARIES = ("torch", "onnxruntime", "numpy")
 OUTPUT = "reference.npz"
 BATCH = 64
@@ -50,7 +50,8 @@ def run(model, fp32_path, params: dict, out_dir, evaluation: dict, spec) -> dict
                                       f"error {err:.3g} exceeds atol={params['atol']}, rtol={params['rtol']}")
     np.savez(out_dir / OUTPUT, **{f"out{i}": r for i, r in enumerate(ref)})
     value = metrics.compute(spec.metric, ref, evaluation, ref, spec)
-    return {"metric": spec.metric, "value": value, "onnx_vs_torch_max_abs_error": worst,
+    return {"metric": spec.metric, "value": value,
+            "also": metrics.extra(spec.extra_metrics, ref, evaluation, ref, spec), "onnx_vs_torch_max_abs_error": worst,
             "samples": int(len(evaluation[names[0]]))}
 
 

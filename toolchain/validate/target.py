@@ -19,8 +19,11 @@ def outputs_on(session, evaluation, input_names) -> list:
 
 def accuracy(outputs, evaluation, reference, spec, ref_value) -> dict:
     value = metrics.compute(spec.metric, outputs, evaluation, reference, spec)
-    return {"metric": value, "metric_drop": ref_value - value, "agreement": metrics.agreement(outputs, reference),
-            "non_finite_outputs": metrics.non_finite(outputs)}
+    out = {"metric": value, "metric_drop": ref_value - value, "agreement": metrics.agreement(outputs, reference, classes=spec.metric == "top1"),
+           "non_finite_outputs": metrics.non_finite(outputs)}
+    if spec.extra_metrics:
+        out["metrics"] = metrics.extra(spec.extra_metrics, outputs, evaluation, reference, spec)
+    return out
 
 
 def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpruned=None) -> dict:
