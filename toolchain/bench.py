@@ -14,6 +14,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("digits_cnn", "digits_resnet")
+OPTIONAL = ("digits_resnet_pruned", "digits_mobilenet", "minilm")  # benched when built
 
 
 def _spec(model):
@@ -96,7 +97,7 @@ def bench_cuda(build_dir, batches=(1, 8, 64), runs=300):
         "cuda_graph": {"enable_cuda_graph": "1"},
         "nhwc+exhaustive": {"prefer_nhwc": "1", "cudnn_conv_algo_search": "EXHAUSTIVE"},
     }
-    for model in MODELS:
+    for model in MODELS + tuple(m for m in OPTIONAL if (Path(build_dir) / m / "report.json").is_file()):
         r = _report(build_dir, model)
         t = r["targets"].get("cuda")
         if not t or "artifact" not in t:
