@@ -133,7 +133,7 @@ def validate(spec_path, out_root="build", targets=None, targets_dir=None, progre
     from .targets import load_target
     from .validate import target as validate_target
 
-    spec = load_spec(spec_path)
+    spec = load_spec(spec_path, need_weights=False)
     model_dir = Path(out_root) / spec.name
     with locked(model_dir):
         try:

@@ -67,7 +67,7 @@ def bench_cpu_target(build_dir, name, goals, runs=1000):
         if not t or "artifact" not in t:
             print(f"  {model}: not built ({t.get('reason') if t else 'no entry'})")
             continue
-        spec = load_spec(_spec(model))
+        spec = load_spec(_spec(model), need_weights=False)
         target = load_target(name, None, spec.targets[name].overrides)
         md = Path(build_dir) / model
         lat = _interleaved(target, md / t["artifact"], md / t["baseline"], _eval_feed(spec, 1), runs)
@@ -104,7 +104,7 @@ def bench_cuda(build_dir, batches=(1, 8, 64), runs=300):
             print(f"  {model}: not built")
             continue
         md = Path(build_dir) / model
-        spec = load_spec(_spec(model))
+        spec = load_spec(_spec(model), need_weights=False)
         print(f" {model}: status {t['status']}, metric drop {t.get('metric_drop', float('nan')):.3f} points "
               "(goal <= 0.2)")
         for b in batches:

@@ -73,7 +73,7 @@ def validate(spec, out_root, targets, targets_dir):
     from .progress import Progress
     from .spec import load_spec
 
-    name = _run(load_spec, spec).name
+    name = _run(load_spec, spec, False).name
     report, code = _run(do_validate, spec, out_root, list(targets) or None, targets_dir, Progress(name))
     for tname, t in report["targets"].items():
         extra = f": {t['reason']}" if t.get("reason") else ""

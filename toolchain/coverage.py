@@ -21,10 +21,11 @@ from pathlib import Path
 TARGETS = ("x86_64", "arm64", "cuda")
 # minimum mean cosine to fp32 PyTorch, per target (the gate: max_metric_drop = 1 - this)
 MIN_COSINE = {"x86_64": 0.99, "arm64": 0.99, "cuda": 0.999}
-N_CALIB, N_EVAL = 32, 64
+N_CALIB, N_EVAL = 128, 64
 MODULE = "tc_coverage_models"  # the name the suite's model module is imported under (a copy, as a user's)
 START, END = "<!-- coverage:start -->", "<!-- coverage:end -->"
-LATENCY = {"warmup": 2, "runs": 10}  # the suite measures agreement; latency is the build's own business
+LATENCY = {"warmup": 2, "runs": 10}
+CLASS_OUTPUTS = ("logits", "probs")  # a first output of class scores: top-1 agreement applies  # the suite measures agreement; latency is the build's own business
 
 
 def patterns() -> dict:
@@ -202,12 +203,49 @@ def run(out_dir="build/coverage", only=None, targets=TARGETS, progress=None, ech
         except StageError as e:  # a shared stage (trace, reference) failed: every target of the pattern fails
             entries = {t: {"status": "failed", "reason": str(e), "failed_stage": e.stage} for t in targets}
         for t in targets:
-            rows.append(row_for(name, t, entries.get(t)))
+            row = row_for(name, t, entries.get(t))
+            if row["top1_agreement"] is None and row["cosine"] is not None:
+                row["top1_agreement"] = top1_agreement(spec, build_dir, t, entries[t])
+            rows.append(row)
         if echo:
             got = ", ".join(f"{r['target']} {r['status']}" + (f" {r['cosine']:.4f}" if r["cosine"] is not None else "")
                             for r in rows[-len(targets):])
             echo(f"coverage {name}: {got} ({time.monotonic() - t0:.0f} s)")
     return rows
+
+
+def top1_agreement(spec_path, build_dir, target_name, entry):
+    """% of evaluation samples whose top-1 class is PyTorch's, for a model whose first output is class scores
+    (2-D, several columns), by running the built artifact here (the build reports it under the top1 metric only).
+    A cuda artifact runs on the CPU provider where no CUDA device is present. None where it does not apply."""
+    import numpy as np
+
+    from .data import load_arrays
+    from .runtimes import RuntimeUnavailable, open_artifact
+    from .spec import load_spec
+    from .stages import reference
+    from .targets import load_target
+    from .validate.target import outputs_on
+
+    spec = load_spec(spec_path)
+    model_dir = Path(build_dir) / spec.name
+    if "artifact" not in entry or spec.outputs[0].name not in CLASS_OUTPUTS:
+        return None
+    ref = reference.load(model_dir / "fp32")
+    if ref[0].ndim != 2 or ref[0].shape[1] < 2:
+        return None
+    target = load_target(target_name, None, spec.targets[target_name].overrides, spec.path)
+    names = [t.name for t in spec.inputs]
+    kw = {"output_shapes": [r.shape[1:] for r in ref], "output_names": [o.name for o in spec.outputs],
+          "input_names": names}
+    try:
+        session = open_artifact(target, model_dir / entry["artifact"], **kw)
+    except RuntimeUnavailable:
+        if target.runtime != "onnxruntime":
+            return None
+        session = open_artifact(target, model_dir / entry["artifact"], providers=["CPUExecutionProvider"])
+    out = outputs_on(session, load_arrays(spec.evaluation, spec, "evaluation"), names)
+    return float((out[0].argmax(1) == ref[0].argmax(1)).mean() * 100.0)
 
 
 # ---- the table ---------------------------------------------------------------------------------------------

@@ -97,16 +97,22 @@ class _ConvBN(nn.Sequential):
         super().__init__(*layers)
 
 
-def _randomize_bn(model, seed):
-    """Batch-norm statistics that are not the identity (as after training), deterministic."""
+def _calibrate_bn(model, pattern, seed):
+    """Batch-norm statistics measured on the pattern's inputs, as after training (random running statistics
+    leave activations unnormalized: deep random nets then map every input to almost the same features), with
+    a deterministic random affine part."""
     g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.75)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.75)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model
+    bns = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    for m in bns:
+        m.weight.data.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.75)
+        m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for i in range(4):
+            model(*example_inputs(pattern, 64, 5000 + seed * 10 + i))
+    return model.eval()
 
 
 # ---- residual ---------------------------------------------------------------------------------------------
@@ -287,19 +293,19 @@ class MLP(nn.Module):
 
 def residual():
     _seed(1)
-    m = _randomize_bn(Residual(), 1).eval()
+    m = _calibrate_bn(Residual(), "residual", 1).eval()
     return _standardize(m, "residual", [m.head])
 
 
 def mobilenet():
     _seed(2)
-    m = _randomize_bn(MobileNet(), 2).eval()
+    m = _calibrate_bn(MobileNet(), "mobilenet", 2).eval()
     return _standardize(m, "mobilenet", [m.head])
 
 
 def unet():
     _seed(3)
-    m = _randomize_bn(UNet(), 3).eval()
+    m = _calibrate_bn(UNet(), "unet", 3).eval()
     return _standardize(m, "unet", [m.out])
 
 
@@ -323,17 +329,17 @@ def transformer():
 
 def two_io():
     _seed(7)
-    m = _randomize_bn(TwoIO(), 7).eval()
+    m = _calibrate_bn(TwoIO(), "two_io", 7).eval()
     return _standardize(m, "two_io", [m.cls, m.box])
 
 
 def pool_shuffle():
     _seed(8)
-    m = _randomize_bn(PoolShuffle(), 8).eval()
+    m = _calibrate_bn(PoolShuffle(), "pool_shuffle", 8).eval()
     return _standardize(m, "pool_shuffle", [m.head])
 
 
 def mlp():
     _seed(9)
-    m = _randomize_bn(MLP(), 9).eval()
+    m = _calibrate_bn(MLP(), "mlp", 9).eval()
     return _standardize(m, "mlp", [m.net[-1]])

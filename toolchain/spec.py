@@ -198,7 +198,9 @@ def _existing_file(spec_path, key, rel) -> Path:
     raise SpecError(spec_path, key, f"{problem}: {p}")
 
 
-def load_spec(path) -> BuildSpec:
+def load_spec(path, need_weights=True) -> BuildSpec:
+    """need_weights=False for commands that judge built artifacts (validate, bench) on machines that need not
+    hold the model's weights (a GPU host)."""
     path = Path(path)
     try:
         if not path.is_file():
@@ -212,10 +214,10 @@ def load_spec(path) -> BuildSpec:
         raise SpecError(path, None, "invalid TOML: nested too deeply") from None
     except (OSError, ValueError) as e:
         raise SpecError(path, None, f"cannot be read ({e})") from None
-    return parse_spec(path.resolve(), raw)
+    return parse_spec(path.resolve(), raw, need_weights)
 
 
-def parse_spec(path: Path, raw: dict) -> BuildSpec:
+def parse_spec(path: Path, raw: dict, need_weights=True) -> BuildSpec:
     top = _Table(path, "", raw)
     top.reject_unknown({"model", "inputs", "outputs", "data", "metric", "trace", "prune", "targets"})
 
@@ -227,7 +229,10 @@ def parse_spec(path: Path, raw: dict) -> BuildSpec:
     factory = model.get("factory", (str,), check=_factory_ref)
     factory_args = model.get("factory_args", (dict,), {})
     weights_rel = model.get("weights", (str,), check=_nonempty)
-    weights = _existing_file(path, "model.weights", _package_file(path, "model.weights", weights_rel))
+    if need_weights:
+        weights = _existing_file(path, "model.weights", _package_file(path, "model.weights", weights_rel))
+    else:
+        weights = Path(weights_rel)
     pp = model.get("python_path", (list,), ["."])
     for i, p in enumerate(pp):
         if not isinstance(p, str) or "\0" in p:

@@ -33,7 +33,8 @@ VERSION = 2
 LIBRARIES = ("onnx2tf", "tensorflow", "onnx", "onnxsim", "numpy")
 OUTPUT = "model.int8.tflite"
 BASELINE = "model.fp32.tflite"
-DEFAULTS = {"converter": "onnx2tf", "timeout_s": 900, "per_channel": True, "extra_flags": {}}
+# routes: "auto" picks rewrites and flags from the graph's ops (below); "plain" converts the graph as it is, once.
+DEFAULTS = {"converter": "onnx2tf", "timeout_s": 900, "per_channel": True, "extra_flags": {}, "routes": "auto"}
 # onnx2tf looks for this file in its working directory before downloading it (STACK.md, offline trap).
 SAMPLE_DATA = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
@@ -47,6 +48,8 @@ def params_for(table: dict, path, prefix="convert") -> dict:
     params = {**DEFAULTS, **table}
     if params["converter"] != "onnx2tf":
         raise SpecError(path, f"{prefix}.converter", f"unknown converter {params['converter']!r} (known: onnx2tf)")
+    if params["routes"] not in ("auto", "plain"):
+        raise SpecError(path, f"{prefix}.routes", f"must be one of auto, plain, got {params['routes']!r}")
     return params
 
 
@@ -98,7 +101,10 @@ def run(fp32_path, params: dict, out_dir, calibration: dict, spec, target_name) 
     import onnx
 
     model = onnx.load(str(fp32_path))
-    routes = plan_routes(n.op_type for n in model.graph.node)
+    if params.get("routes", "auto") == "auto":
+        routes = plan_routes(n.op_type for n in model.graph.node)
+    else:
+        routes = [_route([], {}, 'convert.routes = "plain": the graph as it is')]
     tried = []
     with tempfile.TemporaryDirectory(prefix="toolchain-onnx2tf-") as scratch:
         scratch = Path(scratch)
