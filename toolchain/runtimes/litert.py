@@ -78,9 +78,17 @@ class LiteRTSession:
         if len(values) != len(self.inputs):
             raise ValueError(f"the model takes {len(self.inputs)} inputs, got {len(values)}")
         for d, value in zip(self.inputs, values):
-            a = _to_tflite(np.asarray(value, np.float32), d["shape"])
+            value = np.asarray(value)
+            scale, zero = _quant(d)
+            if np.issubdtype(value.dtype, np.integer) and np.issubdtype(d["dtype"], np.integer) and not scale:
+                # integer data (token ids, masks) into an unquantized integer tensor: cast, never scale
+                info = np.iinfo(d["dtype"])
+                if value.size and (value.min() < info.min or value.max() > info.max):
+                    raise ValueError(f"input {d['onnx_name']!r} holds values outside {np.dtype(d['dtype']).name}")
+                self.interp.set_tensor(d["index"], _to_tflite(value, d["shape"]).astype(d["dtype"]))
+                continue
+            a = _to_tflite(value.astype(np.float32), d["shape"])
             if d["dtype"] in (np.int8, np.uint8):
-                scale, zero = _quant(d)
                 info = np.iinfo(d["dtype"])
                 a = np.clip(np.round(a / scale) + zero, info.min, info.max)
             self.interp.set_tensor(d["index"], a.astype(d["dtype"]))
