@@ -175,8 +175,11 @@ class Pipeline:
             return {}
         import importlib
 
-        module = importlib.import_module(f".stages.{target.transform}", __package__)
         table = {"quantize": "quantize", "fp16": "fp16", "tflite": "convert"}[target.transform]
+        stage = target.transform
+        if stage == "tflite" and target.table("convert").get("converter") == "litert-torch":
+            stage = "litert_torch"  # the second route: PyTorch -> TFLite without ONNX (its own venv)
+        module = importlib.import_module(f".stages.{stage}", __package__)
         override = self.spec.targets[name].overrides.get(table)
         if override:
             module.params_for(override, self.spec.path, f"targets.{name}.{table}")
@@ -267,6 +270,11 @@ class Pipeline:
                 deps["calibration"] = self.calibration_digest
             return StageRun(fp16, params, deps, lambda out: fp16.run(
                 fp32_path, params, out, self.calibration if params["range_guard"] else None, names), name)
+        if target.transform == "tflite" and params.get("converter") == "litert-torch":
+            from .stages import litert_torch
+            deps = {"model": self.model_digest, "converter_lock": litert_torch.lock_digest()}
+            return StageRun(litert_torch, params, deps, lambda out: litert_torch.run(
+                self.torch_model, params, out, self.spec, name), name)
         if target.transform == "tflite":
             from .stages import tflite
             deps = {"fp32": fp32_digest, "calibration": self.calibration_digest}
@@ -404,7 +412,7 @@ def _why(prev, now) -> str:
 
 def _artifact_files(target, entry, fp32):
     """The artifact file and its fp32 baseline on the same runtime."""
-    if target.transform == "tflite":
+    if target.transform == "tflite":  # both TFLite routes name their files alike
         from .stages import tflite
         return entry.file(tflite.OUTPUT), entry.file(tflite.BASELINE)
     if target.transform is None:

@@ -33,6 +33,8 @@ def target_entry(name, res, gate, model_dir, budget) -> dict:
             entry[k] = v[k]
     if res.get("transform"):
         entry["build"] = res["transform"]
+        if res["transform"].get("route"):
+            entry["route"] = res["transform"]["route"]
     return entry
 
 
