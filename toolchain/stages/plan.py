@@ -19,7 +19,7 @@ import time
 from ..errors import StageError, reraise_write_error
 
 NAME = "plan"
-VERSION = 3
+VERSION = 5
 LIBRARIES = ("onnxruntime", "onnx", "numpy")
 OUTPUT = "model.int8.onnx"
 SPEED_MARGIN = 0.95  # a kind is kept float only if that makes the model at least 5% faster
@@ -139,11 +139,20 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                 steps.append(f"{scheme}: {n} back to int8 -> drop {tdrop:.3f} (budget still holds)")
         reasons = {n: "forced float by the spec" for n in forced_float}
         reasons.update({n: "accuracy: among the most sensitive nodes" for n in exclude - forced_float})
-        kinds = sorted({kind_of[n] for n in kind_of if n not in exclude | forced_int8}) if params["speed_search"] else []
-        for kind in kinds:
+        # Kinds of compute node, plus the quantizable glue (Add, Mul, activations, pooling): in static schemes
+        # each glue op brings its own Q/DQ pairs, which can cost more than its int8 form saves.
+        groups = {}
+        for n, k in nodes:
+            if n not in exclude | forced_int8:
+                groups.setdefault(k, set()).add(n)
+        if precision.SCHEMES[scheme][0] == "static":
+            glue = {n for n, _ in precision.other_quantizable(model, precision.Calibration.op_types_static())}
+            if glue - forced_int8:
+                groups["other ops (Add, Mul, activations, pooling)"] = glue - forced_int8
+        for kind in (sorted(groups) if params["speed_search"] else []):
             if time.monotonic() > deadline:
                 break
-            trial = exclude | {n for n, k in nodes if k == kind and n not in forced_int8}
+            trial = exclude | groups[kind]
             tpath = make(scheme, trial)
             lat = runner.latency({"current": path, "trial": tpath}, feed)
             verdict = lat["trial"] < lat["current"] * SPEED_MARGIN
@@ -155,6 +164,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                          + (" (faster; kept float)" if verdict and tok else " (not kept)"))
             if verdict and tok:
                 for n in trial - exclude:
+                    kind_of.setdefault(n, "other")
                     reasons[n] = (f"speed: int8 {kind} is slower here (whole-model A/B p50 {lat['current']:.4f} -> "
                                   f"{lat['trial']:.4f} ms with it float)")
                 exclude, path, drop = trial, tpath, tdrop
@@ -181,8 +191,9 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             "chosen": best,
             "kept_float": [{"node": n, "kind": kind_of.get(n, "?"), "reason": chosen["reasons"].get(n, "")}
                            for n in sorted(chosen["exclude"])],
-            "int8_compute_nodes": sum(1 for n in kind_of if n not in chosen["exclude"]),
-            "compute_nodes": len(kind_of),
+            "int8_compute_nodes": sum(1 for n, k in nodes if n not in chosen["exclude"]
+                                      and (method == "static" or not k.startswith("Conv"))),
+            "compute_nodes": len(nodes),
             "candidates": {s: {"metric_drop": c["drop"], "p50_ms": timed[s], "kept_float": len(c["exclude"])}
                            for s, c in candidates.items()},
             "before": {"plan": f"{params['schemes'][0]}, every node int8", "metric_drop": before_drop,

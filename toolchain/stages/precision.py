@@ -21,12 +21,11 @@ class Calibration:
 
     def __init__(self, prep_path: Path, arrays: dict, input_names, method="minmax"):
         from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
-        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
         from .quantize import _Reader
 
         self.prep_path = Path(prep_path)
-        self.op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+        self.op_types = self.op_types_static()
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[method]
         calibrator = create_calibrator(self.prep_path, self.op_types,
@@ -36,6 +35,12 @@ class Calibration:
         self.ranges = calibrator.compute_data()
         del calibrator
         self.prep_path.with_suffix(".augmented.onnx").unlink(missing_ok=True)
+
+    @staticmethod
+    def op_types_static() -> list:
+        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+        return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 
     def static(self, activation: str, weight: str, per_channel=True, only=None, exclude=()):
         """A QDQ model proto: every quantizable node, or `only` these, minus `exclude`."""

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from ..errors import StageError
-from .tflite_worker import LITERT_FAILED  # the worker's exit code when LiteRT cannot run what onnx2tf wrote
+from .tflite_worker import FP32_MISMATCH, LITERT_FAILED  # the --check child's verdicts
 
 NAME = "tflite"
 VERSION = 2
@@ -63,9 +63,14 @@ def nhwc(a):
 
 
 class _RouteFailed(Exception):
-    def __init__(self, cause, op=None, node=None):
+    def __init__(self, cause, op=None, node=None, advice=None):
         super().__init__(cause)
-        self.cause, self.op, self.node = cause, op, node
+        self.cause, self.op, self.node, self.advice = cause, op, node, advice
+
+
+MISMATCH = ("onnx2tf infers tensor layouts from shapes and can pick the wrong axis where two dimensions are equal "
+            "(an RNN's hidden size and sequence length, a square feature map and its channels): make them differ, "
+            "or drop this target")
 
 
 RNN_OPS = ("LSTM", "GRU", "RNN")
@@ -117,6 +122,7 @@ def run(fp32_path, params: dict, out_dir, calibration: dict, spec, target_name) 
             np.save(path, nhwc(arr).astype(np.float32))
             calib.append([t.name, str(path), 0.0, 1.0])  # data is already normalised: mean 0, std 1
             shapes.append(f"{t.name}:" + ",".join(str(d) for d in (1, *t.shape[1:])))
+        check_data = _check_data(model, calibration, spec, scratch)
         for route in routes:
             work = scratch / f"route{len(tried)}"
             work.mkdir()
@@ -124,11 +130,11 @@ def run(fp32_path, params: dict, out_dir, calibration: dict, spec, target_name) 
                 check = _prepare_copy(fp32_path, model, route, work / "model.onnx", calibration, spec, target_name)
                 job = {"onnx": str(work / "model.onnx"), "out": str(work / "out"), "calibration": calib,
                        "shapes": shapes, "per_channel": params["per_channel"],
-                       "extra": {**route["flags"], **params["extra_flags"]}}
+                       "extra": {**route["flags"], **params["extra_flags"]}, "check": check_data}
                 log = _run_worker(job, scratch, params["timeout_s"], target_name)
             except _RouteFailed as e:
                 tried.append({"route": route["label"], "status": "failed", "cause": e.cause, "op": e.op,
-                              "node": e.node})
+                              "node": e.node, "advice": e.advice})
                 continue
             produced = {"int8": work / "out" / "model_full_integer_quant.tflite",
                         "fp32": work / "out" / "model_float32.tflite"}
@@ -149,6 +155,25 @@ def run(fp32_path, params: dict, out_dir, calibration: dict, spec, target_name) 
         meta.update(route_label=route["label"], route_why=route["why"], onnx2tf_flags=route["flags"],
                     routes_tried=tried, rewrites=check)
     return meta
+
+
+CHECK_SAMPLES = 4
+
+
+def _check_data(model, calibration, spec, scratch) -> dict:
+    """The first calibration samples and the fp32 ONNX graph's outputs on them (ONNX Runtime), for the --check
+    child to hold the converted float32 model against."""
+    import numpy as np
+
+    from ..rewrites import run_onnx
+
+    feeds = {t.name: np.asarray(calibration[t.name][:CHECK_SAMPLES]) for t in spec.inputs}
+    outs = run_onnx(model, feeds)
+    path = scratch / "check.npz"
+    np.savez(path, **{f"in{i}": feeds[t.name] for i, t in enumerate(spec.inputs)},
+             **{f"out{i}": o.astype(np.float32) for i, o in enumerate(outs)})
+    return {"data": str(path), "inputs": [t.name for t in spec.inputs],
+            "outputs": [o.name for o in model.graph.output]}
 
 
 def _prepare_copy(fp32_path, model, route, dest, calibration, spec, target_name):
@@ -193,8 +218,9 @@ def _failure(tried, n_routes, model) -> str:
         text = f"no conversion route made a runnable full-integer model. Routes tried: {steps}"
     op, node = next(((t.get("op"), t.get("node")) for t in tried if t.get("op")), (None, None))
     if op is None:
-        return f"{text}. What you can do: simplify the model around the failing part, or drop this target; the " \
-               "other targets still build"
+        advice = next((t["advice"] for t in tried if t.get("advice")), None)
+        return f"{text}. What you can do: {advice or 'simplify the model around the failing part, or drop this target'}" \
+               "; the other targets still build"
     onnx_op = op[4:] if op.startswith("Flex") else op
     nodes = [node] if node else [n.name for n in model.graph.node if n.op_type == onnx_op][:4]
     where = f"ONNX op {onnx_op}" + (f" (node {', '.join(nodes)})" if nodes else "")
@@ -244,6 +270,10 @@ def _run_worker(job, scratch, timeout_s, target_name) -> str:
     except subprocess.TimeoutExpired:
         raise StageError(NAME, f"onnx2tf did not finish within {timeout_s} s (convert.timeout_s); killed while "
                          "running the converted model on LiteRT", target_name) from None
+    if chk.returncode == FP32_MISMATCH:
+        line = [ln for ln in (chk.stderr or "").splitlines() if ln.startswith("FP32_MISMATCH")][-1]
+        raise _RouteFailed("the converted float32 model does not compute what the ONNX graph computes ("
+                           + line.split(":", 1)[1].strip() + "): onnx2tf mistranslated the graph", advice=MISMATCH)
     if chk.returncode != 0:
         out = (chk.stdout or "") + (chk.stderr or "")
         msg = (_litert_error(out) if chk.returncode == LITERT_FAILED else

@@ -4,7 +4,8 @@ the interpreter would quietly pick up its Flex delegate, which a device's LiteRT
 crash, a hang or TensorFlow's imports never reach the build process.
 
 --check exits 3 (LITERT_FAILED) when LiteRT cannot load or run a model (a Flex op, a kernel that refuses its
-data), with a LITERT_CHECK_FAILED line on stderr.
+data), with a LITERT_CHECK_FAILED line on stderr, and 4 (FP32_MISMATCH) when the float32 model does not compute
+what the ONNX graph computes, with a FP32_MISMATCH line.
 """
 
 import json
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 LITERT_FAILED = 3
+FP32_MISMATCH = 4
 
 
 def main(job_path):
@@ -35,41 +37,47 @@ def main(job_path):
 
 
 def check(job_path):
-    job = json.load(open(job_path))
-    out = Path(job["out"])
-    for name in ("model_full_integer_quant.tflite", "model_float32.tflite"):
-        if (out / name).is_file():
-            problem = litert_check(out / name, job["calibration"])
-            if problem:
-                print(f"LITERT_CHECK_FAILED: {name}: {problem}", file=sys.stderr, flush=True)
-                sys.exit(LITERT_FAILED)
-
-
-def litert_check(path, calibration):
-    """Load the model on LiteRT and run it on the first calibration sample; the error, or None."""
+    """Both models load and run on LiteRT (else exit LITERT_FAILED); the float32 one agrees with the ONNX graph
+    on the job's check samples (else exit FP32_MISMATCH): onnx2tf infers layouts from shapes and can silently
+    build a different function, which no amount of calibration fixes."""
     import numpy as np
 
+    job = json.load(open(job_path))
+    out = Path(job["out"])
+    spec = job["check"]
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        from toolchain.runtimes.litert import LiteRTSession
+        import ai_edge_litert  # noqa: F401
     except ImportError:
-        return None  # no LiteRT here: the validate stage says so
-    samples = [np.load(p)[:1] for _, p, _, _ in calibration]
-    try:
-        interp = Interpreter(model_path=str(path), num_threads=1)
-        interp.allocate_tensors()
-        for d in interp.get_input_details():
-            shape = tuple(int(x) for x in d["shape"])
-            match = [s for s in samples if s.shape == shape]
-            a = match[0] if len(match) == 1 else np.zeros(shape, np.float32)
-            if d["dtype"] in (np.int8, np.uint8):
-                scale, zero = d["quantization"]
-                info = np.iinfo(d["dtype"])
-                a = np.clip(np.round(a / (scale or 1.0)) + zero, info.min, info.max)
-            interp.set_tensor(d["index"], a.astype(d["dtype"]))
-        interp.invoke()
-    except Exception as e:  # noqa: BLE001 - any refusal of the runtime is the answer
-        return " ".join(str(e).split())[:1000]
-    return None
+        return  # no LiteRT here: the validate stage says so
+    with np.load(spec["data"]) as z:
+        data = {k: z[k] for k in z.files}
+    inputs = {n: data[f"in{i}"] for i, n in enumerate(spec["inputs"])}
+    refs = [data[f"out{i}"] for i in range(len(spec["outputs"]))]
+    n = len(refs[0])
+    for name, compare in (("model_full_integer_quant.tflite", False), ("model_float32.tflite", True)):
+        try:
+            session = LiteRTSession(out / name, 1, [r.shape[1:] for r in refs], spec["outputs"], spec["inputs"])
+            runs = [session.run({k: v[i:i + 1] for k, v in inputs.items()}) for i in range(n)]
+        except Exception as e:  # noqa: BLE001 - any refusal of the runtime is the answer
+            print(f"LITERT_CHECK_FAILED: {name}: {' '.join(str(e).split())[:1000]}", file=sys.stderr, flush=True)
+            sys.exit(LITERT_FAILED)
+        if not compare:
+            continue
+        got = [np.concatenate(parts).astype(np.float64) for parts in zip(*runs)]
+        for k, (a, r) in enumerate(zip(got, refs)):
+            a, r = a.reshape(n, -1), r.reshape(n, -1).astype(np.float64)
+            if a.shape != r.shape:
+                print(f"FP32_MISMATCH: output {k} has {a.shape[1]} values per sample, the ONNX graph {r.shape[1]}",
+                      file=sys.stderr, flush=True)
+                sys.exit(FP32_MISMATCH)
+            cos = float(((a * r).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(r, axis=1),
+                                                     1e-12)).min())
+            err = float(np.abs(a - r).max())
+            if not (cos >= 0.999 and err <= 1e-2 * max(float(np.abs(r).max()), 1e-3)):
+                print(f"FP32_MISMATCH: output {k}: cosine {cos:.4f}, max abs error {err:.3g} on {n} calibration "
+                      "samples", file=sys.stderr, flush=True)
+                sys.exit(FP32_MISMATCH)
 
 
 if __name__ == "__main__":
