@@ -23,6 +23,13 @@ def _run(fn, *args):
         _fail(OutputError(f"cannot write {e.filename or 'build output'}: {e.strerror}"))
 
 
+def _exit_with_statuses(report, code):
+    for tname, t in report["targets"].items():
+        extra = f": {t['reason']}" if t.get("reason") else ""
+        click.echo(f"{report['model']} {tname}: {t['status']}{extra}")
+    sys.exit(code)
+
+
 @click.group()
 @click.version_option(package_name="toolchain")
 def main():
@@ -45,21 +52,15 @@ def build(spec, out_root, cache_dir, targets, targets_dir, quiet, explain):
     if explain:
         from .api import explain as do_explain
 
-        try:
-            for label, verdict in do_explain(spec, out_root, cache_dir, list(targets) or None, targets_dir):
-                click.echo(f"{label:<22} {verdict}")
-        except ToolchainError as e:
-            _fail(e)
+        for label, verdict in _run(do_explain, spec, out_root, cache_dir, list(targets) or None, targets_dir):
+            click.echo(f"{label:<22} {verdict}")
         return
     from .spec import load_spec
 
     name = _run(load_spec, spec).name
     report, code = _run(do_build, spec, out_root, cache_dir, list(targets) or None, targets_dir,
                         Progress(name, quiet=quiet))
-    for tname, t in report["targets"].items():
-        extra = f": {t['reason']}" if t.get("reason") else ""
-        click.echo(f"{report['model']} {tname}: {t['status']}{extra}")
-    sys.exit(code)
+    _exit_with_statuses(report, code)
 
 
 @main.command()
@@ -75,10 +76,7 @@ def validate(spec, out_root, targets, targets_dir):
 
     name = _run(load_spec, spec, False).name
     report, code = _run(do_validate, spec, out_root, list(targets) or None, targets_dir, Progress(name))
-    for tname, t in report["targets"].items():
-        extra = f": {t['reason']}" if t.get("reason") else ""
-        click.echo(f"{report['model']} {tname}: {t['status']}{extra}")
-    sys.exit(code)
+    _exit_with_statuses(report, code)
 
 
 @main.command()
