@@ -47,7 +47,9 @@ def write(model_dir: Path, spec, target_files, options, outputs, stages, exit_co
         "context": context(spec, options),
         "inputs": {f: [*_stat(f), sha256_file(f)] for f in input_files(spec, target_files)},
         "outputs": {str(p): _stat(p) for p in outputs},
-        "stages": stages,
+        # Keep what earlier builds recorded of stages this one did not plan (e.g. another --target), so
+        # --explain can still say what changed for them.
+        "stages": {**(read(model_dir) or {}).get("stages", {}), **stages},
         "exit_code": exit_code,
     }
     write_json_atomic(model_dir / STAMP, record)
