@@ -4,11 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLCHAIN := $(BIN)/toolchain
-MODELS := digits_cnn digits_resnet digits_resnet_pruned
+MODELS := digits_cnn digits_resnet digits_resnet_pruned digits_mobilenet
 TARGETS := x86_64 arm64 cuda
 BUILD := build
 
-.PHONY: build test test-all bench clean venv
+.PHONY: build test test-all bench coverage clean venv
 
 venv: $(STAMP)
 
@@ -40,5 +40,28 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m toolchain.bench
 
+# Every pattern of the coverage suite through every target; rewrites the table in README.md.
+coverage: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(TOOLCHAIN) coverage -o $(BUILD)/coverage --readme README.md
+
 clean:
 	rm -rf $(BUILD) .toolchain-cache
+
+# The side venv for the litert_torch stage (transformers on ARM: litert-torch + ai-edge-quantizer). litert-torch needs
+# ai-edge-litert 2.3 and numpy 2, which the project venv cannot hold, so it lives apart and runs only as a child
+# process. Same recipe as the main venv: torch first and pinned (CPU build), then the lock under the torch constraint.
+LITERT_VENV := .venv-litert
+LITERT_STAMP := $(LITERT_VENV)/.installed
+
+.PHONY: venv-litert
+
+venv-litert: $(LITERT_STAMP)
+
+$(LITERT_STAMP): requirements-litert.lock constraints.txt
+	test -x $(LITERT_VENV)/bin/python || $(PY) -m venv $(LITERT_VENV)
+	$(LITERT_VENV)/bin/pip install -q --upgrade pip setuptools
+	$(LITERT_VENV)/bin/pip install -q torch==2.13.0
+	$(LITERT_VENV)/bin/pip install -q -c constraints.txt -r requirements-litert.lock
+	$(LITERT_VENV)/bin/pip check
+	@if $(LITERT_VENV)/bin/pip list 2>/dev/null | grep -qi '^nvidia'; then echo "error: a CUDA torch build slipped in" >&2; exit 1; fi
+	touch $@

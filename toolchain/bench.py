@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-MODELS = ("digits_cnn", "digits_resnet")
-OPTIONAL = ("digits_resnet_pruned", "digits_mobilenet", "minilm")  # benched when built
+MODELS = ("digits_cnn", "digits_resnet", "digits_mobilenet")
+OPTIONAL = ("digits_resnet_pruned", "minilm")  # benched when built
 
 
 def _spec(model):
@@ -124,6 +124,29 @@ def bench_cuda(build_dir, batches=(1, 8, 64), runs=300):
         print("   (ratios vs default-options fp32 at the same batch; goal: fp16 p50 <= fp32 p50)")
 
 
+def bench_prune(build_dir, model="digits_resnet_pruned"):
+    """The pruned sample against its unpruned self: figures from its build report (speedups measured
+    interleaved in that build, pruned vs unpruned artifact of the same target)."""
+    print(f"\n== prune ({model}: 50% of channels, recovered by distillation) ==")
+    path = Path(build_dir) / model / "report.json"
+    if not path.is_file():
+        print(f"  not built (make build builds it)")
+        return
+    r = json.loads(path.read_text())
+    p = r["prune"]
+    drop = p["metric_before"] - p["metric_after_recovery"]  # unpruned fp32 PyTorch vs pruned, recovered
+    _line("metric drop after recovery vs unpruned fp32", f"{drop:.3f} ({p['metric_after_prune']:.2f} right after "
+          "pruning)", "<= 1.0", drop <= 1.0)
+    _line("params after / before", f"{p['params_after'] / p['params_before']:.3f}x", "<= 0.35x",
+          p["params_after"] / p["params_before"] <= 0.35)
+    _line("MACs after / before", f"{p['macs_after'] / p['macs_before']:.3f}x", "<= 0.35x",
+          p["macs_after"] / p["macs_before"] <= 0.35)
+    for t in ("x86_64", "arm64"):
+        s = r["targets"].get(t, {}).get("speedup_vs_unpruned")
+        if s:
+            _line(f"{t} int8 p50 pruned / unpruned", f"{1 / s:.3f}x", "<= 0.6x", 1 / s <= 0.6)
+
+
 def bench_make(models=MODELS):
     """Cold build of the sample models for all targets (fresh cache), then no-op builds (median of 10), and
     the peak memory of the build processes (converter children included)."""
@@ -160,16 +183,19 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--build-dir", default=str(REPO / "build"))
     ap.add_argument("--no-build", action="store_true", help="use the artifacts already in the build dir")
-    ap.add_argument("--only", default="x86_64,arm64,cuda,make")
+    ap.add_argument("--only", default="x86_64,arm64,prune,cuda,make")
     args = ap.parse_args(argv)
     only = args.only.split(",")
     if not args.no_build:
         ensure_built(args.build_dir, MODELS)
     if "x86_64" in only:
-        bench_cpu_target(args.build_dir, "x86_64", {"digits_resnet": {"drop": 0.5, "speed": 0.6, "size": 0.3}})
+        bench_cpu_target(args.build_dir, "x86_64", {"digits_resnet": {"drop": 0.5, "speed": 0.6, "size": 0.3},
+                                                    "digits_mobilenet": {"drop": 0.5, "speed": 0.9}})
     if "arm64" in only:
         bench_cpu_target(args.build_dir, "arm64", {"digits_cnn": {"drop": 1.0, "size": 0.3},
                                                    "digits_resnet": {"drop": 1.0, "speed": 0.6, "size": 0.3}})
+    if "prune" in only:
+        bench_prune(args.build_dir)
     if "cuda" in only:
         bench_cuda(args.build_dir)
     if "make" in only:
