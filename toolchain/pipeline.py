@@ -183,7 +183,10 @@ class Pipeline:
         override = self.spec.targets[name].overrides.get(table)
         if override:
             module.params_for(override, self.spec.path, f"targets.{name}.{table}")
-        return module.params_for(target.table(table), target.path, table)
+        merged = target.table(table)
+        if stage == "litert_torch":  # the target file's options are onnx2tf's: keep only what this route takes
+            merged = {k: v for k, v in merged.items() if k in module.DEFAULTS}
+        return module.params_for(merged, target.path, table)
 
     # ---- the plan -----------------------------------------------------------------------------------------
     def prune_stage(self) -> StageRun:
@@ -272,8 +275,10 @@ class Pipeline:
                 fp32_path, params, out, self.calibration if params["range_guard"] else None, names), name)
         if target.transform == "tflite" and params.get("converter") == "litert-torch":
             from .stages import litert_torch
-            deps = {"model": self.model_digest, "converter_lock": litert_torch.lock_digest()}
-            return StageRun(litert_torch, params, deps, lambda out: litert_torch.run(
+            deps = {"model": self.model_digest, "converter_lock": litert_torch.lock_digest(params)}
+            io = {"inputs": [[t.name, list(t.shape), t.dtype] for t in self.spec.inputs],
+                  "outputs": [o.name for o in self.spec.outputs]}  # baked into the artifact
+            return StageRun(litert_torch, {**params, "io": io}, deps, lambda out: litert_torch.run(
                 self.torch_model, params, out, self.spec, name), name)
         if target.transform == "tflite":
             from .stages import tflite

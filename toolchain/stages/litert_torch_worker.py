@@ -73,7 +73,6 @@ def main(job_path):
     try:
         import torch
 
-        torch.set_num_threads(max(1, int(job.get("threads") or 1)))
         program = torch.export.load(job["pt2"])
         module = program.module()
         example = example_inputs(job["inputs"], torch)
