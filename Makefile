@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLCHAIN := $(BIN)/toolchain
-MODELS := digits_cnn digits_resnet digits_resnet_pruned digits_mobilenet
+MODELS := digits_cnn digits_resnet digits_resnet_pruned digits_mobilenet minilm
 TARGETS := x86_64 arm64 cuda
 BUILD := build
 
@@ -65,3 +65,6 @@ $(LITERT_STAMP): requirements-litert.lock constraints.txt
 	$(LITERT_VENV)/bin/pip check
 	@if $(LITERT_VENV)/bin/pip list 2>/dev/null | grep -qi '^nvidia'; then echo "error: a CUDA torch build slipped in" >&2; exit 1; fi
 	touch $@
+
+# The MiniLM sample's arm64 target converts through litert-torch, which lives in the side venv.
+$(BUILD)/minilm/report.json: $(LITERT_STAMP)
