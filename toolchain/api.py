@@ -55,7 +55,7 @@ def _build_locked(spec, pipe, model_dir, target_files, options):
     report = {
         "model": spec.name, "version": spec.version, "toolchain_version": __version__,
         "reference": {"metric": spec.metric, "value": ref.meta["value"], "samples": ref.meta["samples"],
-                      "runtime": "pytorch fp32", "onnx_vs_torch_max_abs_error": ref.meta[
+                      "also": ref.meta.get("also", {}), "runtime": "pytorch fp32", "onnx_vs_torch_max_abs_error": ref.meta[
                           "onnx_vs_torch_max_abs_error"]},
         "fp32_onnx": {"path": str(fp32_out.relative_to(model_dir)), "sha256": fp32.digest("model.fp32.onnx")},
         "provenance": _provenance(spec, pipe),

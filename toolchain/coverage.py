@@ -14,7 +14,6 @@ block between the coverage markers in README.md.
 """
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -24,8 +23,8 @@ MIN_COSINE = {"x86_64": 0.99, "arm64": 0.99, "cuda": 0.999}
 N_CALIB, N_EVAL = 128, 64
 MODULE = "tc_coverage_models"  # the name the suite's model module is imported under (a copy, as a user's)
 START, END = "<!-- coverage:start -->", "<!-- coverage:end -->"
-LATENCY = {"warmup": 2, "runs": 10}
-CLASS_OUTPUTS = ("logits", "probs")  # a first output of class scores: top-1 agreement applies  # the suite measures agreement; latency is the build's own business
+LATENCY = {"warmup": 2, "runs": 10}  # the suite measures agreement; latency is the build's own business
+CLASS_OUTPUTS = ("logits", "probs")  # a first output of class scores: top-1 agreement applies
 
 
 def patterns() -> dict:
@@ -59,7 +58,7 @@ def spec_text(pattern: str, inputs, outputs, targets) -> str:
     lines += ["[data]", 'calibration = "calibration.npz"', 'evaluation = "eval.npz"', "",
               "[metric]", 'name = "cosine"', ""]
     for t in targets:
-        drop = round(1.0 - MIN_COSINE[t], 6)
+        drop = round(1.0 - MIN_COSINE.get(t, 0.99), 6)
         lines += [f"[targets.{t}]", f"max_metric_drop = {drop!r}", f"latency = {_toml_value(LATENCY)}", ""]
     return "\n".join(lines)
 
@@ -117,6 +116,8 @@ def route_of(target: str, entry: dict) -> str:
     """Which converter, flags and rewrites made the artifact, in a few words."""
     build = entry.get("build") or {}
     if target == "arm64" or entry.get("format") == "tflite":
+        if build.get("converter") == "litert-torch":
+            return build.get("route", "litert-torch")
         if build.get("route_label"):
             return build["route_label"]
         return "onnx2tf int8" if build else "onnx2tf int8 (not built)"
@@ -175,6 +176,9 @@ def row_for(pattern: str, target: str, entry: dict | None) -> dict:
     if status.startswith("pass") and cos is not None and cos < need:  # a second output under the bar
         status = "FAIL"
         reason = f"an output's mean cosine is {cos:.4f}, under {need} (the gate's metric reads the first output)"
+    if measured == "target runtime" and entry.get("runtime") == "litert" and entry.get("host", {}).get("arch") \
+            not in (None, "aarch64", "arm64"):
+        measured = f"LiteRT's {entry['host']['arch']} kernels"
     return {"pattern": pattern, "target": target, "status": status, "cosine": cos, "max_abs_error": mae,
             "top1_agreement": top1, "route": route_of(target, entry), "reason": reason, "measured_on": measured}
 
@@ -272,7 +276,8 @@ def markdown(rows, targets=None, describe=True) -> str:
     info = patterns()
     gates = ", ".join(f"`{t}` cosine >= {MIN_COSINE.get(t, 0.99)}" for t in targets)
     lines = [f"Gates: {gates} (mean cosine to fp32 PyTorch on {N_EVAL} fixed random inputs; the lowest over a "
-             "model's outputs is shown).", "",
+             "model's outputs is shown). The models' outputs are standardized (unit spread per output unit), so a "
+             "max abs error reads in standard deviations.", "",
              "| pattern | " + " | ".join(f"`{t}`" for t in targets) + " |",
              "|---|" + "---|" * len(targets)]
     for p in order:
@@ -289,6 +294,10 @@ def markdown(rows, targets=None, describe=True) -> str:
     if any(r["status"] == "pass (CPU provider)" for r in rows):
         lines += ["", "&#185; fp16 on CPU provider: no CUDA device where this table was made; the fp16 artifact was "
                   "built and its agreement measured with ONNX Runtime's CPU provider (`cpu_check` in report.json)."]
+    kernels = sorted({r["measured_on"] for r in rows if (r["measured_on"] or "").startswith("LiteRT's")})
+    if kernels:
+        lines += ["", f"arm64 artifacts were run with {', '.join(kernels)} on the host that made this table, not on an "
+                  "ARM device."]
     failed = [r for r in rows if not r["status"].startswith("pass")]
     if failed:
         lines += ["", "Failures:", ""]
@@ -326,7 +335,3 @@ def write_outputs(rows, out_dir, readme=None, targets=None) -> str:
         tmp.write_text(new)
         tmp.replace(path)
     return table
-
-
-def clean(out_dir):
-    shutil.rmtree(Path(out_dir), ignore_errors=True)

@@ -6,7 +6,7 @@ import shutil
 from ..errors import StageError, reraise_write_error
 
 NAME = "quantize"
-VERSION = 1
+VERSION = 2
 LIBRARIES = ("onnxruntime", "onnx", "numpy")
 OUTPUT = "model.int8.onnx"
 
@@ -113,6 +113,6 @@ def run(fp32_path, params: dict, out_dir, calibration: dict, input_names) -> dic
         counts[n.op_type] = counts.get(n.op_type, 0) + 1
     return {"scheme": {k: params[k] for k in ("method", "per_channel", "activation_type", "weight_type",
                                               "calibrate_method")},
-            "calibration_samples": len(calibration[input_names[0]]),
+            "calibration_samples": len(calibration[input_names[0]]) if calibration else 0,
             "quantized_nodes": counts.get("QuantizeLinear", 0) + counts.get("DynamicQuantizeLinear", 0),
             "op_counts": counts}

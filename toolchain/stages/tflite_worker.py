@@ -9,6 +9,7 @@ what the ONNX graph computes, with a FP32_MISMATCH line.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,8 +17,23 @@ LITERT_FAILED = 3
 FP32_MISMATCH = 4
 
 
+def _die_with_parent(parent_pid):
+    """If the build is killed (even SIGKILL), the converter must not run on unsupervised (Linux)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def main(job_path):
     job = json.load(open(job_path))
+    if "parent_pid" in job:
+        _die_with_parent(job["parent_pid"])
     import onnx2tf
 
     onnx2tf.convert(
@@ -43,13 +59,22 @@ def check(job_path):
     import numpy as np
 
     job = json.load(open(job_path))
+    if "parent_pid" in job:
+        _die_with_parent(job["parent_pid"])
     out = Path(job["out"])
-    spec = job["check"]
+    spec = job.get("check")
     try:
         from toolchain.runtimes.litert import LiteRTSession
         import ai_edge_litert  # noqa: F401
     except ImportError:
         return  # no LiteRT here: the validate stage says so
+    if spec is None:  # no reference outputs: load and run each model on zeros
+        for name in ("model_full_integer_quant.tflite", "model_float32.tflite"):
+            problem = _run_on_zeros(out / name)
+            if problem:
+                print(f"LITERT_CHECK_FAILED: {name}: {problem}", file=sys.stderr, flush=True)
+                sys.exit(LITERT_FAILED)
+        return
     with np.load(spec["data"]) as z:
         data = {k: z[k] for k in z.files}
     inputs = {n: data[f"in{i}"] for i, n in enumerate(spec["inputs"])}
@@ -78,6 +103,21 @@ def check(job_path):
                 print(f"FP32_MISMATCH: output {k}: cosine {cos:.4f}, max abs error {err:.3g} on {n} calibration "
                       "samples", file=sys.stderr, flush=True)
                 sys.exit(FP32_MISMATCH)
+
+
+def _run_on_zeros(path):
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        interp = Interpreter(model_path=str(path), num_threads=1)
+        interp.allocate_tensors()
+        for d in interp.get_input_details():
+            interp.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+        interp.invoke()
+    except Exception as e:  # noqa: BLE001 - any refusal of the runtime is the answer
+        return " ".join(str(e).split())[:1000]
+    return None
 
 
 if __name__ == "__main__":
