@@ -246,6 +246,18 @@ def copy_model(model: TinyModel, directory: Path) -> TinyModel:
                      [dict(i) for i in model.inputs], list(model.outputs))
 
 
+def write_module(root: Path, module: str, source: str, factory: str):
+    """Write a model module into root (a directory a spec's python_path can name) and return its factory."""
+    import importlib
+
+    (root / f"{module}.py").write_text(source)
+    sys.path.insert(0, str(root))
+    try:
+        return getattr(importlib.import_module(module), factory)
+    finally:
+        sys.path.remove(str(root))
+
+
 # ---- running builds ---------------------------------------------------------------------------------------
 _LINE = re.compile(r"^\[[^\]]*\] (?P<stage>\w+)(?:\[(?P<target>[^\]]+)\])?\s+(?P<what>running|cached|done|FAILED)")
 

@@ -6,7 +6,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import dumps_toml, run_build
+from conftest import dumps_toml, run_build, write_module
 
 SOURCE = textwrap.dedent('''
     import torch
@@ -35,18 +35,11 @@ SOURCE = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory):
-    import sys
-
     import torch
     from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("tiny encoder")
-    (root / "tiny_encoder.py").write_text(SOURCE)
-    sys.path.insert(0, str(root))
-    try:
-        from tiny_encoder import tiny_encoder
-    finally:
-        sys.path.remove(str(root))
+    tiny_encoder = write_module(root, "tiny_encoder", SOURCE, "tiny_encoder")
     torch.manual_seed(0)
     save_file({k: v.contiguous() for k, v in tiny_encoder().eval().state_dict().items()}, str(root / "w.safetensors"))
     rng = np.random.default_rng(0)

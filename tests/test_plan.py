@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import dumps_toml, run_build
+from conftest import dumps_toml, run_build, write_module
 
 SOURCE = textwrap.dedent('''
     import torch
@@ -39,18 +39,11 @@ SOURCE = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    import sys
-
     import torch
     from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("planted model")
-    (root / "planted_models.py").write_text(SOURCE)
-    sys.path.insert(0, str(root))
-    try:
-        from planted_models import planted as factory
-    finally:
-        sys.path.remove(str(root))
+    factory = write_module(root, "planted_models", SOURCE, "planted")
     torch.manual_seed(0)
     m = factory().eval()
     with torch.no_grad():

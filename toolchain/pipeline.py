@@ -7,7 +7,6 @@ A stage is a pure function of its inputs; its cache key covers the stage name an
 digests of its inputs, and the versions of the libraries it uses. Failures are never cached.
 """
 
-import json
 import time
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -337,49 +336,9 @@ class Pipeline:
 
     def explain(self, previous: dict) -> list:
         """Without building: each stage that would run and why, as (label, verdict) pairs."""
-        lines = []
+        from .explain import explain
 
-        def check(st):
-            label = _label(st)
-            if self.cache.get(st.name, st.key) is not None:
-                lines.append((label, "up to date"))
-                return self.cache.get(st.name, st.key, verify=False)
-            lines.append((label, "would run: " + _why(previous.get(label), st.key_inputs)))
-            return None
-
-        def blocked(label, upstream):
-            lines.append((label, f"would run: its input comes from {upstream}, which reruns"))
-
-        if self.spec.prune is not None:
-            pruned = check(self.prune_stage())
-            if pruned is None:
-                for label in ["trace", "reference"] + [f"{t.transform}[{n}]" for n, t in self.targets.items()
-                                                       if t.transform] + [f"validate[{n}]" for n in self.targets]:
-                    blocked(label, "prune")
-                return lines
-            self.__dict__["prune_entry"] = pruned
-        fp32 = check(self.trace_stage())
-        ref = self.ref_entry = check(self.reference_stage(fp32)) if fp32 else blocked("reference", "trace")
-        for name, target in self.targets.items():
-            st = self.transform_stage(name, target, fp32) if fp32 and (ref or not _needs_ref(self, name)) else None
-            if fp32 is None:
-                if target.transform:
-                    blocked(f"{target.transform}[{name}]", "trace")
-                blocked(f"validate[{name}]", "trace")
-                continue
-            if st is None and target.transform:  # needs the reference, which reruns
-                blocked(f"{target.transform}[{name}]", "reference")
-                blocked(f"validate[{name}]", "reference")
-                continue
-            entry = check(st) if st else fp32
-            if entry is None:
-                blocked(f"validate[{name}]", _label(st))
-            elif ref is None:
-                blocked(f"validate[{name}]", "reference")
-            else:
-                artifact, baseline = _artifact_files(target, entry, fp32)
-                check(self.validate_stage(name, target, artifact, baseline, ref))
-        return lines
+        return explain(self, previous)
 
 
 def _needs_ref(pipe, name):
@@ -388,31 +347,6 @@ def _needs_ref(pipe, name):
 
 def _label(st):
     return st.name + (f"[{st.target}]" if st.target else "")
-
-
-def _why(prev, now) -> str:
-    """Name what changed between the key inputs of the last build and now."""
-    if prev is None:
-        return "no previous build of this stage is recorded"
-    now = json.loads(json.dumps(now))  # compare as recorded (JSON turns integer keys into strings)
-    if prev == now:
-        return "its output is missing from the cache (deleted or corrupt)"
-    reasons = []
-    if prev.get("stage_version") != now["stage_version"] or prev.get("toolchain") != now["toolchain"]:
-        reasons.append("stage or toolchain version changed")
-    changed = sorted(k for k in set(prev.get("params", {})) | set(now["params"])
-                     if prev.get("params", {}).get(k) != now["params"].get(k))
-    if changed:
-        reasons.append("params changed: " + ", ".join(changed))
-    deps = sorted(k for k in set(prev.get("deps", {})) | set(now["deps"])
-                  if prev.get("deps", {}).get(k) != now["deps"].get(k))
-    if deps:
-        reasons.append("input changed: " + ", ".join(deps))
-    libs = sorted(f"{k} {prev.get('libraries', {}).get(k)} -> {v}" for k, v in now["libraries"].items()
-                  if prev.get("libraries", {}).get(k) != v)
-    if libs:
-        reasons.append("library version changed: " + ", ".join(libs))
-    return "; ".join(reasons) or "key changed"
 
 
 def _artifact_files(target, entry, fp32):
