@@ -55,8 +55,8 @@ def _build_locked(spec, pipe, model_dir, target_files, options):
     report = {
         "model": spec.name, "version": spec.version, "toolchain_version": __version__,
         "reference": {"metric": spec.metric, "value": ref.meta["value"], "samples": ref.meta["samples"],
-                      "also": ref.meta.get("also", {}), "runtime": "pytorch fp32", "onnx_vs_torch_max_abs_error": ref.meta[
-                          "onnx_vs_torch_max_abs_error"]},
+                      "also": ref.meta.get("also", {}), "runtime": "pytorch fp32",
+                      "onnx_vs_torch_max_abs_error": ref.meta["onnx_vs_torch_max_abs_error"]},
         "fp32_onnx": {"path": str(fp32_out.relative_to(model_dir)), "sha256": fp32.digest("model.fp32.onnx")},
         "provenance": _provenance(spec, pipe),
         "targets": {},
@@ -92,7 +92,7 @@ def _build_locked(spec, pipe, model_dir, target_files, options):
     _write_reports(model_dir, report)
     outputs = [model_dir / n for n in ("report.json", "report.md", "report.html")]
     outputs += [fp32_out, model_dir / "fp32" / REFERENCE]
-    outputs += [model_dir / t["artifact"] for t in report["targets"].values() if "artifact" in t]
+    outputs += [model_dir / t[k] for t in report["targets"].values() for k in ("artifact", "baseline") if k in t]
     stamp.write(model_dir, spec, target_files, options, outputs, pipe.keys, exit_code(report))
     return report, exit_code(report)
 
