@@ -1,4 +1,4 @@
-"""The x86 precision plan (quantize.method = "auto") on a model with a planted sensitive layer: one channel of
+"""The precision plans (x86 quantize.method = "auto", arm64 convert.precision = "auto") on a model with a planted sensitive layer: one channel of
 conv1 runs 1000x hotter than the rest (conv2 scales it back), so fp32 is fine but a per-tensor int8 scale for
 that activation wipes out the other channels. The plan must find conv1/conv2, keep them float, meet the budget,
 and obey the spec's overrides."""
@@ -57,7 +57,7 @@ def planted(tmp_path_factory):
     return root
 
 
-def spec(root, directory, quantize):
+def spec(root, directory, quantize, arm64=None):
     directory.mkdir(parents=True, exist_ok=True)
     doc = {"model": {"name": "planted", "factory": "planted_models:planted", "weights": str(root / "w.safetensors"),
                      "python_path": [str(root)]},
@@ -66,6 +66,8 @@ def spec(root, directory, quantize):
            "metric": {"name": "cosine"},
            "targets": {"x86_64": {"max_metric_drop": 0.002, "quantize": quantize,
                                   "latency": {"warmup": 2, "runs": 20}}}}
+    if arm64 is not None:  # the arm64 plan instead of the x86 one
+        doc["targets"] = {"arm64": {"max_metric_drop": 0.002, "convert": arm64, "latency": {"warmup": 2, "runs": 20}}}
     path = directory / "build.toml"
     path.write_text(dumps_toml(doc))
     return path
@@ -123,3 +125,45 @@ def test_unknown_override_name_is_a_stage_error_naming_it(planted, tmp_path):
     b = run_build(s, tmp_path / "out")
     t = b.report["targets"]["x86_64"]
     assert b.code == 4 and "/nope/Conv" in t["reason"] and "force_float" in t["reason"]
+
+
+def test_arm64_plan_keeps_the_planted_ops_float_and_says_it_is_not_full_integer(planted, tmp_path):
+    s = spec(planted, tmp_path / "s", None, arm64={"precision": "auto", "force_float": ["FULLY_CONNECTED"]})
+    b = run_build(s, tmp_path / "out")
+    t = b.report["targets"]["arm64"]
+    assert b.code == 0 and t["status"] == "passed", t.get("reason")
+    plan = t["build"]["plan"]
+    # onnx2tf's full-integer model misses the budget: the planted activation wrecks its per-tensor int8 scale.
+    assert plan["before"]["metric_drop"] > 0.002 >= plan["after"]["metric_drop"] >= t["metric_drop"] - 1e-9
+    assert t["build"]["full_integer"] is False and plan["chosen"] == "int8 with float fallback"
+    assert "float fallback" in t["build"]["route"]
+    kept = {k["node"]: k for k in plan["kept_float"]}
+    assert [k for k in kept.values() if k["reason"] == "forced float by the spec"] == \
+        [k for k in kept.values() if k["kind"] == "FULLY_CONNECTED"] != []
+    by_accuracy = [k for k in kept.values() if k["reason"].startswith("accuracy")]
+    assert by_accuracy and all(k["kind"] == "CONV_2D" for k in by_accuracy)
+    # The two planted convs are the most sensitive ops, and the search measured every op.
+    top = plan["sensitivity_top"]
+    assert {r["kind"] for r in top[:2]} == {"CONV_2D"} and top[0]["cosine"] < top[-1]["cosine"]
+    assert "not an ARM CPU" in plan["speed"]
+    # The artifact is the plan: the kept ops run on float tensors, the rest on int8, and its I/O is still int8.
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(b.model_dir / t["artifact"]))
+    tensors = interp.get_tensor_details()
+    kinds = {}
+    for op in interp._get_ops_details():
+        if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED"):
+            kinds.setdefault(tensors[op["outputs"][0]]["dtype"].__name__, []).append(op["op_name"])
+    assert sorted(kinds["float32"]) == sorted(k["kind"] for k in kept.values())
+    assert "int8" in kinds
+    assert interp.get_input_details()[0]["dtype"].__name__ == "int8"
+
+
+def test_arm64_plan_that_cannot_meet_the_budget_fails_the_stage(planted, tmp_path):
+    s = spec(planted, tmp_path / "s", None, arm64={"precision": "auto", "force_int8": ["CONV_2D"],
+                                                  "plan_time_budget_s": 60})
+    b = run_build(s, tmp_path / "out")
+    t = b.report["targets"]["arm64"]
+    assert b.code == 4 and t["status"] == "failed" and t["failed_stage"] == "tflite"
+    assert "no int8 plan meets the budget" in t["reason"]

@@ -127,6 +127,19 @@ def test_bad_target_override_names_the_spec(override, key, tmp_path, write_spec)
     assert str(ei.value).startswith(f"{spec.resolve()}: {key}"), str(ei.value)
 
 
+@pytest.mark.parametrize("convert,key", [
+    ({"precision": "mixed"}, "targets.arm64.convert.precision"),
+    ({"force_float": ["CONV_2D"]}, "targets.arm64.convert.force_float"),
+    ({"precision": "auto", "force_int8": "CONV_2D"}, "targets.arm64.convert.force_int8"),
+    ({"precision": "auto", "plan_time_budget_s": 0}, "targets.arm64.convert.plan_time_budget_s"),
+], ids=["unknown-precision", "override-without-plan", "override-not-a-list", "no-time"])
+def test_bad_arm64_plan_option_names_the_spec(convert, key, tmp_path, write_spec):
+    spec = write_spec(tmp_path / "spec", targets={"arm64": {"max_metric_drop": 1.0, "convert": convert}})
+    with pytest.raises(SpecError) as ei:
+        run_build(spec, tmp_path / "out")
+    assert str(ei.value).startswith(f"{spec.resolve()}: {key}"), str(ei.value)
+
+
 def test_bad_target_override_is_still_a_spec_error(tmp_path, write_spec):
     """Whatever file it names, a bad override is a usage error caught before any stage runs."""
     spec = write_spec(tmp_path / "spec", targets={"x86_64": {"max_metric_drop": 1.0,

@@ -280,10 +280,16 @@ class Pipeline:
             return StageRun(litert_torch, {**params, "io": io}, deps, lambda out: litert_torch.run(
                 self.torch_model, params, out, self.spec, name), name)
         if target.transform == "tflite":
-            from .stages import tflite
+            from .stages import reference, tflite
             deps = {"fp32": fp32_digest, "calibration": self.calibration_digest}
-            return StageRun(tflite, params, deps, lambda out: tflite.run(
-                fp32_path, params, out, self.calibration, self.spec, name), name)
+            if params["precision"] != "auto":
+                return StageRun(tflite, params, deps, lambda out: tflite.run(
+                    fp32_path, params, out, self.calibration, self.spec, name), name)
+            budget, ref = self.spec.targets[name].max_metric_drop, self.ref_entry
+            deps.update(evaluation=self.evaluation_digest, reference=ref.digest(reference.OUTPUT))
+            return StageRun(tflite, {**params, "budget": budget}, deps, lambda out: tflite.run(
+                fp32_path, params, out, self.calibration, self.spec, name,
+                judge=(self.evaluation, reference.load(ref.path), budget)), name)
         return None
 
     def validate_stage(self, name, target, artifact, baseline, ref_entry, unpruned=None) -> StageRun:
@@ -342,7 +348,9 @@ class Pipeline:
 
 
 def _needs_ref(pipe, name):
-    return pipe.transform_params[name].get("method") == "auto"
+    """Precision plans judge their variants against the reference outputs."""
+    params = pipe.transform_params[name]
+    return params.get("method") == "auto" or params.get("precision") == "auto"
 
 
 def _label(st):

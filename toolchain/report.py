@@ -80,15 +80,7 @@ def markdown(report: dict) -> str:
             lines.append(f"- **{name}** note: {n}")
         plan = (t.get("build") or {}).get("plan")
         if plan:
-            kept = ", ".join(f"{k['node']} ({k['reason'].split(':')[0]})" for k in plan["kept_float"][:6]) or "none"
-            top = ", ".join(f"{r['node']} cos {r['cosine']:.4f}" for r in plan["sensitivity_top"][:3]
-                            if r.get("cosine") is not None)
-            b, a = plan["before"], plan["after"]
-            lines.append(f"- **{name}** precision plan: {plan['chosen']}, {plan['int8_compute_nodes']}/"
-                         f"{plan['compute_nodes']} compute nodes int8; kept float: {kept}. Before (every node int8): "
-                         f"drop {b['metric_drop']:.3f}, p50 {b['p50_ms']:.4f} ms; after: drop {a['metric_drop']:.3f}, "
-                         f"p50 {a['p50_ms']:.4f} ms; fp32 p50 {plan['fp32_p50_ms']:.4f} ms"
-                         + (f". Most sensitive: {top}" if top else ""))
+            lines.append(f"- **{name}** precision plan: " + _plan_line(plan))
         if t.get("runtime_options"):
             ro = t["runtime_options"]
             tried = ", ".join(f"{n} {v:.4f} ms" for n, v in ro["p50_ms"].items())
@@ -102,3 +94,23 @@ def markdown(report: dict) -> str:
     if report.get("html"):
         lines += ["", f"Plot and tables: [{report['html']}]({report['html']})"]
     return "\n".join(lines) + "\n"
+
+
+def _plan_line(plan) -> str:
+    """The chosen plan, what it keeps float and why, and before/after (p50 where the plan timed its variants)."""
+    def figures(side):
+        p50 = f", p50 {side['p50_ms']:.4f} ms" if "p50_ms" in side else ""
+        return f"drop {side['metric_drop']:.3f}{p50}"
+    kept = ", ".join(f"{k['node']} ({k['reason'].split(':')[0]})" for k in plan["kept_float"][:6]) or "none"
+    top = ", ".join(f"{r['node']} cos {r['cosine']:.4f}" for r in plan.get("sensitivity_top", [])[:3]
+                    if r.get("cosine") is not None)
+    text = plan["chosen"]
+    if "compute_nodes" in plan:
+        text += f", {plan['int8_compute_nodes']}/{plan['compute_nodes']} compute nodes int8"
+    text += f"; kept float: {kept}. Before ({plan['before']['plan']}): {figures(plan['before'])}; " \
+            f"after: {figures(plan['after'])}"
+    if "fp32_p50_ms" in plan:
+        text += f"; fp32 p50 {plan['fp32_p50_ms']:.4f} ms"
+    if plan.get("speed"):
+        text += f". Speed: {plan['speed']}"
+    return text + (f". Most sensitive: {top}" if top else "")

@@ -1,7 +1,7 @@
 """plan: the x86 precision plan. Quantize what pays, keep in float what hurts, decided by measurement.
 
 For each candidate scheme (static uint8/int8 activations with int8 per-channel weights, or dynamic int8):
-  1. start from everything int8 (minus what the spec forces to stay float);
+  1-2. (plan_search.py, shared with the arm64 plan) start from everything int8 (minus what the spec forces to stay float);
   2. accuracy: while the metric drop on the evaluation data exceeds the target's budget, keep in float the
      next most sensitive compute nodes (sensitivity = output cosine to fp32 when only that node is int8;
      1, 2, 4, ... nodes per step);
@@ -26,28 +26,13 @@ SPEED_MARGIN = 0.95  # a kind is kept float only if that makes the model at leas
 SENSITIVITY_SAMPLES = 64
 
 
-def _resolve(patterns, nodes, key):
-    """Node names from spec entries that name a node or a kind/op type ('Conv(depthwise)', 'MatMul')."""
-    names, kinds = {n for n, _ in nodes}, {k for _, k in nodes} | {k.split("(")[0] for _, k in nodes}
-    out = set()
-    for p in patterns:
-        if p in names:
-            out.add(p)
-        elif p in kinds:
-            out |= {n for n, k in nodes if k == p or k.split("(")[0] == p}
-        else:
-            raise StageError(NAME, f"quantize.{key}: {p!r} is neither a compute node nor a node kind of this model "
-                                   f"(kinds: {', '.join(sorted({k for _, k in nodes}))})")
-    return out
-
-
 def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, budget, threads) -> dict:
     import numpy as np
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from ..validate import metrics
-    from . import precision
+    from . import plan_search, precision
 
     t0 = time.monotonic()
     deadline = t0 + params["time_budget_s"]
@@ -57,8 +42,12 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     model = onnx.load(str(prep))
     nodes = precision.compute_nodes(model)
     kind_of = dict(nodes)
-    forced_float = _resolve(params["force_float"], nodes, "force_float")
-    forced_int8 = _resolve(params["force_int8"], nodes, "force_int8")
+
+    def fail(message):
+        raise StageError(NAME, "quantize." + message)
+
+    forced_float = plan_search.resolve(params["force_float"], nodes, "force_float", fail)
+    forced_int8 = plan_search.resolve(params["force_int8"], nodes, "force_int8", fail)
     runner = precision.Runner(threads, names)
     ref_value = metrics.compute(spec.metric, reference, evaluation, reference, spec)
     feed = {n: evaluation[n][:1] for n in names}
@@ -80,63 +69,42 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             precision.dynamic(prep, path, weight, params["per_channel"], only, exclude)
         return path
 
-    def judge(path):
-        outs = runner.outputs(path, evaluation)
-        bad = metrics.non_finite(outs)
-        drop = ref_value - metrics.compute(spec.metric, outs, evaluation, reference, spec)
-        return drop, bad, (bad == 0 and drop <= budget)
+    class OrtBackend(plan_search.Backend):
+        def __init__(self, scheme):
+            self.scheme = scheme
 
-    def sensitivity(scheme):
-        rows = []
-        for n, kind in nodes:
-            if time.monotonic() > deadline:
-                rows.append({"node": n, "kind": kind, "cosine": None, "note": "not measured (time budget)"})
-                continue
-            outs = runner.outputs(make(scheme, only=[n]), sub)
-            cos = float(np.mean([metrics.cosine_per_sample(o, r).mean() for o, r in zip(outs, ref_sub)]))
-            rows.append({"node": n, "kind": kind, "cosine": cos})
-        return sorted(rows, key=lambda r: (r["cosine"] is None, r["cosine"] if r["cosine"] is not None else 0))
+        def make(self, exclude=(), only=None):
+            return make(self.scheme, exclude, only)
+
+        def judge(self, path):
+            outs = runner.outputs(path, evaluation)
+            bad = metrics.non_finite(outs)
+            drop = ref_value - metrics.compute(spec.metric, outs, evaluation, reference, spec)
+            return drop, bad, (bad == 0 and drop <= budget)
+
+        def cosine(self, path):
+            outs = runner.outputs(path, sub)
+            return float(np.mean([metrics.cosine_per_sample(o, r).mean() for o, r in zip(outs, ref_sub)]))
 
     candidates, steps, tables = {}, [], {}
     for scheme in params["schemes"]:
         if time.monotonic() > deadline and candidates:
             steps.append(f"{scheme}: not tried (time budget of {params['time_budget_s']} s spent)")
             continue
-        exclude = set(forced_float)
-        path = make(scheme, exclude)
+        backend = OrtBackend(scheme)
+        path = make(scheme, forced_float)
         try:
-            drop, bad, ok = judge(path)
+            first = (path, backend.judge(path))
         except Exception as e:  # noqa: BLE001 - a variant ORT cannot run disqualifies the scheme, not the build
             reraise_write_error(e)
             steps.append(f"{scheme}: ONNX Runtime cannot run it ({str(e).splitlines()[0][:160]}); dropped")
             continue
-        steps.append(f"{scheme}: all compute nodes int8 -> metric drop {drop:.3f}"
-                     + (f", {bad} NaN/Inf" if bad else ""))
-        if not ok:
-            tables[scheme] = sensitivity(scheme)
-            order = [r["node"] for r in tables[scheme] if r["node"] not in exclude | forced_int8]
-            k = 1
-            while not ok and order and time.monotonic() < deadline:
-                take, order = order[:k], order[k:]
-                exclude |= set(take)
-                path = make(scheme, exclude)
-                drop, bad, ok = judge(path)
-                steps.append(f"{scheme}: keep {len(take)} more most-sensitive node(s) float ({', '.join(take[:4])}"
-                             f"{', ...' if len(take) > 4 else ''}) -> drop {drop:.3f}")
-                k *= 2
-        if not ok:
-            steps.append(f"{scheme}: cannot meet the budget {budget}; dropped")
+        found = plan_search.meet_budget(backend, scheme, nodes, forced_float, forced_int8, deadline, steps, first)
+        if found["table"]:
+            tables[scheme] = found["table"]
+        if not found["ok"]:
             continue
-        # Steps take nodes in doubling batches: give back to int8 any that the budget did not need.
-        rank = {r["node"]: i for i, r in enumerate(tables.get(scheme, []))}
-        for n in sorted(exclude - forced_float, key=lambda n: -rank.get(n, 0)):
-            if time.monotonic() > deadline:
-                break
-            tpath = make(scheme, exclude - {n})
-            tdrop, tbad, tok = judge(tpath)
-            if tok:
-                exclude, path, drop = exclude - {n}, tpath, tdrop
-                steps.append(f"{scheme}: {n} back to int8 -> drop {tdrop:.3f} (budget still holds)")
+        exclude, path, drop = found["exclude"], found["path"], found["drop"]
         reasons = {n: "forced float by the spec" for n in forced_float}
         reasons.update({n: "accuracy: among the most sensitive nodes" for n in exclude - forced_float})
         # Kinds of compute node, plus the quantizable glue (Add, Mul, activations, pooling): in static schemes
@@ -159,7 +127,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             if verdict:  # confirm with a second interleaved measurement: noise must not decide precision
                 again = runner.latency({"trial": tpath, "current": path}, feed)
                 verdict = again["trial"] < again["current"] * SPEED_MARGIN
-            tdrop, tbad, tok = judge(tpath) if verdict else (None, 0, False)
+            tdrop, tbad, tok = backend.judge(tpath) if verdict else (None, 0, False)
             steps.append(f"{scheme}: {kind} kept float -> p50 {lat['trial']:.4f} vs {lat['current']:.4f} ms"
                          + (" (faster; kept float)" if verdict and tok else " (not kept)"))
             if verdict and tok:
@@ -178,7 +146,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     best = min(candidates, key=lambda s: timed[s])
     chosen = candidates[best]
     shutil.copyfile(chosen["path"], out_dir / OUTPUT)
-    before_drop, _, _ = judge(before)
+    before_drop, _, _ = OrtBackend(params['schemes'][0]).judge(before)
     for p in out_dir.glob("*.onnx"):
         if p.name != OUTPUT:
             p.unlink()

@@ -28,15 +28,17 @@ import time
 from pathlib import Path
 
 from ..errors import StageError
+from . import tflite_plan
 from .tflite_worker import FP32_MISMATCH, LITERT_FAILED  # the --check child's verdicts
 
 NAME = "tflite"
-VERSION = 3
+VERSION = 4
 LIBRARIES = ("onnx2tf", "tensorflow", "onnx", "onnxsim", "numpy")
 OUTPUT = "model.int8.tflite"
 BASELINE = "model.fp32.tflite"
 # routes: "auto" picks rewrites and flags from the graph's ops (below); "plain" converts the graph as it is, once.
-DEFAULTS = {"converter": "onnx2tf", "timeout_s": 900, "per_channel": True, "extra_flags": {}, "routes": "auto"}
+DEFAULTS = {"converter": "onnx2tf", "timeout_s": 900, "per_channel": True, "extra_flags": {}, "routes": "auto",
+            **tflite_plan.DEFAULTS}
 # onnx2tf looks for this file in its working directory before downloading it (STACK.md, offline trap).
 SAMPLE_DATA = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
@@ -52,6 +54,7 @@ def params_for(table: dict, path, prefix="convert") -> dict:
         raise SpecError(path, f"{prefix}.converter", f"unknown converter {params['converter']!r} (known: onnx2tf)")
     if params["routes"] not in ("auto", "plain"):
         raise SpecError(path, f"{prefix}.routes", f"must be one of auto, plain, got {params['routes']!r}")
+    tflite_plan.check_params(params, path, prefix)
     return params
 
 
@@ -103,7 +106,8 @@ def _route(rewrites, flags, why):
     return {"label": label, "rewrites": list(rewrites), "flags": dict(flags), "why": why}
 
 
-def run(fp32_path, params: dict, out_dir, calibration: dict, spec, target_name) -> dict:
+def run(fp32_path, params: dict, out_dir, calibration: dict, spec, target_name, judge=None) -> dict:
+    """judge: (evaluation, reference, budget) for the precision plan (convert.precision = "auto")."""
     import numpy as np
     import onnx
 
@@ -144,15 +148,22 @@ def run(fp32_path, params: dict, out_dir, calibration: dict, spec, target_name) 
                 tried.append({"route": route["label"], "status": "failed",
                               "cause": "onnx2tf finished without writing the full-integer model: " + _cause(log)})
                 continue
-            shutil.copyfile(produced["int8"], out_dir / OUTPUT)
-            shutil.copyfile(produced["fp32"], out_dir / BASELINE)
             tried.append({"route": route["label"], "status": "converted and ran on LiteRT"})
             break
         else:
             raise StageError(NAME, _failure(tried, len(routes), model), target_name)
-    meta = {"converter": "onnx2tf", "route": "onnx -> onnx2tf -> tflite (full integer int8 I/O)",
-            "calibration_samples": int(len(calibration[spec.inputs[0].name])), "input_shapes": shapes,
-            "full_integer": True}
+        plan = None
+        if params["precision"] == "auto":
+            produced["int8"], plan = tflite_plan.run(produced["int8"], work / "out", calib, params["per_channel"],
+                                                     params, spec, *judge, scratch, target_name)
+        shutil.copyfile(produced["int8"], out_dir / OUTPUT)
+        shutil.copyfile(produced["fp32"], out_dir / BASELINE)
+    full = plan is None or plan["full_integer"]
+    meta = {"converter": "onnx2tf", "calibration_samples": int(len(calibration[spec.inputs[0].name])),
+            "route": "onnx -> onnx2tf -> tflite (" + ("full integer" if full else "int8 with float fallback")
+                     + ", int8 I/O)", "input_shapes": shapes, "full_integer": full}
+    if plan is not None:
+        meta["plan"] = plan
     if len(routes) > 1 or route["rewrites"] or route["flags"]:  # a plain graph's meta is as it always was
         meta.update(route_label=route["label"], route_why=route["why"], onnx2tf_flags=route["flags"],
                     routes_tried=tried, rewrites=check)

@@ -1,0 +1,182 @@
+"""The arm64 precision plan (convert.precision = "auto"): full-integer int8 where it holds the accuracy budget,
+int8 with float fallback for the ops that break it.
+
+The full-integer model onnx2tf wrote is judged first, on LiteRT, against the same budget the validate stage will
+apply. If it holds, it ships unchanged. If not, the shared search (plan_search.py) runs on TFLite variants made
+from one calibration (tflite_variants.py): output cosine per op with only that op int8, then the most sensitive
+ops kept float until the budget holds, then every op the budget did not need given back. The artifact keeps its
+int8 input and output, but it is no longer full-integer: the meta says so and lists the float ops, which matters
+to a user whose accelerator (an NPU, an Edge TPU) runs only integer ops.
+
+Speed is not searched here: this host is not the target CPU, and LiteRT's x86 kernels (MobileNet int8 runs
+2.4x slower than fp32 on them) would decide for the wrong one. The plan says so.
+"""
+
+import json
+import os
+import selectors
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..errors import StageError
+
+DEFAULTS = {"precision": "full_integer", "force_float": [], "force_int8": [], "plan_time_budget_s": 600}
+PRECISIONS = ("full_integer", "auto")
+# Ops that only move data: no arithmetic for int8 to get wrong, so they are not units of the search.
+LAYOUT_OPS = {"PAD", "RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "CONCATENATION", "GATHER", "SLICE",
+              "STRIDED_SLICE", "SPLIT", "SPLIT_V", "PACK", "UNPACK", "QUANTIZE", "DEQUANTIZE", "SHAPE"}
+SENSITIVITY_SAMPLES = 64
+SPEED_NOTE = ("not searched: this host is not an ARM CPU, and LiteRT's x86 kernels would decide for the wrong "
+              "one; build on the device (or pin ops with convert.force_float) to keep slow int8 ops float")
+
+
+class VariantServer:
+    """The tflite_variants child: make(denylist, path) writes one TFLite variant."""
+
+    def __init__(self, job, scratch: Path, timeout_s, target_name):
+        self.timeout_s, self.target_name = timeout_s, target_name
+        job_path = scratch / "variants.json"
+        job_path.write_text(json.dumps({**job, "parent_pid": os.getpid()}))
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        self.log = open(scratch / "variants.log", "w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "toolchain.stages.tflite_variants", str(job_path)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                     cwd=scratch, env=env)
+        self.ops = self._read()["ops"]
+
+    def _read(self) -> dict:
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        ready = sel.select(self.timeout_s)
+        sel.close()
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            self.log.flush()
+            self.log.seek(0)
+            tail = " ".join(self.log.read().split())[-300:]
+            why = "did not answer in time" if not ready else f"exited ({self.proc.poll()})"
+            self.close()
+            raise StageError("tflite", f"precision plan: the TFLite quantizer child {why}: {tail}", self.target_name)
+        return json.loads(line)
+
+    def make(self, denylist, path) -> Path:
+        self.proc.stdin.write(json.dumps({"denylist": sorted(denylist), "path": str(path)}) + "\n")
+        self.proc.stdin.flush()
+        answer = self._read()
+        if "error" in answer:
+            raise StageError("tflite", f"precision plan: TensorFlow's quantizer refused a variant: {answer['error']}",
+                             self.target_name)
+        return Path(path)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+
+
+def run(full_integer: Path, saved_model: Path, calib, per_channel, params, spec, evaluation, reference, budget,
+        scratch: Path, target_name) -> tuple[Path, dict]:
+    """(the model to ship, the plan's meta)."""
+    import numpy as np
+
+    from ..runtimes.litert import LiteRTSession
+    from ..validate import metrics
+    from ..validate.target import outputs_on
+    from . import plan_search
+
+    t0 = time.monotonic()
+    deadline = t0 + params["plan_time_budget_s"]
+    names = [t.name for t in spec.inputs]
+    shapes, onames = [r.shape[1:] for r in reference], [o.name for o in spec.outputs]
+    ref_value = metrics.compute(spec.metric, reference, evaluation, reference, spec)
+    sub = {k: v[:SENSITIVITY_SAMPLES] for k, v in evaluation.items()}
+    ref_sub = [r[:SENSITIVITY_SAMPLES] for r in reference]
+
+    def outputs(path, data):
+        return outputs_on(LiteRTSession(path, 1, shapes, onames, names), data, names)
+
+    class LiteRTBackend(plan_search.Backend):
+        counter = 0
+
+        def make(self, exclude=(), only=None):
+            LiteRTBackend.counter += 1
+            deny = ({tensor[n] for n in exclude} if only is None else
+                    {o["tensor"] for o in server.ops} - {tensor[n] for n in only})
+            return server.make(deny, scratch / f"variant{LiteRTBackend.counter}.tflite")
+
+        def judge(self, path):
+            outs = outputs(path, evaluation)
+            bad = metrics.non_finite(outs)
+            drop = ref_value - metrics.compute(spec.metric, outs, evaluation, reference, spec)
+            return drop, bad, (bad == 0 and drop <= budget)
+
+        def cosine(self, path):
+            outs = outputs(path, sub)
+            return float(np.mean([metrics.cosine_per_sample(o, r).mean() for o, r in zip(outs, ref_sub)]))
+
+    backend = LiteRTBackend()
+    before = backend.judge(full_integer)
+    steps = [f"onnx2tf's full-integer model -> metric drop {before[0]:.3f}" + (f", {before[1]} NaN/Inf" if before[1]
+                                                                               else "")]
+    plan = {"precision": params["precision"], "speed": SPEED_NOTE, "steps": steps,
+            "before": {"plan": "full integer (every op int8)", "metric_drop": before[0]}}
+    if before[2] and not params["force_float"]:
+        steps.append("the budget holds: shipped as full integer")
+        plan.update(chosen="full integer", kept_float=[], full_integer=True, after=plan["before"],
+                    search_seconds=round(time.monotonic() - t0, 1))
+        return full_integer, plan
+
+    server = VariantServer({"saved_model": str(saved_model), "calibration": calib, "per_channel": per_channel},
+                           scratch, max(params["plan_time_budget_s"], 60), target_name)
+    try:
+        nodes = [(f"{o['op']}#{o['index']}", o["op"]) for o in server.ops if o["op"] not in LAYOUT_OPS]
+        tensor = {f"{o['op']}#{o['index']}": o["tensor"] for o in server.ops}
+
+        def fail(message):
+            raise StageError("tflite", "convert." + message, target_name)
+
+        forced_float = plan_search.resolve(params["force_float"], nodes, "force_float", fail)
+        forced_int8 = plan_search.resolve(params["force_int8"], nodes, "force_int8", fail)
+        found = plan_search.meet_budget(backend, "int8 with float fallback", nodes, forced_float, forced_int8,
+                                        deadline, steps)
+    finally:
+        server.close()
+    if not found["ok"]:
+        raise StageError("tflite", f"precision plan: no int8 plan meets the budget max_metric_drop={budget}: "
+                         + "; ".join(steps[-3:]), target_name)
+    kept = sorted(found["exclude"], key=lambda n: int(n.split("#")[1]))
+    reasons = {n: "forced float by the spec" if n in forced_float else "accuracy: among the most sensitive ops"
+               for n in kept}
+    plan.update(
+        chosen="full integer" if not kept else "int8 with float fallback",
+        full_integer=not kept,
+        kept_float=[{"node": n, "kind": n.split("#")[0], "tensor": tensor[n], "reason": reasons[n]} for n in kept],
+        int8_compute_nodes=len(nodes) - len(kept), compute_nodes=len(nodes),
+        after={"plan": "int8 with float fallback" if kept else "full integer", "metric_drop": found["drop"]},
+        sensitivity_top=found["table"][:10],
+        search_seconds=round(time.monotonic() - t0, 1),
+        node_names="TFLite op type and its index in the converted model (the ONNX node names do not survive "
+                   "onnx2tf); convert.force_float / force_int8 take these or an op type such as CONV_2D")
+    return found["path"], plan
+
+
+def check_params(params, path, prefix):
+    from ..errors import SpecError
+
+    if params["precision"] not in PRECISIONS:
+        raise SpecError(path, f"{prefix}.precision", f"must be one of {', '.join(PRECISIONS)}, "
+                        f"got {params['precision']!r}")
+    for key in ("force_float", "force_int8"):
+        value = params[key]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise SpecError(path, f"{prefix}.{key}", "must be a list of op names or op types")
+    for key in ("force_float", "force_int8"):
+        if params[key] and params["precision"] != "auto":
+            raise SpecError(path, f"{prefix}.{key}", 'takes effect only with precision = "auto"')
+    budget = params["plan_time_budget_s"]
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
+        raise SpecError(path, f"{prefix}.plan_time_budget_s", f"must be a positive number of seconds, got {budget!r}")
