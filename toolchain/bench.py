@@ -2,7 +2,7 @@
 50% between runs on small shared machines, so every comparison is interleaved in one process and quoted as
 a ratio.
 
-    python -m toolchain.bench [--build-dir build] [--no-build] [--only x86,arm64,cuda]
+    python -m toolchain.bench [--build-dir build] [--no-build] [--only x86_64,arm64,plans,prune,cuda,make]
 """
 
 import argparse
@@ -61,7 +61,7 @@ def bench_cpu_target(build_dir, name, goals, runs=1000):
     from .targets import load_target
 
     print(f"\n== {name} (batch 1, one thread, {runs} interleaved runs) ==")
-    for model in MODELS:
+    for model in MODELS + tuple(m for m in OPTIONAL if m in goals and (Path(build_dir) / m / "report.json").is_file()):
         r = _report(build_dir, model)
         t = r["targets"].get(name)
         if not t or "artifact" not in t:
@@ -80,6 +80,33 @@ def bench_cpu_target(build_dir, name, goals, runs=1000):
               f"{ratio:.2f}x", g.get("speed") and f"<= {g['speed']}x", ratio <= g["speed"] if "speed" in g else None)
         _line("size / fp32 baseline", f"{t['size_bytes']} / {t['baseline_size_bytes']} B = {t['size_ratio']:.2f}x",
               g.get("size") and f"<= {g['size']}x", t["size_ratio"] <= g["size"] if "size" in g else None)
+        if "cosine" in g:
+            cos = min(a["cosine_mean"] for a in t["agreement"].values())
+            _line("output cosine to fp32 PyTorch (mean)", f"{cos:.4f}", f">= {g['cosine']}", cos >= g["cosine"])
+
+
+def bench_plans(build_dir):
+    """Before and after each precision plan, from the build reports (the plan times its variants interleaved
+    with fp32 in the build)."""
+    print("\n== precision plans (before = every node int8; from the build reports) ==")
+    for model in MODELS + OPTIONAL:
+        if not (Path(build_dir) / model / "report.json").is_file():
+            continue
+        for name, t in _report(build_dir, model)["targets"].items():
+            plan = (t.get("build") or {}).get("plan")
+            if not plan:
+                continue
+            b, a = plan["before"], plan["after"]
+            kept = len(plan["kept_float"])
+            if "fp32_p50_ms" in plan:
+                fp = plan["fp32_p50_ms"]
+                print(f"  {model}/{name}: before drop {b['metric_drop']:.3f}, p50 {b['p50_ms'] / fp:.2f}x fp32 -> "
+                      f"after ({plan['chosen']}, {kept} node(s) float) drop {a['metric_drop']:.3f}, "
+                      f"p50 {a['p50_ms'] / fp:.2f}x fp32")
+            else:
+                print(f"  {model}/{name}: before ({b['plan']}) drop {b['metric_drop']:.3f} -> after "
+                      f"({plan['chosen']}, {kept} op(s) float) drop {a['metric_drop']:.3f}; "
+                      f"full integer: {plan['full_integer']}")
 
 
 def bench_cuda(build_dir, batches=(1, 8, 64), runs=300):
@@ -183,17 +210,20 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--build-dir", default=str(REPO / "build"))
     ap.add_argument("--no-build", action="store_true", help="use the artifacts already in the build dir")
-    ap.add_argument("--only", default="x86_64,arm64,prune,cuda,make")
+    ap.add_argument("--only", default="x86_64,arm64,plans,prune,cuda,make")
     args = ap.parse_args(argv)
     only = args.only.split(",")
     if not args.no_build:
         ensure_built(args.build_dir, MODELS)
     if "x86_64" in only:
-        bench_cpu_target(args.build_dir, "x86_64", {"digits_resnet": {"drop": 0.5, "speed": 0.6, "size": 0.3},
-                                                    "digits_mobilenet": {"drop": 0.5, "speed": 0.9}})
+        bench_cpu_target(args.build_dir, "x86_64", {"digits_resnet": {"drop": 0.5, "speed": 0.4, "size": 0.3},
+                                                    "digits_mobilenet": {"drop": 0.5, "speed": 0.9},
+                                                    "minilm": {"speed": 0.5, "cosine": 0.99}})
     if "arm64" in only:
         bench_cpu_target(args.build_dir, "arm64", {"digits_cnn": {"drop": 1.0, "size": 0.3},
                                                    "digits_resnet": {"drop": 1.0, "speed": 0.6, "size": 0.3}})
+    if "plans" in only:
+        bench_plans(args.build_dir)
     if "prune" in only:
         bench_prune(args.build_dir)
     if "cuda" in only:

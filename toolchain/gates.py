@@ -42,7 +42,18 @@ def _slower_note(ratio, validation, transform_meta):
         note += (f"; after ONNX Runtime's graph optimizations {q} compute ops run in int8 and {fl} stay float, "
                  f"with {ops.get('QuantizeLinear', 0)} QuantizeLinear / {ops.get('DequantizeLinear', 0)} "
                  "DequantizeLinear conversions between them")
-    elif transform_meta.get("cast_nodes"):
+    plan = transform_meta.get("plan") or {}
+    if plan.get("fp32_p50_ms") and plan.get("candidates"):
+        fp = plan["fp32_p50_ms"]
+        tried = ", ".join(f"{k} {c['p50_ms'] / fp:.2f}x" for k, c in plan["candidates"].items())
+        note += (f"; the precision plan timed its candidates against fp32 in the build ({tried}; interleaved) and "
+                 f"ships the fastest that meets the budget ({plan['chosen']}): no int8 form of this model was "
+                 "clearly faster here")
+    if validation.get("latency_note"):
+        note += "; " + validation["latency_note"]
+    if ops or plan.get("candidates"):
+        return note
+    if transform_meta.get("cast_nodes"):
         note += (f"; the fp16 graph carries {transform_meta['cast_nodes']} Cast nodes, and at small batch kernel "
                  "launch overhead dominates")
     return note
