@@ -19,7 +19,7 @@ import time
 from ..errors import StageError, reraise_write_error
 
 NAME = "plan"
-VERSION = 5
+VERSION = 7
 LIBRARIES = ("onnxruntime", "onnx", "numpy")
 OUTPUT = "model.int8.onnx"
 SPEED_MARGIN = 0.95  # a kind is kept float only if that makes the model at least 5% faster
@@ -53,18 +53,23 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     feed = {n: evaluation[n][:1] for n in names}
     sub = {k: v[:SENSITIVITY_SAMPLES] for k, v in evaluation.items()}
     ref_sub = [r[:SENSITIVITY_SAMPLES] for r in reference]
-    calib = None
     counter = [0]
+    raw = out_dir / "raw.onnx"
+    shutil.copyfile(fp32_path, raw)
+
+    calibs = {}
 
     def make(scheme, exclude=(), only=None):
-        nonlocal calib
         method, act, weight = precision.SCHEMES[scheme]
         counter[0] += 1
         path = out_dir / f"variant{counter[0]}.onnx"
         if method == "static":
-            if calib is None:
-                calib = precision.Calibration(prep, calibration, names, params["calibrate_method"])
-            onnx.save(calib.static(act, weight, params["per_channel"], only, exclude), str(path))
+            # The tiered scheme quantizes the exported graph as it is: quant_pre_process splits HardSwish into
+            # HardSigmoid + Mul, whose extra float boundaries cost more than the int8 convs near them save.
+            base = raw if scheme in precision.TIERED else prep
+            if base not in calibs:
+                calibs[base] = precision.Calibration(base, calibration, names, params["calibrate_method"])
+            onnx.save(calibs[base].static(act, weight, params["per_channel"], only, exclude), str(path))
         else:
             precision.dynamic(prep, path, weight, params["per_channel"], only, exclude)
         return path
@@ -86,12 +91,56 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             outs = runner.outputs(path, sub)
             return float(np.mean([metrics.cosine_per_sample(o, r).mean() for o, r in zip(outs, ref_sub)]))
 
+    def by_resolution(scheme, backend):
+        """int8 for the compute nodes whose output size lies in a band [lo, hi] of the model's feature-map sizes,
+        for every band (with depthwise convs float, then int8 too), all timed interleaved against fp32 in one run;
+        the fastest tier that meets the budget wins. In a small CNN the early, high-resolution layers have few
+        channels and big tensors, and squeeze-excite convs work on 1x1 maps: there the Quantize/Dequantize work
+        can cost more than int8 saves, while the middle and late layers gain."""
+        raw_model = onnx.load(str(raw))
+        size = precision.output_sizes(raw_model)
+        eligible = [(n, k) for n, k in precision.compute_nodes(raw_model) if n not in forced_float]
+        sizes = sorted({size[n] for n, _ in eligible}, key=lambda s: s[0] * s[1])
+        tiers = {}
+        for i, lo in enumerate(sizes):
+            for hi in sizes[i:]:
+                band = [(n, k) for n, k in eligible if lo[0] * lo[1] <= size[n][0] * size[n][1] <= hi[0] * hi[1]]
+                where = f"outputs {lo[0]}x{lo[1]}" + (f" to {hi[0]}x{hi[1]}" if hi != lo else "")
+                dense = frozenset({n for n, k in band if k != "Conv(depthwise)"} | forced_int8)
+                for label, nodes_ in ((f"{where}, depthwise float", dense),
+                                      (where, frozenset(n for n, _ in band) | forced_int8)):
+                    if nodes_ and nodes_ not in tiers.values():
+                        tiers[label] = nodes_
+        if not tiers:
+            steps.append(f"{scheme}: no compute node left to quantize; dropped")
+            return None
+        paths = {label: make(scheme, only=sorted(nodes_)) for label, nodes_ in tiers.items()}
+        lat = runner.latency({**paths, "fp32": fp32_path}, feed)
+        steps.append(f"{scheme}: tiers timed against fp32 {lat['fp32']:.4f} ms: "
+                     + ", ".join(f"{label} {lat[label]:.4f}" for label in paths))
+        for label in sorted(paths, key=lat.get):
+            drop, bad, ok = backend.judge(paths[label])
+            steps.append(f"{scheme}: {label} -> drop {drop:.3f}" + (" (meets the budget; chosen)" if ok else ""))
+            if ok:
+                kept = {n for n, _ in precision.compute_nodes(raw_model)} - tiers[label]
+                reasons = {n: "forced float by the spec" if n in forced_float else
+                           f"speed: outside the fastest resolution tier ({label}, p50 {lat[label]:.4f} ms vs "
+                           f"fp32 {lat['fp32']:.4f} ms)" for n in kept}
+                return {"path": paths[label], "exclude": kept, "drop": drop, "reasons": reasons}
+        steps.append(f"{scheme}: no tier meets the budget; dropped")
+        return None
+
     candidates, steps, tables = {}, [], {}
     for scheme in params["schemes"]:
         if time.monotonic() > deadline and candidates:
             steps.append(f"{scheme}: not tried (time budget of {params['time_budget_s']} s spent)")
             continue
         backend = OrtBackend(scheme)
+        if scheme in precision.TIERED:
+            found = by_resolution(scheme, backend)
+            if found:
+                candidates[scheme] = found
+            continue
         path = make(scheme, forced_float)
         try:
             first = (path, backend.judge(path))

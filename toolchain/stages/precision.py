@@ -13,7 +13,10 @@ SCHEMES = {  # name -> (method, activation type, weight type)
     "static_u8s8": ("static", "uint8", "int8"),
     "static_s8s8": ("static", "int8", "int8"),
     "dynamic_s8": ("dynamic", None, "int8"),
+    # int8 only where the feature maps are small: tiers of output resolution, timed against each other (plan.py)
+    "static_u8s8_by_resolution": ("static", "uint8", "int8"),
 }
+TIERED = {"static_u8s8_by_resolution"}
 
 
 class Calibration:
@@ -88,6 +91,20 @@ def compute_nodes(model) -> list:
             else:
                 kind = "Conv(kxk)"
         out.append((n.name, kind))
+    return out
+
+
+def output_sizes(model) -> dict:
+    """node name -> (H, W) of its first output (1, 1 for anything not a feature map), by ONNX shape inference."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    out = {}
+    for n in inferred.graph.node:
+        dims = shapes.get(n.output[0], []) if n.output else []
+        out[n.name] = (dims[2], dims[3]) if len(dims) == 4 and dims[2] and dims[3] else (1, 1)
     return out
 
 
