@@ -46,7 +46,9 @@ def meet_budget(backend, label, nodes, forced_float, forced_int8, deadline, step
         drop, bad, ok = backend.judge(path)
     else:
         path, (drop, bad, ok) = first
-    steps.append(f"{label}: all compute nodes int8 -> metric drop {drop:.3f}" + (f", {bad} NaN/Inf" if bad else ""))
+    forced = f" but the {len(forced_float)} forced float" if forced_float else ""
+    steps.append(f"{label}: all compute nodes int8{forced} -> metric drop {drop:.3f}"
+                 + (f", {bad} NaN/Inf" if bad else ""))
     table = []
     if not ok:
         table = sensitivity(backend, nodes, deadline)

@@ -14,7 +14,8 @@ DEFAULTS = {"method": "static", "per_channel": True, "activation_type": "uint8",
             "calibrate_method": "minmax", "nodes_to_exclude": [], "op_types_to_quantize": [],
             "preprocess": True,
             # method = "auto": the precision plan (stages/plan.py) chooses scheme and float nodes by measurement
-            "schemes": ["static_u8s8", "static_s8s8", "dynamic_s8", "static_u8s8_by_resolution"], "force_float": [], "force_int8": [],
+            "schemes": ["static_u8s8", "static_s8s8", "dynamic_s8", "static_u8s8_by_resolution"],
+            "force_float": [], "force_int8": [],
             "time_budget_s": 300, "speed_search": True}
 KNOWN = set(DEFAULTS)
 
