@@ -3,8 +3,8 @@
 For each candidate scheme (static uint8/int8 activations with int8 per-channel weights, or dynamic int8):
   1. start from everything int8 (minus what the spec forces to stay float);
   2. accuracy (plan_search.py, shared with the arm64 plan): while the metric drop on the evaluation data
-     exceeds the target's budget, keep in float the next most sensitive compute nodes (sensitivity = output cosine to fp32 when only that node is int8;
-     1, 2, 4, ... nodes per step);
+     exceeds the target's budget, keep in float the next most sensitive compute nodes (sensitivity = output
+     cosine to fp32 when only that node is int8; 1, 2, 4, ... nodes per step);
   3. speed: for each kind of compute node still int8 (Conv 1x1 / kxk / depthwise, MatMul, Gemm), measure
      the model with that kind kept float against the current plan, interleaved; keep it float if that is
      >= 5% faster and the budget still holds;
