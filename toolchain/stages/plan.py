@@ -8,7 +8,8 @@ For each candidate scheme (static uint8/int8 activations with int8 per-channel w
   3. speed: for each kind of compute node still int8 (Conv 1x1 / kxk / depthwise, MatMul, Gemm), measure
      the model with that kind kept float against the current plan, interleaved; keep it float if that is
      >= 5% faster and the budget still holds;
-(static_u8s8_by_resolution instead times bands of feature-map sizes against fp32: see by_resolution), then ship the fastest scheme that meets the budget. Every step, the sensitivity table and the timings go
+(static_u8s8_by_resolution instead times bands of feature-map sizes against fp32: see by_resolution),
+then ship the fastest scheme that meets the budget. Every step, the sensitivity table and the timings go
 into the stage's meta (and so into report.json). The search stops at its time budget with the best plan
 so far. Timing decisions depend on the host, so the host is part of the stage's cache key.
 """
