@@ -24,15 +24,12 @@ VERSION = 7
 LIBRARIES = ("onnxruntime", "onnx", "numpy")
 OUTPUT = "model.int8.onnx"
 SPEED_MARGIN = 0.95  # a kind is kept float only if that makes the model at least 5% faster
-SENSITIVITY_SAMPLES = 64
 
 
 def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, budget, threads) -> dict:
-    import numpy as np
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from ..validate import metrics
     from . import plan_search, precision
 
     t0 = time.monotonic()
@@ -50,10 +47,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     forced_float = plan_search.resolve(params["force_float"], nodes, "force_float", fail)
     forced_int8 = plan_search.resolve(params["force_int8"], nodes, "force_int8", fail)
     runner = precision.Runner(threads, names)
-    ref_value = metrics.compute(spec.metric, reference, evaluation, reference, spec)
     feed = {n: evaluation[n][:1] for n in names}
-    sub = {k: v[:SENSITIVITY_SAMPLES] for k, v in evaluation.items()}
-    ref_sub = [r[:SENSITIVITY_SAMPLES] for r in reference]
     counter = [0]
     raw = out_dir / "raw.onnx"
     shutil.copyfile(fp32_path, raw)
@@ -77,20 +71,14 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
 
     class OrtBackend(plan_search.Backend):
         def __init__(self, scheme):
+            super().__init__(spec, evaluation, reference, budget)
             self.scheme = scheme
 
         def make(self, exclude=(), only=None):
             return make(self.scheme, exclude, only)
 
-        def judge(self, path):
-            outs = runner.outputs(path, evaluation)
-            bad = metrics.non_finite(outs)
-            drop = ref_value - metrics.compute(spec.metric, outs, evaluation, reference, spec)
-            return drop, bad, (bad == 0 and drop <= budget)
-
-        def cosine(self, path):
-            outs = runner.outputs(path, sub)
-            return float(np.mean([metrics.cosine_per_sample(o, r).mean() for o, r in zip(outs, ref_sub)]))
+        def outputs(self, path, data):
+            return runner.outputs(path, data)
 
     def by_resolution(scheme, backend):
         """int8 for the compute nodes whose output size lies in a band [lo, hi] of the model's feature-map sizes,

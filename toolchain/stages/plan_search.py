@@ -12,18 +12,42 @@ import time
 
 
 class Backend:
-    """What the search needs from a target. `make(exclude, only)` writes a variant and returns its path;
-    `judge(path)` -> (metric drop, non-finite count, budget holds); `cosine(path)` -> mean output cosine to the
-    fp32 reference on a small sample."""
+    """A target's variants. Subclasses say how to `make(exclude, only)` a variant (its path) and how to run one
+    (`outputs(path, data)`); judging against the budget and scoring sensitivity are the same for every target."""
+
+    SAMPLES = 64  # evaluation samples behind each sensitivity figure
+
+    def __init__(self, spec, evaluation, reference, budget):
+        from ..validate import metrics
+
+        self.spec, self.evaluation, self.reference, self.budget = spec, evaluation, reference, budget
+        self.ref_value = metrics.compute(spec.metric, reference, evaluation, reference, spec)
+        self.sub = {k: v[:self.SAMPLES] for k, v in evaluation.items()}
+        self.ref_sub = [r[:self.SAMPLES] for r in reference]
 
     def make(self, exclude=(), only=None):
         raise NotImplementedError
 
-    def judge(self, path):
+    def outputs(self, path, data) -> list:
         raise NotImplementedError
 
+    def judge(self, path):
+        """(metric drop, non-finite count, budget holds) on the whole evaluation set."""
+        from ..validate import metrics
+
+        outs = self.outputs(path, self.evaluation)
+        bad = metrics.non_finite(outs)
+        drop = self.ref_value - metrics.compute(self.spec.metric, outs, self.evaluation, self.reference, self.spec)
+        return drop, bad, (bad == 0 and drop <= self.budget)
+
     def cosine(self, path) -> float:
-        raise NotImplementedError
+        """Mean output cosine to the fp32 reference on the first SAMPLES evaluation samples."""
+        import numpy as np
+
+        from ..validate import metrics
+
+        outs = self.outputs(path, self.sub)
+        return float(np.mean([metrics.cosine_per_sample(o, r).mean() for o, r in zip(outs, self.ref_sub)]))
 
 
 def sensitivity(backend, nodes, deadline) -> list:

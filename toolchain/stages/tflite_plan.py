@@ -27,7 +27,6 @@ PRECISIONS = ("full_integer", "auto")
 # Ops that only move data: no arithmetic for int8 to get wrong, so they are not units of the search.
 LAYOUT_OPS = {"PAD", "RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "CONCATENATION", "GATHER", "SLICE",
               "STRIDED_SLICE", "SPLIT", "SPLIT_V", "PACK", "UNPACK", "QUANTIZE", "DEQUANTIZE", "SHAPE"}
-SENSITIVITY_SAMPLES = 64
 SPEED_NOTE = ("not searched: this host is not an ARM CPU, and LiteRT's x86 kernels would decide for the wrong "
               "one; build on the device (or pin ops with convert.force_float) to keep slow int8 ops float")
 
@@ -81,10 +80,7 @@ class VariantServer:
 def run(full_integer: Path, saved_model: Path, calib, per_channel, params, spec, evaluation, reference, budget,
         scratch: Path, target_name) -> tuple[Path, dict]:
     """(the model to ship, the plan's meta)."""
-    import numpy as np
-
     from ..runtimes.litert import LiteRTSession
-    from ..validate import metrics
     from ..validate.target import outputs_on
     from . import plan_search
 
@@ -92,12 +88,6 @@ def run(full_integer: Path, saved_model: Path, calib, per_channel, params, spec,
     deadline = t0 + params["plan_time_budget_s"]
     names = [t.name for t in spec.inputs]
     shapes, onames = [r.shape[1:] for r in reference], [o.name for o in spec.outputs]
-    ref_value = metrics.compute(spec.metric, reference, evaluation, reference, spec)
-    sub = {k: v[:SENSITIVITY_SAMPLES] for k, v in evaluation.items()}
-    ref_sub = [r[:SENSITIVITY_SAMPLES] for r in reference]
-
-    def outputs(path, data):
-        return outputs_on(LiteRTSession(path, 1, shapes, onames, names), data, names)
 
     class LiteRTBackend(plan_search.Backend):
         counter = 0
@@ -108,17 +98,10 @@ def run(full_integer: Path, saved_model: Path, calib, per_channel, params, spec,
                     {o["tensor"] for o in server.ops} - {tensor[n] for n in only})
             return server.make(deny, scratch / f"variant{LiteRTBackend.counter}.tflite")
 
-        def judge(self, path):
-            outs = outputs(path, evaluation)
-            bad = metrics.non_finite(outs)
-            drop = ref_value - metrics.compute(spec.metric, outs, evaluation, reference, spec)
-            return drop, bad, (bad == 0 and drop <= budget)
+        def outputs(self, path, data):
+            return outputs_on(LiteRTSession(path, 1, shapes, onames, names), data, names)
 
-        def cosine(self, path):
-            outs = outputs(path, sub)
-            return float(np.mean([metrics.cosine_per_sample(o, r).mean() for o, r in zip(outs, ref_sub)]))
-
-    backend = LiteRTBackend()
+    backend = LiteRTBackend(spec, evaluation, reference, budget)
     before = backend.judge(full_integer)
     steps = [f"onnx2tf's full-integer model -> metric drop {before[0]:.3f}" + (f", {before[1]} NaN/Inf" if before[1]
                                                                                else "")]
