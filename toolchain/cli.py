@@ -110,7 +110,8 @@ def package(build_dir, version, dist, allow_failed, sign_key):
               help="Trusted ed25519 public key (PEM): the bundle must carry a valid signature by it.")
 @click.option("-o", "--out", "out", default=None,
               help="With oci://: keep the pulled bundle in this (new or empty) directory.")
-@click.option("--plain-http", is_flag=True, default=None, help="With oci://: talk HTTP, not HTTPS (loopback registries do).")
+@click.option("--plain-http", is_flag=True, default=None,
+              help="With oci://: talk HTTP, not HTTPS (loopback registries do).")
 def verify(dist, key_path, out, plain_http):
     """Check a release bundle (directory, .tar.gz or oci://HOST/REPO:TAG): with --key the signature first, then
     every digest of the provenance, then every checksum, size and manifest entry."""

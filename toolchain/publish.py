@@ -171,7 +171,8 @@ class Registry:
             self.client.auth.set_basic_auth(user, password)
             return "ORAS_USER/ORAS_PASS"
         config = Path(os.environ["DOCKER_CONFIG"]) / "config.json" if os.environ.get("DOCKER_CONFIG") else None
-        self.client.auth.load_configs(self.ref.target, configs=[str(config)] if config and config.is_file() else None)
+        configs = [str(config)] if config and config.is_file() else None  # oras adds ~/.docker/config.json itself
+        self.client.auth.load_configs(self.client.get_container(self.ref.target), configs=configs)
         if getattr(self.client.auth, "_basic_auth", None):
             return f"docker config {config}" if config and config.is_file() else "docker config"
         return ""
