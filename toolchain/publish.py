@@ -130,8 +130,10 @@ class Registry:
         challenge = self._ping()
         self.client = self._client("basic" if challenge and challenge.lower().startswith("basic") else "token")
         self.credentials = self._load_credentials()
-        if challenge:
-            self._check_login(challenge)
+        if challenge and challenge.lower().startswith("basic"):
+            self._check_basic()
+        # A bearer challenge is answered by oras's token flow on the first real request (anonymous pulls included);
+        # a refusal there comes back through errors() or manifest().
 
     def _ping(self):
         """GET /v2/: fail fast and clearly when the registry is down. Returns the auth challenge, if any."""
@@ -177,19 +179,21 @@ class Registry:
             return f"docker config {config}" if config and config.is_file() else "docker config"
         return ""
 
-    def _check_login(self, challenge):
+    def _check_basic(self):
+        """Basic auth (htpasswd registries): try the credentials once on /v2/, so a refusal is one clear line."""
+        import requests
+
+        if not self.credentials:
+            self._auth_failed()
+        r = requests.get(f"{self.scheme}://{self.ref.host}/v2/", timeout=TIMEOUT_S[0],
+                         headers={"Authorization": f"Basic {self.client.auth._basic_auth}"})
+        if r.status_code in (401, 403):
+            self._auth_failed()
+
+    def _auth_failed(self):
         if not self.credentials:
             raise AuthRefused(f"{self.ref}: registry {self.ref.host} requires credentials and none were found "
                               f"(docker login, DOCKER_CONFIG, or ORAS_USER and ORAS_PASS)")
-        if challenge.lower().startswith("basic"):
-            import requests
-
-            r = requests.get(f"{self.scheme}://{self.ref.host}/v2/", timeout=TIMEOUT_S[0],
-                             headers={"Authorization": f"Basic {self.client.auth._basic_auth}"})
-            if r.status_code in (401, 403):
-                self._refused()
-
-    def _refused(self):
         raise AuthRefused(f"{self.ref}: registry {self.ref.host} refused the credentials from {self.credentials}")
 
     @contextmanager
@@ -205,10 +209,10 @@ class Registry:
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
             raise RegistryUnreachable(f"{self.ref}: registry {self.ref.host} unreachable ({_reason(e)})") from None
         except oras.auth.AuthenticationException:
-            self._refused()
+            self._auth_failed()
         except ValueError as e:
             if re.search(r"UNAUTHORIZED|DENIED|Unauthorized|Forbidden|authentication", str(e)):
-                self._refused() if self.credentials else self._check_login("")
+                self._auth_failed()
             raise
 
     def manifest(self, ref: Ref = None):
@@ -221,7 +225,7 @@ class Registry:
         if r.status_code == 404:
             return None
         if r.status_code in (401, 403):
-            self._refused() if self.credentials else self._check_login("")
+            self._auth_failed()
         if r.status_code != 200:
             raise ToolchainError(f"{ref}: the registry answered {r.status_code} for the manifest")
         return r.json()
