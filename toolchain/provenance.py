@@ -145,7 +145,8 @@ def check(root: Path, label, key=None) -> dict:
     {"statement": bool, "signed": bool, "signature_checked": bool, "keyids": [...]}."""
     st_path, env_path = root / STATEMENT, root / ENVELOPE
     envelope = _load_json(env_path, label) if env_path.is_file() else None
-    keyids = [s.get("keyid") for s in envelope.get("signatures", [])] if isinstance(envelope, dict) else []
+    sigs = envelope.get("signatures") if isinstance(envelope, dict) else None
+    keyids = [str(s.get("keyid")) for s in sigs if isinstance(s, dict)] if isinstance(sigs, list) else []
     if key is not None:
         from .signing import SignatureError, open_envelope
 

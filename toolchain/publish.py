@@ -234,12 +234,15 @@ class Registry:
 # ---- publish ----------------------------------------------------------------------------------------------------
 def releasable(manifest: dict, label):
     """Only what passed its gates goes out: no failed or stale report, nothing packaged with --allow-failed."""
-    bad = [f"{a['model']} {a['target']} is {a.get('status')}" for a in manifest["artifacts"]
-           if a.get("status") != "passed"]
-    bad += [f"{x['model']} {x['target']} was left out as {x['status']}" for x in manifest["excluded"]
-            if x.get("status") != "skipped"]
-    bad += [f"the {n} report is {m['status']}" for n, m in manifest["models"].items()
-            if m.get("status") not in (None, "passed")]
+    try:
+        bad = [f"{a.get('model')} {a.get('target')} is {a.get('status')}" for a in manifest["artifacts"]
+               if a.get("status") != "passed"]
+        bad += [f"{x.get('model')} {x.get('target')} was left out as {x.get('status')}"
+                for x in manifest.get("excluded", []) if x.get("status") != "skipped"]
+        bad += [f"the {n} report is {m.get('status')}" for n, m in manifest.get("models", {}).items()
+                if m.get("status") not in (None, "passed")]
+    except (AttributeError, TypeError):
+        raise VerifyError(f"{label}: manifest.json: malformed artifacts, excluded or models") from None
     if not manifest["artifacts"]:
         bad.append("it holds no artifact")
     if bad:
@@ -250,9 +253,8 @@ def _layers(root: Path, manifest: dict) -> list:
     """[(path, title, media type, annotations)] for every file of the bundle, artifacts first."""
     out = []
     for a in manifest["artifacts"]:
-        out.append((root / a["path"], a["path"], MEDIA_TYPES.get(a["format"], "application/octet-stream"),
-                    {"toolchain.model": a["model"], "toolchain.target": a["target"],
-                     "toolchain.precision": a["precision"], "toolchain.runtime": a["runtime"]}))
+        out.append((root / a["path"], a["path"], MEDIA_TYPES.get(a.get("format"), "application/octet-stream"),
+                    {f"toolchain.{k}": str(a.get(k)) for k in ("model", "target", "precision", "runtime")}))
     for name, media_type in META_TYPES.items():
         if (root / name).is_file():
             out.append((root / name, name, media_type, {}))
@@ -262,9 +264,9 @@ def _layers(root: Path, manifest: dict) -> list:
 def _annotations(name: str, manifest: dict, summary: dict) -> dict:
     commits = {(m.get("provenance") or {}).get("source", {}).get("commit") for m in manifest["models"].values()}
     commits.discard(None)
-    out = {TITLE: name, "org.opencontainers.image.version": manifest["release_version"],
+    out = {TITLE: name, "org.opencontainers.image.version": str(manifest.get("release_version")),
            "toolchain.models": ",".join(f"{n}@{m.get('version')}" for n, m in sorted(manifest["models"].items())),
-           "toolchain.targets": ",".join(sorted({a["target"] for a in manifest["artifacts"]})),
+           "toolchain.targets": ",".join(sorted({str(a.get("target")) for a in manifest["artifacts"]})),
            "toolchain.signed": "true" if summary["signed"] else "false"}
     if len(commits) == 1:
         out["org.opencontainers.image.revision"] = commits.pop()
@@ -308,9 +310,9 @@ def publish(bundle, ref_text, force=False, key=None, plain_http=None) -> dict:
             if not force:
                 raise TagExists(f"{ref}: tag already holds other content; refusing to replace it (--force replaces)")
         config = Path(tmp) / "config.json"
-        config.write_text(json.dumps({"bundle": root.name, "release_version": manifest["release_version"],
+        config.write_text(json.dumps({"bundle": root.name, "release_version": manifest.get("release_version"),
                                       "models": {n: m.get("version") for n, m in sorted(manifest["models"].items())},
-                                      "targets": sorted({a["target"] for a in manifest["artifacts"]})},
+                                      "targets": sorted({str(a.get("target")) for a in manifest["artifacts"]})},
                                      sort_keys=True))
         annotation_file = Path(tmp) / "annotations.json"
         annotation_file.write_text(json.dumps({str(p): {TITLE: title, **extra} for p, title, _, extra in layers}))

@@ -88,18 +88,19 @@ def sign(payload: bytes, payload_type: str, signer) -> dict:
 def open_envelope(data: dict, key, payload_type: str, label) -> bytes:
     """The payload of a DSSE envelope after checking its type and a signature by key; else SignatureError."""
     from securesystemslib.dsse import Envelope
+    from securesystemslib.exceptions import Error as SslibError
     from securesystemslib.exceptions import VerificationError
 
     try:
         envelope = Envelope.from_dict(dict(data, signatures=[dict(s) for s in data["signatures"]]))
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, SslibError) as e:
         raise SignatureError(f"{label}: malformed DSSE envelope ({type(e).__name__}: {e})") from None
     if envelope.payload_type != payload_type:
         raise SignatureError(f"{label}: payload type {envelope.payload_type!r}, expected {payload_type!r}")
     try:
         envelope.verify([key], 1)
     except VerificationError:
-        signers = ", ".join(k[:16] for k in envelope.signatures) or "nobody"
+        signers = ", ".join(str(k)[:16] for k in envelope.signatures) or "nobody"
         raise SignatureError(f"{label}: signature does not verify with the trusted key {key.keyid[:16]} "
                              f"(signed by {signers}); not trusted") from None
     return envelope.payload
