@@ -268,13 +268,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_registry(d: Path, htpasswd=None):
+def start_registry(d: Path, htpasswd=None, readonly=False):
     exe = shutil.which("docker-registry") or "/usr/bin/docker-registry"
     if not Path(exe).exists():
         pytest.fail("docker-registry is not installed: `make system-deps` installs it (Debian package docker-registry)")
     port = free_port()
     config = [
         "version: 0.1", "log:", "  level: error", "storage:", "  filesystem:", f"    rootdirectory: {d / 'data'}",
+        *(["  maintenance:", "    readonly:", "      enabled: true"] if readonly else []),
         "http:", f"  addr: 127.0.0.1:{port}",
     ]
     if htpasswd:
@@ -440,6 +441,16 @@ def test_authentication(auth_registry, signed, keys, tmp_path, monkeypatch):
     r = cli("publish", signed, ref)
     assert "pushed" in ok(r) and HTPASSWD_PASS not in r.output and token not in r.output
     assert "signature: OK" in ok(cli("verify", ref, "--key", keys["pub"]))
+
+
+def test_read_only_registry_is_one_line(signed, tmp_path):
+    (tmp_path / "ro").mkdir()
+    proc, host, log = start_registry(tmp_path / "ro", readonly=True)
+    try:
+        line = one_error_line(cli("publish", signed, f"oci://{host}/models/tiny:1"), 14)
+        assert "refused the request" in line, line
+    finally:
+        stop(proc, log)
 
 
 def test_pull_refuses_a_layer_that_escapes_the_bundle(registry, tmp_path):

@@ -15,6 +15,7 @@ EXIT_REGISTRY_UNREACHABLE = 10  # no connection to the registry (down, wrong hos
 EXIT_REGISTRY_AUTH = 11  # the registry refused the credentials, or wants some and none were found
 EXIT_TAG_EXISTS = 12  # the tag already holds other content (`publish --force` replaces it)
 EXIT_NOT_RELEASABLE = 13  # the bundle was packaged from failed or stale reports, or with --allow-failed
+EXIT_REGISTRY_REFUSED = 14  # the registry refused a request for another reason (read-only, quota, unsupported)
 
 import errno as _errno  # noqa: E402
 

@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import (EXIT_NOT_RELEASABLE, EXIT_REGISTRY_AUTH, EXIT_REGISTRY_UNREACHABLE, EXIT_TAG_EXISTS,
-                     ToolchainError)
+from .errors import (EXIT_NOT_RELEASABLE, EXIT_REGISTRY_AUTH, EXIT_REGISTRY_REFUSED, EXIT_REGISTRY_UNREACHABLE,
+                     EXIT_TAG_EXISTS, ToolchainError)
 from .package import MANIFEST, SUMS, VerifyError, safe_extract
 from .provenance import ENVELOPE, PAYLOAD_TYPE, STATEMENT, verify_root
 
@@ -51,6 +51,10 @@ class TagExists(ToolchainError):
 
 class NotReleasable(ToolchainError):
     exit_code = EXIT_NOT_RELEASABLE
+
+
+class RegistryRefused(ToolchainError):
+    exit_code = EXIT_REGISTRY_REFUSED
 
 
 @dataclass(frozen=True)
@@ -155,12 +159,25 @@ class Registry:
         return None
 
     def _client(self, backend):
+        import logging
+
         import oras.client
         import oras.provider
 
+        # oras logs registry error bodies through Python's last-resort handler (stderr); the user gets one line
+        # from errors() instead.
+        logging.getLogger("oras.logger").addHandler(logging.NullHandler())
+
+        once = oras.provider.Registry.do_request.__wrapped__
+
         class Client(oras.client.OrasClient):
+            last_response = None
+
             # oras retries any failed request 5 times with sleeps of 3 s to 83 s; a pipeline wants the error now.
-            do_request = oras.provider.Registry.do_request.__wrapped__
+            # The last answer is kept so an error can say what the registry said.
+            def do_request(self, *args, **kwargs):
+                self.last_response = once(self, *args, **kwargs)
+                return self.last_response
 
         client = Client(hostname=self.ref.host, insecure=self.insecure, auth_backend=backend)
         client.session.request = functools.partial(client.session.request, timeout=TIMEOUT_S)
@@ -210,10 +227,17 @@ class Registry:
             raise RegistryUnreachable(f"{self.ref}: registry {self.ref.host} unreachable ({_reason(e)})") from None
         except oras.auth.AuthenticationException:
             self._auth_failed()
-        except ValueError as e:
+        except (requests.exceptions.JSONDecodeError, ValueError) as e:  # oras raises ValueError on error answers
             if re.search(r"UNAUTHORIZED|DENIED|Unauthorized|Forbidden|authentication", str(e)):
                 self._auth_failed()
-            raise
+            r = self.client.last_response
+            if r is not None and r.status_code >= 400:
+                detail = f"{r.request.method} {r.status_code} {r.reason}"
+            elif str(e).startswith("Issue "):
+                detail = re.sub(r"^Issue with \S+: ", "", str(e))[:300]
+            else:
+                raise
+            raise RegistryRefused(f"{self.ref}: registry {self.ref.host} refused the request ({detail})") from None
 
     def manifest(self, ref: Ref = None):
         """The OCI manifest at ref (default: this session's), or None when the tag does not exist."""
@@ -227,7 +251,7 @@ class Registry:
         if r.status_code in (401, 403):
             self._auth_failed()
         if r.status_code != 200:
-            raise ToolchainError(f"{ref}: the registry answered {r.status_code} for the manifest")
+            raise RegistryRefused(f"{ref}: registry {ref.host} answered {r.status_code} {r.reason} for the manifest")
         return r.json()
 
 
