@@ -8,7 +8,7 @@ MODELS := digits_cnn digits_resnet digits_resnet_pruned digits_mobilenet minilm
 TARGETS := x86_64 arm64 cuda
 BUILD := build
 
-.PHONY: build test test-all bench coverage clean venv
+.PHONY: build test test-all bench coverage clean venv system-deps
 
 venv: $(STAMP)
 
@@ -31,10 +31,18 @@ $(BUILD)/%/report.json: $(STAMP) FORCE
 
 FORCE:
 
-test: $(STAMP)
+# Debian packages the tests run for real: the OCI registry that release publishing is tested against (run as root
+# on CI; installs only what is missing, so a machine that has it needs no root). The tests start their own registry
+# on 127.0.0.1; the package's system service (which would listen on every interface) is stopped and disabled.
+system-deps:
+	@command -v docker-registry >/dev/null || { apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y docker-registry && \
+	  { systemctl disable --now docker-registry 2>/dev/null || true; }; }
+
+test: $(STAMP) system-deps
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not slow and not gpu" -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) system-deps
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
 
 bench: $(STAMP)

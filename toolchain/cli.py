@@ -84,25 +84,95 @@ def validate(spec, out_root, targets, targets_dir):
 @click.option("--version", "version", required=True, help="Release version recorded in the manifest.")
 @click.option("-o", "--out", "dist", required=True, help="Bundle directory to write (DIST and DIST.tar.gz).")
 @click.option("--allow-failed", is_flag=True, help="Also package artifacts that failed their gate or were skipped (marked so in the manifest).")
-def package(build_dir, version, dist, allow_failed):
-    """Bundle every passed artifact of BUILD_DIR with manifest.json and checksums."""
+@click.option("--sign-key", default=None, type=click.Path(dir_okay=False),
+              help="ed25519 private key (PEM, from `toolchain keygen`): sign the provenance as a DSSE envelope.")
+def package(build_dir, version, dist, allow_failed, sign_key):
+    """Bundle every passed artifact of BUILD_DIR with manifest.json, checksums and an in-toto provenance."""
     from .package import package as do_package
 
-    manifest = _run(do_package, build_dir, version, dist, allow_failed)
+    signer = None
+    if sign_key:  # a bad key fails before anything is written
+        from .signing import load_signer
+
+        signer = _run(load_signer, sign_key)
+    manifest = _run(do_package, build_dir, version, dist, allow_failed, signer)
     click.echo(f"{dist}: {len(manifest['artifacts'])} artifacts, {len(manifest['excluded'])} left out; "
                f"{dist}.tar.gz")
     for x in manifest["excluded"]:
         click.echo(f"  left out {x['model']} {x['target']} ({x['status']}): {x['reason']}")
+    click.echo(f"  provenance: signed with {signer.public_key.keyid[:16]} ({sign_key})" if signer
+               else "  provenance: unsigned (pass --sign-key to sign it)")
 
 
 @main.command()
-@click.argument("dist", type=click.Path(exists=True))
-def verify(dist):
-    """Check a release bundle (directory or .tar.gz): every checksum, size and manifest entry."""
-    from .package import verify as do_verify
+@click.argument("dist")
+@click.option("--key", "key_path", default=None, type=click.Path(dir_okay=False),
+              help="Trusted ed25519 public key (PEM): the bundle must carry a valid signature by it.")
+@click.option("-o", "--out", "out", default=None,
+              help="With oci://: keep the pulled bundle in this (new or empty) directory.")
+@click.option("--plain-http", is_flag=True, default=None,
+              help="With oci://: talk HTTP, not HTTPS (loopback registries do).")
+def verify(dist, key_path, out, plain_http):
+    """Check a release bundle (directory, .tar.gz or oci://HOST/REPO:TAG): with --key the signature first, then
+    every digest of the provenance, then every checksum, size and manifest entry."""
+    import os
 
-    manifest = _run(do_verify, dist)
+    from .provenance import describe
+
+    key = None
+    if key_path:
+        from .signing import load_public_key
+
+        key = _run(load_public_key, key_path)
+    if dist.startswith("oci://"):
+        from .publish import verify_oci
+
+        manifest, summary = _run(verify_oci, dist, key, out, plain_http)
+    else:
+        if not os.path.exists(dist):
+            raise click.BadParameter(f"Path {dist!r} does not exist.", param_hint="'DIST'")
+        from .provenance import verify_bundle
+
+        manifest, summary = _run(verify_bundle, dist, key)
     click.echo(f"{dist}: OK, {len(manifest['artifacts'])} artifacts verified")
+    click.echo(describe(summary, key_path))
+
+
+@main.command()
+@click.option("-o", "--out", "prefix", required=True, help="Writes PREFIX.key (private, mode 0600) and PREFIX.pub.")
+def keygen(prefix):
+    """Make an ed25519 key pair for `package --sign-key` and `verify --key` (offline, no keyless service)."""
+    from .signing import keygen as do_keygen
+
+    private, public, keyid = _run(do_keygen, prefix)
+    click.echo(f"{private}: private key (keep it secret: a CI secret, never in the repository)")
+    click.echo(f"{public}: public key, keyid {keyid}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(exists=True))
+@click.argument("ref")
+@click.option("--key", "key_path", default=None, type=click.Path(dir_okay=False),
+              help="Trusted ed25519 public key: refuse to publish unless the bundle is signed by it.")
+@click.option("--force", is_flag=True, help="Replace a tag that already holds other content.")
+@click.option("--plain-http", is_flag=True, default=None, help="Talk HTTP, not HTTPS (loopback registries do).")
+def publish(bundle, ref, key_path, force, plain_http):
+    """Push a verified release BUNDLE to an OCI registry as REF (oci://HOST[:PORT]/REPOSITORY:TAG). Credentials:
+    ORAS_USER/ORAS_PASS, else the docker config (DOCKER_CONFIG or ~/.docker/config.json)."""
+    from .provenance import describe
+    from .publish import publish as do_publish
+
+    key = None
+    if key_path:
+        from .signing import load_public_key
+
+        key = _run(load_public_key, key_path)
+    result = _run(do_publish, bundle, ref, force, key, plain_http)
+    if result["pushed"]:
+        click.echo(f"{result['ref']}: pushed {result['layers']} layers, manifest {result['digest']}")
+    else:
+        click.echo(f"{result['ref']}: already holds this bundle ({result['layers']} layers); nothing pushed")
+    click.echo(describe(result["summary"], key_path))
 
 
 @main.command()

@@ -10,6 +10,12 @@ EXIT_USAGE = 2  # a spec, target file or command-line error (click also uses 2 f
 EXIT_STAGE_FAILED = 4  # a stage could not produce its output (trace mismatch, conversion failure, ...)
 EXIT_VERIFY_FAILED = 5  # a release bundle does not match its manifest
 EXIT_OUTPUT = 6  # the build could not write its outputs (disk full, no permission, read-only file system)
+# Publishing a release bundle to an OCI registry (publish.py)
+EXIT_REGISTRY_UNREACHABLE = 10  # no connection to the registry (down, wrong host or port, TLS handshake failed)
+EXIT_REGISTRY_AUTH = 11  # the registry refused the credentials, or wants some and none were found
+EXIT_TAG_EXISTS = 12  # the tag already holds other content (`publish --force` replaces it)
+EXIT_NOT_RELEASABLE = 13  # the bundle was packaged from failed or stale reports, or with --allow-failed
+EXIT_REGISTRY_REFUSED = 14  # the registry refused a request for another reason (read-only, quota, unsupported)
 
 import errno as _errno  # noqa: E402
 

@@ -16,6 +16,9 @@ from . import __version__
 from .cache import write_json_atomic
 from .digest import sha256_file
 from .errors import EXIT_VERIFY_FAILED, ToolchainError
+from .provenance import FILES as PROVENANCE_FILES
+from .provenance import model_provenance
+from .provenance import write as write_provenance
 
 MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
@@ -39,7 +42,7 @@ def onnx_signature(path) -> dict:
             "outputs": [describe(v) for v in graph.output]}
 
 
-def package(build_dir, version, dist, allow_failed=False) -> dict:
+def package(build_dir, version, dist, allow_failed=False, signer=None) -> dict:
     build_dir, dist = Path(build_dir), Path(dist)
     reports = sorted(build_dir.glob("*/report.json"))
     if not reports:
@@ -53,7 +56,8 @@ def package(build_dir, version, dist, allow_failed=False) -> dict:
             model_dir = rp.parent
             model = report["model"]
             manifest["models"][model] = {"version": report.get("version"), "reference": report.get("reference"),
-                                         "provenance": report.get("provenance"),
+                                         "status": report.get("status"),
+                                         "provenance": model_provenance(report.get("provenance")),
                                          "fp32_onnx_sha256": (report.get("fp32_onnx") or {}).get("sha256")}
             for name, t in sorted(report.get("targets", {}).items()):
                 ok = t["status"] == "passed" or (allow_failed and "artifact" in t)
@@ -84,6 +88,7 @@ def package(build_dir, version, dist, allow_failed=False) -> dict:
         write_json_atomic(staging / MANIFEST, manifest)
         sums = "".join(f"{a['sha256']}  {a['path']}\n" for a in manifest["artifacts"])
         (staging / SUMS).write_text(sums)
+        write_provenance(staging, manifest, (MANIFEST, SUMS), signer)  # in-toto statement, DSSE-signed with a key
         if dist.exists():
             shutil.rmtree(dist)
         os.rename(staging, dist)
@@ -185,6 +190,6 @@ def verify_dir(root: Path, label) -> dict:
         raise VerifyError(f"{label}: {SUMS} disagrees with {MANIFEST}")
     for p in root.rglob("*"):
         rel = p.relative_to(root).as_posix()
-        if p.is_symlink() or (p.is_file() and rel not in listed and rel not in (MANIFEST, SUMS)):
+        if p.is_symlink() or (p.is_file() and rel not in listed and rel not in (MANIFEST, SUMS, *PROVENANCE_FILES)):
             raise VerifyError(f"{label}: {rel}: not listed in the manifest")
     return manifest
