@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from .errors import WRITE_ERRNOS, OutputError, ToolchainError
+from .errors import EXIT_INTERRUPTED, WRITE_ERRNOS, OutputError, ToolchainError
 
 
 def _fail(e: ToolchainError):
@@ -23,6 +23,19 @@ def _run(fn, *args):
         _fail(OutputError(f"cannot write {e.filename or 'build output'}: {e.strerror}"))
 
 
+class _Group(click.Group):
+    """Ctrl-C is not a bug (click says "Aborted!" and exits 1): one line and exit 130. The code below has
+    already cleaned up on the way out (temp files removed, a build's last report marked stale)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted (Ctrl-C): temp files removed; an unfinished build leaves its report "
+                       "marked stale", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+
 def _exit_with_statuses(report, code):
     for tname, t in report["targets"].items():
         extra = f": {t['reason']}" if t.get("reason") else ""
@@ -30,7 +43,7 @@ def _exit_with_statuses(report, code):
     sys.exit(code)
 
 
-@click.group()
+@click.group(cls=_Group)
 @click.version_option(package_name="toolchain")
 def main():
     """Build PyTorch models into validated edge artifacts (x86 int8 ONNX, CUDA fp16 ONNX, ARM int8 TFLite)."""

@@ -10,6 +10,7 @@ EXIT_USAGE = 2  # a spec, target file or command-line error (click also uses 2 f
 EXIT_STAGE_FAILED = 4  # a stage could not produce its output (trace mismatch, conversion failure, ...)
 EXIT_VERIFY_FAILED = 5  # a release bundle does not match its manifest
 EXIT_OUTPUT = 6  # the build could not write its outputs (disk full, no permission, read-only file system)
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it: temp files removed, the last report marked stale
 
 import errno as _errno  # noqa: E402
 
