@@ -97,11 +97,13 @@ def validate(spec, out_root, targets, targets_dir):
 @click.option("--version", "version", required=True, help="Release version recorded in the manifest.")
 @click.option("-o", "--out", "dist", required=True, help="Bundle directory to write (DIST and DIST.tar.gz).")
 @click.option("--allow-failed", is_flag=True, help="Also package artifacts that failed their gate or were skipped (marked so in the manifest).")
-def package(build_dir, version, dist, allow_failed):
+@click.option("--require-all", is_flag=True,
+              help="Fail (exit 3) naming each target a spec asks for that is missing, skipped, failed or stale.")
+def package(build_dir, version, dist, allow_failed, require_all):
     """Bundle every passed artifact of BUILD_DIR with manifest.json and checksums."""
     from .package import package as do_package
 
-    manifest = _run(do_package, build_dir, version, dist, allow_failed)
+    manifest = _run(do_package, build_dir, version, dist, allow_failed, require_all)
     click.echo(f"{dist}: {len(manifest['artifacts'])} artifacts, {len(manifest['excluded'])} left out; "
                f"{dist}.tar.gz")
     for x in manifest["excluded"]:
