@@ -70,7 +70,13 @@ def _member(z, info, path, key):
         if need != holds:
             raise DataError(f"{where}: its header declares shape {list(shape)} of {dtype} ({need} bytes) but the file "
                             f"holds {holds} bytes")
-        data = m.read(need)
+        data = bytearray(need)  # writable, read once: the arrays go to torch and ONNX Runtime as they are
+        view, got = memoryview(data), 0
+        while got < need:
+            n = m.readinto(view[got:])
+            if not n:
+                raise DataError(f"{where}: the file ends after {got} of {need} bytes")
+            got += n
     array = np.frombuffer(data, dtype=dtype, count=count).reshape(shape, order="F" if fortran else "C")
     return name, np.ascontiguousarray(array)
 
