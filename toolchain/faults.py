@@ -3,10 +3,18 @@ than success leaves nothing that looks like success.
 
     TOOLCHAIN_FAULT_AT=<point>[:<kind>]     kind: exception (default), sigint, sigkill
 
-Points (BOUNDARIES): `<stage>` before a stage (cached or not), `<stage>.done` after it, `publish` before the
-artifacts are published, `report` before report.json is written, `stamp` before the stamp is written. Without the
-variable this does nothing; users never set it.
+Points: `<stage>` before a stage (cached or not), `<stage>.written` when a stage that ran has written its outputs
+into the cache's tmp/ (not yet published), `<stage>.done` after it; then `publish` before the artifacts are
+published, `report` before the reports are written, `stamp` before the stamp is written, `commit` before report.json
+is renamed into place. Without the variable this does nothing; users never set it.
 """
+
+BUILD_POINTS = ("publish", "report", "stamp", "commit")
+
+
+def stage_points(stages) -> list:
+    """Every boundary of a build whose stages run in this order, in the order the build reaches them."""
+    return [p for s in stages for p in (s, f"{s}.written", f"{s}.done")] + list(BUILD_POINTS)
 
 import os
 import signal

@@ -165,6 +165,7 @@ class Pipeline:
         t0 = time.monotonic()
         with self.cache.writer(st.name, st.key) as tmp:
             meta = st.produce(tmp)
+            checkpoint(f"{st.name}.written")  # outputs in the cache's tmp/, not yet published
             entry = self.cache.publish(tmp, st.name, st.key, meta, st.key_inputs)
         self.ran.append((self.label_prefix + st.name, st.target))
         self.progress.line(name, st.target, "done", time.monotonic() - t0)
