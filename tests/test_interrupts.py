@@ -93,10 +93,11 @@ def assert_nothing_looks_good(state):
     assert not state["dist"].exists()
 
 
-def debris_left(state) -> list:
+def debris_left(state, previous=True) -> list:
+    """Temp files and scratch; previous=False: not the last finished report kept aside while a rebuild is due."""
     model_dir, cache = state["out"] / "tiny_cnn", state["out"] / ".cache"
     left = [str(p) for p in model_dir.rglob("*.tmp")]
-    left += [str(p) for p in (model_dir / ".previous-report.json",) if p.exists()]
+    left += [str(p) for p in (model_dir / ".previous-report.json",) if p.exists() and previous]
     left += [str(p) for p in (cache / "tmp").glob("*")] if (cache / "tmp").exists() else []
     left += [str(p) for p in state["tmpdir"].iterdir()]
     return left
@@ -132,6 +133,8 @@ def _fault_case(state, point, kind):
             assert [ln for ln in lines if ln.startswith("error:")] == [lines[-1]]
         else:
             assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-3000:])
+    if kind != "sigkill":  # a bug or Ctrl-C unwinds: the build removes its own temp files on the way out
+        assert debris_left(state, previous=False) == []
     assert_nothing_looks_good(state)
     assert_clean_build_recovers(state)
 
@@ -197,3 +200,18 @@ def test_next_build_reclaims_debris_whose_owner_is_gone(tmp_path, write_spec, x8
     assert b.code == 0
     assert [p for p in gone if p.exists()] == []
     assert all(p.exists() for p in kept)
+
+
+def test_validate_refuses_a_stale_report(x86_build, tmp_path):
+    """`toolchain validate` re-judges built artifacts: never those of a build that did not finish."""
+    import shutil
+
+    from toolchain.api import _mark_stale
+
+    out = tmp_path / "out"
+    shutil.copytree(x86_build.out / "tiny_cnn", out / "tiny_cnn")
+    _mark_stale(out / "tiny_cnn", "the last build failed with an internal error (InjectedFault: x)")
+    r = cli("validate", x86_build.report["provenance"]["spec"], "-o", out)
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert "did not finish" in r.stderr and "internal error" in r.stderr
+    assert json.loads((out / "tiny_cnn" / "report.json").read_text())["status"] == "stale"
