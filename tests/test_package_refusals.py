@@ -110,3 +110,22 @@ def test_stale_report_is_refused_and_allow_failed_marks_it(partial, tmp_path):
     assert m["artifacts"] == []
     assert [(x["target"], x["status"]) for x in m["excluded"]] == [("x86_64", "stale")]
     assert "interrupted" in m["excluded"][0]["reason"]
+
+
+def test_report_of_a_build_whose_shared_stage_failed_is_refused(partial, tmp_path, write_spec):
+    """A model whose trace failed has no artifact: the bundle would silently lack it. Refused, unless
+    --allow-failed (then its targets are listed as left out, with the cause)."""
+    from toolchain.errors import StageError
+
+    build = tmp_path / "build"
+    shutil.copytree(partial.out, build)
+    spec = write_spec(tmp_path / "spec", "branchy")
+    with pytest.raises(StageError):
+        run_build(spec, build)
+    one_error_line(cli("package", build, "--version", "1", "-o", tmp_path / "dist"), 2,
+                   "branchy", "failed (stage-failed: stage trace failed")
+    r = cli("package", build, "--version", "1", "-o", tmp_path / "dist", "--allow-failed")
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "dist" / "manifest.json").read_text())
+    assert [a["model"] for a in m["artifacts"]] == ["tiny_cnn"]
+    assert [(x["model"], x["status"]) for x in m["excluded"]] == [("branchy", "failed")]

@@ -47,6 +47,12 @@ def onnx_signature(path) -> dict:
 UNFINISHED = ("stale", "error")  # report statuses of builds that did not finish: refused unless --allow-failed
 
 
+def _unfinished(report) -> bool:
+    """A build that did not finish, or whose shared stages failed (no target was built)."""
+    return report.get("status") in UNFINISHED or (report.get("status") == "stage-failed"
+                                                   and not report.get("reference"))
+
+
 def package(build_dir, version, dist, allow_failed=False, require_all=False) -> dict:
     build_dir, dist = Path(build_dir), Path(dist)
     reports = sorted(build_dir.glob("*/report.json"))
@@ -70,7 +76,7 @@ def package(build_dir, version, dist, allow_failed=False, require_all=False) -> 
                                          "provenance": report.get("provenance"),
                                          "fp32_onnx_sha256": (report.get("fp32_onnx") or {}).get("sha256")}
             for name, t in sorted(report.get("targets", {}).items()):
-                ok = (t["status"] == "passed" and report.get("status") not in UNFINISHED) or \
+                ok = (t["status"] == "passed" and not _unfinished(report)) or \
                     (allow_failed and "artifact" in t)
                 if not ok or "artifact" not in t:
                     manifest["excluded"].append({"model": model, "target": name, "status": t["status"],
@@ -126,8 +132,9 @@ def _check_finished(loaded, allow_failed):
     if allow_failed:
         return
     for rp, report in loaded:
-        if report.get("status") in UNFINISHED:
-            raise ToolchainError(f"{rp}: the last build of {report['model']} did not finish ({report['status']}: "
+        if _unfinished(report):
+            what = "did not finish" if report.get("status") == "stale" else "failed"
+            raise ToolchainError(f"{rp}: the last build of {report['model']} {what} ({report['status']}: "
                                  f"{report.get('reason') or 'no reason recorded'}); rebuild it, or pass "
                                  "--allow-failed to bundle the rest with this model marked")
 
@@ -141,7 +148,7 @@ def _check_all_passed(loaded):
             t = report["targets"].get(name)
             if t is None:
                 problems.append(f"{report['model']} {name} (missing: not built)")
-            elif t["status"] != "passed" or report.get("status") in UNFINISHED:
+            elif t["status"] != "passed" or _unfinished(report):
                 why = " ".join(str(t.get("reason") or "").split())[:160]
                 problems.append(f"{report['model']} {name} ({t['status']}{': ' + why if why else ''})")
     if problems:
