@@ -53,7 +53,7 @@ def test_params_defaults_and_errors():
     assert p == {"converter": "litert-torch", "recipe": "dynamic_wi8_afp32", "timeout_s": 900, "venv": ".venv-litert"}
     bad = [({"converter": "onnx2tf"}, "convert.converter"), ({"recipe": "static_wi8_ai8"}, "convert.recipe"),
            ({"timeout_s": 0}, "convert.timeout_s"), ({"timeout_s": True}, "convert.timeout_s"),
-           ({"venv": ""}, "convert.venv"), ({"per_channel": True}, "convert")]
+           ({"venv": ""}, "convert.venv"), ({"per_channel": True}, "convert.per_channel")]
     for table, key in bad:
         with pytest.raises(SpecError) as e:
             litert_torch.params_for(table, "arm64.toml")

@@ -386,11 +386,21 @@ def test_killed_build_leaves_nothing_half_made_and_rebuilds(killed_build):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="BUG: a killed build's converter scratch directory (toolchain-onnx2tf-*) is "
-                                       "never removed (the converter itself now dies with its parent)")
-def test_killed_build_leaves_no_converter_running(killed_build):
+def test_killed_build_leaves_no_converter_running(killed_build, tmp_path):
+    """The converter dies with its parent. Its scratch folder (toolchain-onnx2tf-*, a copy of the model and the
+    calibration data) cannot be removed by a process killed with SIGKILL; its name carries its owner's PID, and the
+    next build removes it."""
+    from toolchain import debris
+
     assert killed_build["orphans"] == []
-    assert killed_build["scratch"] == []  # toolchain-onnx2tf-* with a copy of the model and the calibration data
+    scratch = killed_build["out"].parent / "tmp"
+    left = [n for n in killed_build["scratch"] if n.startswith("toolchain-onnx2tf")]
+    assert left and all(debris.orphaned(n) for n in left), killed_build["scratch"]
+    r = subprocess.run([toolchain_exe(), "build", str(killed_build["spec"]), "-o", str(tmp_path / "next"),
+                        "--cache-dir", str(killed_build["out"] / ".cache"), "-q"], capture_output=True, text=True,
+                       env=dict(os.environ, TMPDIR=str(scratch)), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in scratch.iterdir()) == []
 
 
 # ---- (e) reproducible artifacts ------------------------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """What the CLI and Python users call: build(), and later package() / verify()."""
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
-from . import __version__, stamp
+from . import __version__, debris, stamp
 from .cache import copy_atomic, write_json_atomic
 from .digest import sha256_file
 from .errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_STAGE_FAILED, StageError, ToolchainError
+from .faults import checkpoint
 from .gates import judge
 from .locking import locked
 from .report import markdown, target_entry
@@ -16,37 +19,97 @@ from .stages.reference import OUTPUT as REFERENCE
 from .versions import TRACKED, versions
 
 EXTENSIONS = {"onnx": "onnx", "tflite": "tflite"}
+PREVIOUS = ".previous-report.json"  # the last finished report while a rebuild runs (not a report: no package reads it)
 
 
 def build(spec_path, out_root="build", cache_dir=None, targets=None, targets_dir=None, progress=None):
-    """Build every target of one spec. Returns (report dict, exit code)."""
+    """Build every target of one spec. Returns (report dict, exit code).
+
+    Whatever ends a build other than success leaves no report that says passed for its inputs: before any stage
+    runs, the stamp is invalidated and an existing report.json is marked `stale` (so a SIGKILL leaves that); a user
+    error removes it, a failed shared stage writes a `stage-failed` report, anything else (a bug, Ctrl-C) leaves
+    it `stale` with the cause. A new report.json is committed last, after the stamp."""
     spec = load_spec(spec_path)
     model_dir = Path(out_root) / spec.name
     target_files, options = _stamp_inputs(spec, out_root, cache_dir, targets, targets_dir)
     with locked(model_dir):
         fresh, record = stamp.up_to_date(model_dir, spec, target_files, options)
-        if fresh:  # nothing changed: no heavy import, no cache access
+        report = _read_report(model_dir) if fresh else None
+        if report is not None:  # nothing changed: no heavy import, no cache access
             if progress:
                 progress.line("build", None, "up to date")
-            return json.loads((model_dir / "report.json").read_text()), record["exit_code"]
+            return report, record["exit_code"]
+        from .cache import StageCache
         from .pipeline import Pipeline
 
-        pipe = Pipeline(spec, out_root, cache_dir, targets, targets_dir, progress)
+        # Debris of builds that were killed: half-written files here (we hold the lock: no live writer), cache
+        # entries and converter scratch folders whose owner process is gone.
+        debris.remove_temp_files(model_dir)
+        StageCache(cache_dir or Path(out_root) / ".cache").reclaim_debris()
+        debris.reclaim_system_temp()
+        stamp.invalidate(model_dir, "a build started and did not finish")
+        _mark_stale(model_dir, f"a rebuild started at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} "
+                               f"(PID {os.getpid()}) did not finish: it was killed, or is still running")
+        pipe = None
         try:
+            pipe = Pipeline(spec, out_root, cache_dir, targets, targets_dir, progress)
             return _build_locked(spec, pipe, model_dir, target_files, options)
         except StageError as e:
-            _write_failure(spec, model_dir, list(pipe.targets), e.stage, e.cause)
+            _write_failure(spec, model_dir, _names(pipe, spec, targets), e.stage, e.cause)
             raise
         except ToolchainError as e:  # bad data: no earlier result may stand as if it still held
-            _write_failure(spec, model_dir, list(pipe.targets), "inputs", str(e))
+            _write_failure(spec, model_dir, _names(pipe, spec, targets), "inputs", str(e))
             raise
         except OSError:  # the machine refused a write: leave nothing that looks like a good build
-            _clear_outputs(model_dir, list(pipe.targets))
+            _clear_outputs(model_dir, _names(pipe, spec, targets))
             raise
+        except BaseException as e:  # a bug, Ctrl-C, a signal: the old report must not stand for these inputs
+            stamp.invalidate(model_dir, "the last build did not finish")
+            _mark_stale(model_dir, _interruption(e))
+            raise
+
+
+def _names(pipe, spec, targets):
+    return list(pipe.targets) if pipe is not None else [n for n in spec.targets if not targets or n in targets]
+
+
+def _interruption(e: BaseException) -> str:
+    if isinstance(e, KeyboardInterrupt):
+        return "the last build was interrupted (Ctrl-C / SIGINT) before it finished"
+    detail = " ".join(str(e).split())[:300]
+    return f"the last build failed with an internal error ({type(e).__name__}: {detail})"
+
+
+def _read_report(model_dir):
+    """report.json as a dict, or None when it is missing or not a report (a corrupt file is not a crash)."""
+    try:
+        report = json.loads((model_dir / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) and isinstance(report.get("targets"), dict) else None
+
+
+def _mark_stale(model_dir, cause):
+    """report.json no longer speaks for the inputs being built: keep the last finished report aside (targets of
+    other --target runs are merged from it) and leave a report that says `stale`, with why, in its place."""
+    path = model_dir / "report.json"
+    for n in ("report.md", "report.html"):
+        (model_dir / n).unlink(missing_ok=True)
+    old = _read_report(model_dir)
+    if old is None:
+        path.unlink(missing_ok=True)  # a corrupt report is no report
+        return
+    if old.get("status") != "stale":
+        os.replace(path, model_dir / PREVIOUS)
+    stale = {"model": old.get("model"), "version": old.get("version"), "toolchain_version": __version__,
+             "status": "stale", "reason": cause, "reference": None,
+             "targets": {n: {"status": "stale", "reason": cause} for n in old["targets"]}}
+    write_json_atomic(path, stale)
 
 
 def _build_locked(spec, pipe, model_dir, target_files, options):
     fp32, ref, results = pipe.run()
+    checkpoint("publish")
     fp32_out = model_dir / "fp32" / f"{spec.name}.fp32.onnx"
     _publish(fp32.file("model.fp32.onnx"), fp32_out)
     # The fp32 PyTorch outputs travel with the build, so `toolchain validate` can judge an artifact on
@@ -59,6 +122,7 @@ def _build_locked(spec, pipe, model_dir, target_files, options):
                       "onnx_vs_torch_max_abs_error": ref.meta["onnx_vs_torch_max_abs_error"]},
         "fp32_onnx": {"path": str(fp32_out.relative_to(model_dir)), "sha256": fp32.digest("model.fp32.onnx")},
         "provenance": _provenance(spec, pipe),
+        "spec_targets": sorted(spec.targets),  # what the spec asks for: `package --require-all` names the missing
         "targets": {},
     }
     if spec.prune is not None:
@@ -89,12 +153,45 @@ def _build_locked(spec, pipe, model_dir, target_files, options):
             n: t.get("speedup_vs_unpruned") for n, t in report["targets"].items()}
     report["targets"] = _merge_previous(model_dir, report)
     report["status"] = _overall(report)
-    _write_reports(model_dir, report)
-    outputs = [model_dir / n for n in ("report.json", "report.md", "report.html")]
-    outputs += [fp32_out, model_dir / "fp32" / REFERENCE]
-    outputs += [model_dir / t[k] for t in report["targets"].values() for k in ("artifact", "baseline") if k in t]
-    stamp.write(model_dir, spec, target_files, options, outputs, pipe.keys, exit_code(report))
+    checkpoint("report")
+    staged = _stage_reports(model_dir, report)
+    try:
+        checkpoint("stamp")
+        outputs = [fp32_out, model_dir / "fp32" / REFERENCE]
+        outputs += [model_dir / t[k] for t in report["targets"].values() for k in ("artifact", "baseline")
+                    if k in t]
+        stamp.write(model_dir, spec, target_files, options, outputs + list(staged), pipe.keys, exit_code(report),
+                    pending=staged)
+        checkpoint("commit")
+        # report.json last: until it is in place the stale one stands (and the stamp's record of it differs)
+        for name in ("report.json", "report.md", "report.html"):
+            os.replace(staged[model_dir / name], model_dir / name)
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+    (model_dir / PREVIOUS).unlink(missing_ok=True)
     return report, exit_code(report)
+
+
+def _stage_reports(model_dir, report) -> dict:
+    """The three report files written whole beside their final names: final path -> temp path."""
+    from .cache import atomic_write
+    from .report_html import render
+
+    report["html"] = "report.html"
+    texts = {"report.json": json.dumps(report, indent=2, sort_keys=True) + "\n", "report.md": markdown(report),
+             "report.html": render(report)}
+    staged = {}
+    try:
+        for name, text in texts.items():
+            tmp = model_dir / f".{name}.staged.tmp"
+            atomic_write(tmp, text.encode())
+            staged[model_dir / name] = tmp
+    except BaseException:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    return staged
 
 
 def _stamp_inputs(spec, out_root, cache_dir, targets, targets_dir):
@@ -136,10 +233,13 @@ def validate(spec_path, out_root="build", targets=None, targets_dir=None, progre
     spec = load_spec(spec_path, need_weights=False)
     model_dir = Path(out_root) / spec.name
     with locked(model_dir):
-        try:
-            report = json.loads((model_dir / "report.json").read_text())
-        except (OSError, ValueError):
+        report = _read_report(model_dir)
+        if report is None:
             raise ToolchainError(f"{model_dir / 'report.json'}: no build to validate (run toolchain build first)")
+        if report.get("status") not in ("passed", "failed", "stage-failed") or not report.get("reference"):
+            raise ToolchainError(f"{model_dir / 'report.json'}: the last build did not finish "
+                                 f"({report.get('status')}: {report.get('reason', 'no reason recorded')}); "
+                                 "rebuild before validating")
         names = targets or [n for n, t in report["targets"].items() if "artifact" in t]
         evaluation = load_arrays(spec.evaluation, spec, "evaluation")
         check_inputs(evaluation, spec, "evaluation data", evaluation=True)
@@ -183,15 +283,26 @@ def _provenance(spec, pipe):
 
 
 def _merge_previous(model_dir, report):
-    """Targets built by an earlier run of the same inputs (e.g. `--target arm64` after `--target x86_64`) stay."""
-    try:
-        old = json.loads((model_dir / "report.json").read_text())
-    except (OSError, ValueError):
+    """Targets built by an earlier run of the same inputs (e.g. `--target arm64` after `--target x86_64`) stay,
+    when their artifact is still the file that run published."""
+    old = None
+    for name in (PREVIOUS, "report.json"):
+        try:
+            old = json.loads((model_dir / name).read_text())
+        except (OSError, ValueError):
+            continue
+        break
+    if not isinstance(old, dict) or not isinstance(old.get("targets"), dict) or old.get("status") == "stale":
         return report["targets"]
-    if old.get("provenance", {}).get("model_digest") != report["provenance"]["model_digest"]:
+    if (old.get("provenance") or {}).get("model_digest") != report["provenance"]["model_digest"]:
         return report["targets"]
-    merged = {k: v for k, v in old.get("targets", {}).items() if k not in report["targets"]
-              and (model_dir / v.get("artifact", "\0")).is_file()}
+    merged = {}
+    for k, v in old["targets"].items():
+        if k in report["targets"] or not isinstance(v, dict) or not isinstance(v.get("artifact"), str):
+            continue
+        f = model_dir / v["artifact"]
+        if f.is_file() and sha256_file(f) == v.get("sha256"):
+            merged[k] = v
     merged.update(report["targets"])
     return merged
 
@@ -228,7 +339,8 @@ def _write_text(path: Path, text: str):
 
 def _clear_outputs(model_dir, names):
     """Best effort (the disk may still be full): remove the stamp, the reports and the targets' artifacts."""
-    for p in [model_dir / stamp.STAMP, model_dir / "report.json", model_dir / "report.md", model_dir / "report.html"]:
+    for p in [model_dir / stamp.STAMP, model_dir / "report.json", model_dir / "report.md", model_dir / "report.html",
+              model_dir / PREVIOUS]:
         try:
             p.unlink(missing_ok=True)
         except OSError:
@@ -242,6 +354,7 @@ def _write_failure(spec, model_dir, names, stage, cause):
     earlier artifact or stamp is left to be trusted."""
     report = {"model": spec.name, "version": spec.version, "toolchain_version": __version__,
               "status": "stage-failed" if stage != "inputs" else "error", "reference": None,
+              "reason": f"stage {stage} failed: {cause}",
               "targets": {n: {"status": "failed", "reason": f"{stage} failed: {cause}", "failed_stage": stage,
                               "max_metric_drop": spec.targets[n].max_metric_drop} for n in names}}
     for n in names:

@@ -14,6 +14,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from .debris import owned_name, reclaim
 from .digest import sha256_file, sha256_json
 
 ENTRY = "entry.json"
@@ -37,6 +38,10 @@ class CacheEntry:
 class StageCache:
     def __init__(self, root):
         self.root = Path(root)
+
+    def reclaim_debris(self) -> list:
+        """Temp entries of builds that were killed (their owner process is gone)."""
+        return reclaim(self.root / "tmp")
 
     def _dir(self, stage, key) -> Path:
         return self.root / stage / key
@@ -63,7 +68,7 @@ class StageCache:
             return None
 
     def _discard(self, d: Path):
-        trash = self.root / "tmp" / f"trash-{uuid.uuid4().hex}"
+        trash = self.root / "tmp" / owned_name("trash")
         try:
             trash.parent.mkdir(parents=True, exist_ok=True)
             os.rename(d, trash)
@@ -74,7 +79,7 @@ class StageCache:
     @contextmanager
     def writer(self, stage: str, key: str):
         """Yield a fresh directory to write outputs into; publish() makes it the entry atomically."""
-        tmp = self.root / "tmp" / f"{stage}-{key[:16]}-{uuid.uuid4().hex}"
+        tmp = self.root / "tmp" / owned_name(f"{stage}-{key[:16]}")  # a killed build's is reclaimed later
         tmp.mkdir(parents=True)
         try:
             yield tmp

@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from .errors import WRITE_ERRNOS, OutputError, ToolchainError
+from .errors import EXIT_INTERRUPTED, WRITE_ERRNOS, OutputError, ToolchainError
 
 
 def _fail(e: ToolchainError):
@@ -23,6 +23,19 @@ def _run(fn, *args):
         _fail(OutputError(f"cannot write {e.filename or 'build output'}: {e.strerror}"))
 
 
+class _Group(click.Group):
+    """Ctrl-C is not a bug (click says "Aborted!" and exits 1): one line and exit 130. The code below has
+    already cleaned up on the way out (temp files removed, a build's last report marked stale)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted (Ctrl-C): temp files removed; an unfinished build leaves its report "
+                       "marked stale", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+
 def _exit_with_statuses(report, code):
     for tname, t in report["targets"].items():
         extra = f": {t['reason']}" if t.get("reason") else ""
@@ -30,7 +43,7 @@ def _exit_with_statuses(report, code):
     sys.exit(code)
 
 
-@click.group()
+@click.group(cls=_Group)
 @click.version_option(package_name="toolchain")
 def main():
     """Build PyTorch models into validated edge artifacts (x86 int8 ONNX, CUDA fp16 ONNX, ARM int8 TFLite)."""
@@ -84,9 +97,11 @@ def validate(spec, out_root, targets, targets_dir):
 @click.option("--version", "version", required=True, help="Release version recorded in the manifest.")
 @click.option("-o", "--out", "dist", required=True, help="Bundle directory to write (DIST and DIST.tar.gz).")
 @click.option("--allow-failed", is_flag=True, help="Also package artifacts that failed their gate or were skipped (marked so in the manifest).")
+@click.option("--require-all", is_flag=True,
+              help="Fail (exit 3) naming each target a spec asks for that is missing, skipped, failed or stale.")
 @click.option("--sign-key", default=None, type=click.Path(dir_okay=False),
               help="ed25519 private key (PEM, from `toolchain keygen`): sign the provenance as a DSSE envelope.")
-def package(build_dir, version, dist, allow_failed, sign_key):
+def package(build_dir, version, dist, allow_failed, require_all, sign_key):
     """Bundle every passed artifact of BUILD_DIR with manifest.json, checksums and an in-toto provenance."""
     from .package import package as do_package
 
@@ -95,7 +110,7 @@ def package(build_dir, version, dist, allow_failed, sign_key):
         from .signing import load_signer
 
         signer = _run(load_signer, sign_key)
-    manifest = _run(do_package, build_dir, version, dist, allow_failed, signer)
+    manifest = _run(do_package, build_dir, version, dist, allow_failed, require_all, signer)
     click.echo(f"{dist}: {len(manifest['artifacts'])} artifacts, {len(manifest['excluded'])} left out; "
                f"{dist}.tar.gz")
     for x in manifest["excluded"]:

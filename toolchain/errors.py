@@ -16,6 +16,7 @@ EXIT_REGISTRY_AUTH = 11  # the registry refused the credentials, or wants some a
 EXIT_TAG_EXISTS = 12  # the tag already holds other content (`publish --force` replaces it)
 EXIT_NOT_RELEASABLE = 13  # the bundle was packaged from failed or stale reports, or with --allow-failed
 EXIT_REGISTRY_REFUSED = 14  # the registry refused a request for another reason (read-only, quota, unsupported)
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it: temp files removed, the last report marked stale
 
 import errno as _errno  # noqa: E402
 

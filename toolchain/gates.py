@@ -11,8 +11,8 @@ def judge(name, validation: dict, budget: float, transform_meta: dict) -> dict:
                     "reason": f"{cpu['non_finite_outputs']} NaN/Inf values in the artifact's outputs on the "
                               f"evaluation data (checked on the CPU provider; {validation['reason']})"}
         if cpu and not cpu["metric_drop"] <= budget:
-            notes.append(f"on the CPU provider the metric drop is {cpu['metric_drop']:.3f}, over the budget "
-                         f"{budget}: expect this target to fail where it can run")
+            notes.append(f"on the CPU provider the metric drop is {_beside(cpu['metric_drop'], budget)}, over the "
+                         f"budget {budget}: expect this target to fail where it can run")
         return {"status": validation["status"], "reason": validation["reason"], "notes": notes}
     reasons = []
     if validation["non_finite_outputs"]:
@@ -20,7 +20,7 @@ def judge(name, validation: dict, budget: float, transform_meta: dict) -> dict:
                        "evaluation data")
     drop = validation["metric_drop"]
     if not drop <= budget:  # NaN-safe: a NaN drop fails
-        reasons.append(f"metric drop {drop:.3f} exceeds the budget max_metric_drop={budget}")
+        reasons.append(f"metric drop {_beside(drop, budget)} exceeds the budget max_metric_drop={budget}")
     speedup = validation.get("speedup_vs_unpruned")
     if speedup is not None and speedup <= 1.0:
         notes.append(f"PRUNING DID NOT PAY: the pruned artifact's p50 is {1 / speedup:.2f}x the unpruned one's on "
@@ -31,6 +31,21 @@ def judge(name, validation: dict, budget: float, transform_meta: dict) -> dict:
     if reasons:
         return {"status": "failed", "reason": "; ".join(reasons), "notes": notes}
     return {"status": "passed", "reason": "", "notes": notes}
+
+
+def _beside(value, budget) -> str:
+    """value with enough significant digits to see on which side of the budget it lies (1.8e-05 vs 1e-05, not
+    0.000; 12.35 vs 12.34, not 12.3)."""
+    try:
+        value, budget = float(value), float(budget)
+    except (TypeError, ValueError):
+        return str(value)
+    for digits in range(3, 18):
+        text = f"{value:.{digits}g}"
+        shown = float(text)
+        if value != value or (shown != budget and (shown > budget) == (value > budget)):
+            return text
+    return repr(value)
 
 
 def _slower_note(ratio, validation, transform_meta):

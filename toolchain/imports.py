@@ -27,10 +27,35 @@ def import_ref(ref: str, paths, spec_path, key):
             module = importlib.import_module(module_name)
         except ImportError as e:
             raise SpecError(spec_path, key, f"cannot import {module_name!r}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - the user's module fails as it is imported: theirs to fix
+            raise SpecError(spec_path, key, f"importing {module_name!r} raised {_describe(e)}") from None
     obj = getattr(module, attr, None)
     if obj is None or not callable(obj):
         raise SpecError(spec_path, key, f"{module_name!r} has no callable {attr!r}")
     return obj
+
+
+def call_user(fn, kwargs, spec_path, key, ref, args_key=None):
+    """Call the user's factory or data function. Arguments it does not take name args_key; anything it raises
+    is the spec's problem (one line naming the key), not a toolchain bug."""
+    import inspect
+
+    if args_key is not None:
+        try:
+            inspect.signature(fn).bind(**kwargs)
+        except TypeError as e:
+            raise SpecError(spec_path, args_key, f"{ref} does not take these arguments: {e}") from None
+        except ValueError:  # no signature to read (a builtin): let the call say
+            pass
+    try:
+        return fn(**kwargs)
+    except Exception as e:  # noqa: BLE001 - a bug in the user's code, named with the key that points at it
+        raise SpecError(spec_path, key, f"{ref} raised {_describe(e)}") from None
+
+
+def _describe(e: BaseException) -> str:
+    text = " ".join(str(e).split())[:300]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def module_sources(ref: str, paths) -> list:

@@ -15,7 +15,8 @@ from pathlib import Path
 from . import __version__
 from .cache import write_json_atomic
 from .digest import sha256_file
-from .errors import EXIT_VERIFY_FAILED, ToolchainError
+from . import debris
+from .errors import EXIT_GATE_FAILED, EXIT_VERIFY_FAILED, ToolchainError
 from .provenance import FILES as PROVENANCE_FILES
 from .provenance import model_provenance
 from .provenance import write as write_provenance
@@ -27,6 +28,10 @@ _ONNX_TYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 2: "uint8", 
 
 class VerifyError(ToolchainError):
     exit_code = EXIT_VERIFY_FAILED
+
+
+class RequireAllError(ToolchainError):
+    exit_code = EXIT_GATE_FAILED  # a release that must hold every target does not
 
 
 def onnx_signature(path) -> dict:
@@ -42,17 +47,32 @@ def onnx_signature(path) -> dict:
             "outputs": [describe(v) for v in graph.output]}
 
 
-def package(build_dir, version, dist, allow_failed=False, signer=None) -> dict:
+UNFINISHED = ("stale", "error")  # report statuses of builds that did not finish: refused unless --allow-failed
+
+
+def _unfinished(report) -> bool:
+    """A build that did not finish, or whose shared stages failed (no target was built)."""
+    return report.get("status") in UNFINISHED or (report.get("status") == "stage-failed"
+                                                   and not report.get("reference"))
+
+
+def package(build_dir, version, dist, allow_failed=False, require_all=False, signer=None) -> dict:
     build_dir, dist = Path(build_dir), Path(dist)
     reports = sorted(build_dir.glob("*/report.json"))
     if not reports:
         raise ToolchainError(f"{build_dir}: no report.json under it (run toolchain build first)")
-    staging = Path(tempfile.mkdtemp(prefix=".package-", dir=dist.parent if dist.parent.exists() else None))
+    loaded = [(rp, _read_report(rp)) for rp in reports]
+    _check_finished(loaded, allow_failed)
+    if require_all:
+        _check_all_passed(loaded)
+    _check_dist(build_dir, dist)
+    debris.reclaim(dist.parent, (".package",))  # staging folders of killed runs
+    staging = dist.parent / debris.owned_name(".package")
+    staging.mkdir()  # default permissions (umask), not mkdtemp's 0700: the bundle is for others to read
     manifest = {"format_version": 1, "release_version": version, "toolchain_version": __version__,
                 "artifacts": [], "excluded": [], "models": {}}
     try:
-        for rp in reports:
-            report = json.loads(rp.read_text())
+        for rp, report in loaded:
             model_dir = rp.parent
             model = report["model"]
             manifest["models"][model] = {"version": report.get("version"), "reference": report.get("reference"),
@@ -60,7 +80,8 @@ def package(build_dir, version, dist, allow_failed=False, signer=None) -> dict:
                                          "provenance": model_provenance(report.get("provenance")),
                                          "fp32_onnx_sha256": (report.get("fp32_onnx") or {}).get("sha256")}
             for name, t in sorted(report.get("targets", {}).items()):
-                ok = t["status"] == "passed" or (allow_failed and "artifact" in t)
+                ok = (t["status"] == "passed" and not _unfinished(report)) or \
+                    (allow_failed and "artifact" in t)
                 if not ok or "artifact" not in t:
                     manifest["excluded"].append({"model": model, "target": name, "status": t["status"],
                                                  "reason": t.get("reason") or f"status {t['status']}"})
@@ -96,6 +117,70 @@ def package(build_dir, version, dist, allow_failed=False, signer=None) -> dict:
         shutil.rmtree(staging, ignore_errors=True)
     _tar_reproducibly(dist, dist.with_name(dist.name + ".tar.gz"))
     return manifest
+
+
+def _read_report(rp: Path) -> dict:
+    """A report.json as package needs it, or one line naming the file."""
+    try:
+        report = json.loads(rp.read_text())
+    except (OSError, ValueError) as e:
+        raise ToolchainError(f"{rp}: not a readable report ({type(e).__name__}: {e}); rebuild this model") from None
+    targets = report.get("targets") if isinstance(report, dict) else None
+    if not isinstance(targets, dict) or not isinstance(report.get("model"), str) or not all(
+            isinstance(t, dict) and isinstance(t.get("status"), str) for t in targets.values()):
+        raise ToolchainError(f"{rp}: not a build report (no model, or targets without a status); rebuild this model")
+    return report
+
+
+def _check_finished(loaded, allow_failed):
+    """A report of a build that did not finish (killed, interrupted, failed on its inputs or a bug) is refused."""
+    if allow_failed:
+        return
+    for rp, report in loaded:
+        if _unfinished(report):
+            what = "did not finish" if report.get("status") == "stale" else "failed"
+            raise ToolchainError(f"{rp}: the last build of {report['model']} {what} ({report['status']}: "
+                                 f"{report.get('reason') or 'no reason recorded'}); rebuild it, or pass "
+                                 "--allow-failed to bundle the rest with this model marked")
+
+
+def _check_all_passed(loaded):
+    """--require-all: every target each spec asks for is in the report and passed."""
+    problems = []
+    for rp, report in loaded:
+        names = report.get("spec_targets") or sorted(report["targets"])
+        for name in names:
+            t = report["targets"].get(name)
+            if t is None:
+                problems.append(f"{report['model']} {name} (missing: not built)")
+            elif t["status"] != "passed" or _unfinished(report):
+                why = " ".join(str(t.get("reason") or "").split())[:160]
+                problems.append(f"{report['model']} {name} ({t['status']}{': ' + why if why else ''})")
+    if problems:
+        raise RequireAllError(f"--require-all: {len(problems)} target(s) not passed: " + "; ".join(problems))
+
+
+def _check_dist(build_dir: Path, dist: Path):
+    """-o must be a new or bundle directory outside the build directory, and its parent is created."""
+    b, d = build_dir.resolve(), dist.resolve()
+    if d == b or b in d.parents:
+        raise ToolchainError(f"-o {dist}: is inside the build directory {build_dir}; packaging there would replace "
+                             "the build (name a directory outside it)")
+    if d in b.parents:
+        raise ToolchainError(f"-o {dist}: holds the build directory {build_dir}; packaging there would delete it")
+    if dist.exists() or dist.is_symlink():
+        if not dist.is_dir() or dist.is_symlink():
+            raise ToolchainError(f"-o {dist}: exists and is not a directory (name a new bundle directory)")
+        if any(dist.iterdir()) and not (dist / MANIFEST).is_file():
+            raise ToolchainError(f"-o {dist}: exists and is not a release bundle (no {MANIFEST}); refusing to "
+                                 "replace it")
+    tarball = dist.with_name(dist.name + ".tar.gz")
+    if tarball.exists() and not tarball.is_file():
+        raise ToolchainError(f"-o {dist}: {tarball} exists and is not a file")
+    try:
+        dist.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ToolchainError(f"-o {dist}: cannot create {dist.parent} ({e.strerror or e})") from None
 
 
 def _reproducible(t) -> dict:
@@ -161,12 +246,32 @@ def verify(dist) -> dict:
     return verify_dir(dist, label=dist)
 
 
+ARTIFACT_FIELDS = {"path": str, "sha256": str, "size_bytes": int}  # what verify reads from each entry
+
+
+def _check_manifest_types(artifacts, label):
+    """A manifest whose fields have the wrong types is a bundle that does not match (exit 5), never a crash."""
+    if not isinstance(artifacts, list):
+        raise VerifyError(f"{label}: {MANIFEST}: artifacts must be a list, got {type(artifacts).__name__}")
+    for i, a in enumerate(artifacts):
+        if not isinstance(a, dict):
+            raise VerifyError(f"{label}: {MANIFEST}: artifacts[{i}] must be an object, got {type(a).__name__}")
+        for key, want in ARTIFACT_FIELDS.items():
+            v = a.get(key)
+            if not isinstance(v, want) or isinstance(v, bool):
+                raise VerifyError(f"{label}: {MANIFEST}: artifacts[{i}].{key} must be {want.__name__}, got "
+                                  f"{type(v).__name__} {v!r:.80}")
+        if not a["path"] or "\0" in a["path"]:
+            raise VerifyError(f"{label}: {MANIFEST}: artifacts[{i}].path is not a usable path: {a['path']!r:.80}")
+
+
 def verify_dir(root: Path, label) -> dict:
     try:
         manifest = json.loads((root / MANIFEST).read_text())
         artifacts = manifest["artifacts"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise VerifyError(f"{root / MANIFEST}: missing or unreadable manifest ({e})") from None
+    _check_manifest_types(artifacts, label)
     listed = set()
     for a in artifacts:
         p = root / a["path"]

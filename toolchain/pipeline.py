@@ -16,6 +16,7 @@ from . import __version__
 from .cache import StageCache
 from .digest import sha256_arrays, sha256_file, sha256_json, sha256_sources
 from .errors import StageError, ToolchainError
+from .faults import checkpoint
 from .hostinfo import host_id
 from .imports import module_sources
 from .progress import Progress
@@ -154,17 +155,21 @@ class Pipeline:
         label = self.label_prefix + _label(st)
         self.keys[label] = st.key_inputs
         name = self.label_prefix + st.name
+        checkpoint(st.name)
         entry = self.cache.get(st.name, st.key)
         if entry is not None:
             self.progress.line(name, st.target, "cached")
+            checkpoint(f"{st.name}.done")
             return entry
         self.progress.line(name, st.target, "running")
         t0 = time.monotonic()
         with self.cache.writer(st.name, st.key) as tmp:
             meta = st.produce(tmp)
+            checkpoint(f"{st.name}.written")  # outputs in the cache's tmp/, not yet published
             entry = self.cache.publish(tmp, st.name, st.key, meta, st.key_inputs)
         self.ran.append((self.label_prefix + st.name, st.target))
         self.progress.line(name, st.target, "done", time.monotonic() - t0)
+        checkpoint(f"{st.name}.done")
         return entry
 
     def _transform_params(self, name, target):

@@ -193,9 +193,27 @@ def _existing_file(spec_path, key, rel) -> Path:
         if p.is_file():
             return p
         problem = "is not a file" if p.exists() else "file not found"
-    except (OSError, ValueError) as e:  # over-long names, NUL bytes, loops
-        problem, p = f"unusable path ({e})", rel
+    except (OSError, ValueError, RuntimeError) as e:  # over-long names, NUL bytes, loops (3.11: RuntimeError)
+        problem, p = f"unusable path ({_path_problem(e)})", rel
     raise SpecError(spec_path, key, f"{problem}: {p}")
+
+
+def _path_problem(e: BaseException) -> str:
+    if isinstance(e, RuntimeError) or getattr(e, "errno", None) == 40:  # ELOOP
+        return "a symlink loop"
+    return str(e)
+
+
+def _memory_bytes():
+    try:
+        import os
+
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+ITEMSIZE = {"float32": 4, "float16": 2, "int64": 8, "int32": 4, "uint8": 1, "int8": 1, "bool": 1}
 
 
 def load_spec(path, need_weights=True) -> BuildSpec:
@@ -237,10 +255,13 @@ def parse_spec(path: Path, raw: dict, need_weights=True) -> BuildSpec:
     for i, p in enumerate(pp):
         if not isinstance(p, str) or "\0" in p:
             raise SpecError(path, f"model.python_path[{i}]", f"must be a directory path (string), got {p!r}")
-    try:
-        python_path = tuple(str((path.parent / p).resolve()) for p in pp)
-    except (OSError, ValueError) as e:
-        raise SpecError(path, "model.python_path", f"unusable path ({e})") from None
+    python_path = []
+    for i, p in enumerate(pp):
+        try:
+            python_path.append(str((path.parent / p).resolve()))
+        except (OSError, ValueError, RuntimeError) as e:  # a symlink loop is a RuntimeError on 3.11
+            raise SpecError(path, f"model.python_path[{i}]", f"unusable path {p!r} ({_path_problem(e)})") from None
+    python_path = tuple(python_path)
 
     inputs = _tensors(path, top, "inputs", with_shape=True)
     outputs = _tensors(path, top, "outputs", with_shape=False)
@@ -307,6 +328,12 @@ def _tensors(path, top, key, with_shape):
         if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
             raise SpecError(path, t.key("shape"), f"must be a non-empty list of positive integers, got {shape!r}")
         dtype = t.get("dtype", (str,), "float32", check=_one_of(DTYPES))
+        size, memory = ITEMSIZE[dtype], _memory_bytes()
+        for d in shape:
+            size *= d
+        if memory and size > memory:  # export and latency allocate one example of this shape
+            raise SpecError(path, t.key("shape"), f"{shape!r} of {dtype} is {size / 2**30:.3g} GiB per example, more "
+                                                  f"than this machine's {memory / 2**30:.3g} GiB of memory")
         dyn_raw = t.get("dynamic_axes", (dict,), {"0": "batch"})
         dyn = {}
         for ax, axname in dyn_raw.items():

@@ -40,13 +40,16 @@ def context(spec, options: dict) -> dict:
             "options": sha256_json(options)}
 
 
-def write(model_dir: Path, spec, target_files, options, outputs, stages, exit_code):
+def write(model_dir: Path, spec, target_files, options, outputs, stages, exit_code, pending=None):
+    """pending: final path -> a whole temp file that will be renamed onto it after the stamp (a rename keeps
+    size and mtime), so the report can be committed last."""
     from .cache import write_json_atomic
 
+    pending = pending or {}
     record = {
         "context": context(spec, options),
         "inputs": {f: [*_stat(f), sha256_file(f)] for f in input_files(spec, target_files)},
-        "outputs": {str(p): _stat(p) for p in outputs},
+        "outputs": {str(p): _stat(pending.get(p, p)) for p in outputs},
         # Keep what earlier builds recorded of stages this one did not plan (e.g. another --target), so
         # --explain can still say what changed for them.
         "stages": {**(read(model_dir) or {}).get("stages", {}), **stages},
@@ -55,18 +58,41 @@ def write(model_dir: Path, spec, target_files, options, outputs, stages, exit_co
     write_json_atomic(model_dir / STAMP, record)
 
 
+def invalidate(model_dir: Path, why: str):
+    """The next build must rerun (a build began, or ended other than by success); keep the stage keys for
+    --explain."""
+    from .cache import write_json_atomic
+
+    record = read(model_dir)
+    if record is None:
+        (model_dir / STAMP).unlink(missing_ok=True)
+        return
+    record["incomplete"] = why
+    write_json_atomic(model_dir / STAMP, record)
+
+
 def read(model_dir: Path):
     try:
-        return json.loads((model_dir / STAMP).read_text())
+        record = json.loads((model_dir / STAMP).read_text())
     except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
 
 
 def up_to_date(model_dir: Path, spec, target_files, options) -> tuple:
     """(True, record) when nothing changed since the stamp was written; else (False, first reason)."""
+    try:
+        return _up_to_date(model_dir, spec, target_files, options)
+    except (KeyError, TypeError, ValueError):  # a damaged stamp is no stamp
+        return False, "the stamp is unreadable"
+
+
+def _up_to_date(model_dir: Path, spec, target_files, options) -> tuple:
     record = read(model_dir)
-    if record is None:
+    if not isinstance(record, dict):
         return False, "no previous build"
+    if record.get("incomplete"):
+        return False, record["incomplete"]
     if record.get("context") != context(spec, options):
         return False, "toolchain, library versions, host or options changed"
     files = input_files(spec, target_files)

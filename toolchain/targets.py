@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SpecError
-from .spec import _Table, _in_range, _one_of
+from .options import check_table, defaults
+from .spec import _Table
 
 # (format, precision) -> the stage that turns the fp32 ONNX graph into the artifact (None: ship fp32 as is).
 TRANSFORMS = {
@@ -20,7 +21,7 @@ TRANSFORMS = {
     ("tflite", "int8"): "tflite",
 }
 RUNTIMES = ("onnxruntime", "litert")
-LATENCY_DEFAULTS = {"warmup": 20, "runs": 200, "batch": 1}
+LATENCY_DEFAULTS = {k: v for k, v in defaults("latency").items() if k != "io_binding"}
 
 
 @dataclass(frozen=True)
@@ -66,30 +67,47 @@ def load_target(name: str, targets_dir=None, overrides=None, spec_path=None) -> 
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SpecError(path, None, f"invalid TOML: {e}") from None
+    except RecursionError:
+        raise SpecError(path, None, "invalid TOML: nested too deeply") from None
+    except OSError as e:
+        raise SpecError(path, None, f"cannot be read ({e.strerror or e})") from None
+    checked = check_table(path, "", raw, "target", required=("format", "precision", "runtime"))
     t = _Table(path, "", raw)
-    t.reject_unknown({"name", "description", "format", "precision", "runtime", "providers", "threads",
-                      "quantize", "fp16", "convert", "latency", "runtime_options"})
-    fmt = t.get("format", (str,), check=_one_of(("onnx", "tflite")))
-    precision = t.get("precision", (str,), check=_one_of(("fp32", "fp16", "int8")))
+    fmt, precision, runtime = checked["format"], checked["precision"], checked["runtime"]
     if (fmt, precision) not in TRANSFORMS:
         raise SpecError(path, "precision", f"{precision} is not supported for format {fmt}")
-    runtime = t.get("runtime", (str,), check=_one_of(RUNTIMES))
-    providers = t.get("providers", (list,), ["CPUExecutionProvider"])
-    threads = t.get("threads", (int,), 1, check=_in_range(0, 256))
+    providers = checked.get("providers", ["CPUExecutionProvider"])
+    if runtime == "onnxruntime":
+        check_providers(path, providers)
+    threads = checked.get("threads", 1)
     tables = {}
+    # Every option of every table, the target file's and the spec's overrides, typed and checked here, before
+    # any stage runs (an error in an override names the spec and its key).
     for k in ("quantize", "fp16", "convert", "latency"):
-        tables[k] = {**t.get(k, (dict,), {}), **(overrides or {}).get(k, {})}
-    checks = [(path, "latency", tables["latency"])]
-    if "latency" in (overrides or {}):  # an error in the spec's override names the spec and its key
-        checks.insert(0, (spec_path or path, f"targets.{name}.latency", overrides["latency"]))
-    for where, prefix, table in checks:
-        lat = _Table(where, prefix, table)
-        lat.reject_unknown({"warmup", "runs", "batch", "io_binding"})
-        for k in ("warmup", "runs", "batch"):
-            lat.get(k, (int,), 1, check=_in_range(1, 100_000))
+        own, over = raw.get(k, {}), (overrides or {}).get(k, {})
+        check_table(path, k, own, "convert" if k == "convert" else k)
+        if over:
+            check_table(spec_path or path, f"targets.{name}.{k}", over, "convert" if k == "convert" else k)
+        tables[k] = {**own, **over}
     tables["runtime_options"] = _runtime_options(path, t)
-    return Target(t.get("name", (str,), name), path, t.get("description", (str,), ""), fmt, precision, runtime,
+    return Target(checked.get("name", name), path, checked.get("description", ""), fmt, precision, runtime,
                   tuple(providers), threads, tables)
+
+
+def check_providers(path, providers):
+    """A provider this onnxruntime does not know at all is a typo in the target file (a known one whose device or
+    library is missing here makes the target `skipped` later, with that reason)."""
+    import difflib
+
+    import onnxruntime as ort
+
+    known = ort.get_all_providers()
+    for i, p in enumerate(providers):
+        if p not in known:
+            close = difflib.get_close_matches(p, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+            raise SpecError(path, f"providers[{i}]", f"unknown execution provider {p!r} for onnxruntime "
+                                                     f"{ort.__version__} ({hint})")
 
 
 def _runtime_options(path, t) -> list:
@@ -100,13 +118,12 @@ def _runtime_options(path, t) -> list:
         raise SpecError(path, "runtime_options", "must be an array of tables ([[runtime_options]])")
     out, seen = [], set()
     for i, item in enumerate(raw):
+        check_table(path, f"runtime_options[{i}]", item, "runtime_options", required=("name",))
         c = _Table(path, f"runtime_options[{i}]", item)
-        c.reject_unknown({"name", "graph_optimization", "provider_options"})
         name = c.get("name", (str,))
         if name in seen:
             raise SpecError(path, c.key("name"), f"duplicate candidate name {name!r}")
         seen.add(name)
-        c.get("graph_optimization", (str,), "all", check=_one_of(("all", "extended", "basic", "disabled")))
         for prov, opts in c.get("provider_options", (dict,), {}).items():
             if not isinstance(opts, dict) or not all(isinstance(v, str) for v in opts.values()):
                 raise SpecError(path, c.key(f"provider_options.{prov}"), "must be a table of string options")

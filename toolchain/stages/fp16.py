@@ -15,22 +15,19 @@ a cuda artifact. Neither pattern occurs in a plain CNN, whose conversion is unch
 """
 
 from ..errors import StageError, reraise_write_error
+from ..options import check_table, defaults
 
 NAME = "fp16"
 VERSION = 5
 LIBRARIES = ("onnxconverter-common", "onnx", "onnxruntime", "numpy")
 OUTPUT = "model.fp16.onnx"
-DEFAULTS = {"keep_io_types": True, "op_block_list": [], "range_guard": True}
+DEFAULTS = defaults("fp16")  # options, types and defaults: options.SCHEMAS["fp16"]
 FP16_MAX = 65504.0
 MARGIN = 0.5  # keep float32 what comes within 2x of the fp16 limit on calibration data
 
 
 def params_for(table: dict, path, prefix="fp16") -> dict:
-    from ..errors import SpecError
-
-    unknown = set(table) - set(DEFAULTS)
-    if unknown:
-        raise SpecError(path, prefix, f"unknown option(s): {', '.join(sorted(unknown))}")
+    check_table(path, prefix, table, "fp16")  # unknown keys, types, allowed values
     return {**DEFAULTS, **table}
 
 

@@ -27,18 +27,19 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from ..debris import scratch_dir
 from ..errors import StageError, reraise_write_error
+from ..options import check_table, defaults
 
 NAME = "litert_torch"
 VERSION = 1
 LIBRARIES = ("torch", "ai-edge-litert")
 OUTPUT = "model.int8.tflite"
 BASELINE = "model.fp32.tflite"
-DEFAULTS = {"converter": "litert-torch", "recipe": "dynamic_wi8_afp32", "timeout_s": 900, "venv": ".venv-litert"}
+DEFAULTS = defaults("convert:litert-torch")  # options, types and defaults: options.SCHEMAS
 # Recipes that need no calibration data, and what each makes of the model.
 RECIPES = {
     "dynamic_wi8_afp32": "dynamic-range int8: int8 weights, float activations",
@@ -57,9 +58,10 @@ CHECK_FAILED = 3
 def params_for(table: dict, path, prefix="convert") -> dict:
     from ..errors import SpecError
 
-    unknown = set(table) - set(DEFAULTS)
-    if unknown:
-        raise SpecError(path, prefix, f"unknown option(s): {', '.join(sorted(unknown))}")
+    from ..spec import _Table
+
+    _Table(path, prefix, table).reject_unknown(set(DEFAULTS))  # did-you-mean
+    check_table(path, prefix, table, "convert:litert-torch")  # types, allowed values
     params = {**DEFAULTS, **table}
     if params["converter"] != "litert-torch":
         raise SpecError(path, f"{prefix}.converter",
@@ -142,7 +144,7 @@ def run(model, params: dict, out_dir, spec, target_name) -> dict:
                                f"{torch.__version__}; a torch.export program loads only on the torch that saved it: "
                                "`make venv-litert` rebuilds the side venv", target_name)
     timings = {}
-    with tempfile.TemporaryDirectory(prefix="toolchain-litert-torch-") as scratch:
+    with scratch_dir("toolchain-litert-torch") as scratch:
         scratch = Path(scratch)
         t0 = time.monotonic()
         named = export_program(model, spec, scratch / "model.pt2", target_name)

@@ -4,29 +4,23 @@ calibration data, or dynamic). We choose the settings; ORT does the quantizing."
 import shutil
 
 from ..errors import StageError, reraise_write_error
+from ..options import check_table, defaults
 
 NAME = "quantize"
 VERSION = 2
 LIBRARIES = ("onnxruntime", "onnx", "numpy")
 OUTPUT = "model.int8.onnx"
 
-DEFAULTS = {"method": "static", "per_channel": True, "activation_type": "uint8", "weight_type": "int8",
-            "calibrate_method": "minmax", "nodes_to_exclude": [], "op_types_to_quantize": [],
-            "preprocess": True,
-            # method = "auto": the precision plan (stages/plan.py) chooses scheme and float nodes by measurement
-            "schemes": ["static_u8s8", "static_s8s8", "dynamic_s8", "static_u8s8_by_resolution"],
-            "force_float": [], "force_int8": [],
-            "time_budget_s": 300, "speed_search": True}
+# Options, types and defaults: options.SCHEMAS["quantize"]. method = "auto": the precision plan (stages/plan.py)
+# chooses scheme and float nodes by measurement.
+DEFAULTS = defaults("quantize")
 KNOWN = set(DEFAULTS)
 
 
 def params_for(target_table: dict, path, prefix="quantize") -> dict:
     from ..errors import SpecError
 
-    unknown = set(target_table) - KNOWN
-    if unknown:
-        raise SpecError(path, prefix, f"unknown option(s): {', '.join(sorted(unknown))} "
-                                              f"(known: {', '.join(sorted(KNOWN))})")
+    check_table(path, prefix, target_table, "quantize")  # unknown keys, types, allowed values
     params = {**DEFAULTS, **target_table}
     for k in ("schemes", "force_float", "force_int8", "nodes_to_exclude", "op_types_to_quantize"):
         if not isinstance(params[k], list) or not all(isinstance(v, str) for v in params[k]):

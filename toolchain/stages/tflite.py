@@ -23,11 +23,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from ..debris import scratch_dir
 from ..errors import StageError
+from ..options import SCHEMAS, check_table, defaults
 from . import tflite_plan
 from .tflite_worker import FP32_MISMATCH, LITERT_FAILED  # the --check child's verdicts
 
@@ -37,8 +38,7 @@ LIBRARIES = ("onnx2tf", "tensorflow", "onnx", "onnxsim", "numpy")
 OUTPUT = "model.int8.tflite"
 BASELINE = "model.fp32.tflite"
 # routes: "auto" picks rewrites and flags from the graph's ops (below); "plain" converts the graph as it is, once.
-DEFAULTS = {"converter": "onnx2tf", "timeout_s": 900, "per_channel": True, "extra_flags": {}, "routes": "auto",
-            **tflite_plan.DEFAULTS}
+DEFAULTS = defaults("convert")  # options, types and defaults: options.SCHEMAS["convert"]
 # onnx2tf looks for this file in its working directory before downloading it (STACK.md, offline trap).
 SAMPLE_DATA = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
@@ -46,9 +46,11 @@ SAMPLE_DATA = "calibration_image_sample_data_20x128x128x3_float32.npy"
 def params_for(table: dict, path, prefix="convert") -> dict:
     from ..errors import SpecError
 
-    unknown = set(table) - set(DEFAULTS)
-    if unknown:
-        raise SpecError(path, prefix, f"unknown option(s): {', '.join(sorted(unknown))}")
+    if table.get("converter", "onnx2tf") == "onnx2tf":
+        from ..spec import _Table
+
+        _Table(path, prefix, table).reject_unknown(set(SCHEMAS["convert"]))  # litert-torch's options: not here
+    check_table(path, prefix, table, "convert")  # unknown keys, types, allowed values
     params = {**DEFAULTS, **table}
     if params["converter"] != "onnx2tf":
         raise SpecError(path, f"{prefix}.converter", f"unknown converter {params['converter']!r} (known: onnx2tf)")
@@ -117,7 +119,7 @@ def run(fp32_path, params: dict, out_dir, calibration: dict, spec, target_name, 
     else:
         routes = [_route([], {}, 'convert.routes = "plain": the graph as it is')]
     tried = []
-    with tempfile.TemporaryDirectory(prefix="toolchain-onnx2tf-") as scratch:
+    with scratch_dir("toolchain-onnx2tf") as scratch:
         scratch = Path(scratch)
         np.save(scratch / SAMPLE_DATA, np.zeros((20, 128, 128, 3), np.float32))
         calib = []

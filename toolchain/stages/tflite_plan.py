@@ -21,8 +21,10 @@ import time
 from pathlib import Path
 
 from ..errors import StageError
+from ..options import defaults
 
-DEFAULTS = {"precision": "full_integer", "force_float": [], "force_int8": [], "plan_time_budget_s": 600}
+DEFAULTS = {k: v for k, v in defaults("convert").items()
+            if k in ("precision", "force_float", "force_int8", "plan_time_budget_s")}
 PRECISIONS = ("full_integer", "auto")
 # Ops that only move data: no arithmetic for int8 to get wrong, so they are not units of the search.
 LAYOUT_OPS = {"PAD", "RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "CONCATENATION", "GATHER", "SLICE",

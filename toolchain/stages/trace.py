@@ -32,7 +32,14 @@ def run(model, params: dict, out_dir, inputs, outputs) -> dict:
     import onnx
     import torch
 
-    args = example_inputs(inputs, torch)
+    try:
+        args = example_inputs(inputs, torch)
+    except (RuntimeError, MemoryError) as e:  # the spec's example shapes cannot be allocated here
+        from ..errors import DataError
+
+        shapes = ", ".join(f"{t.name} {list(t.shape)}" for t in inputs)
+        raise DataError(f"inputs: cannot allocate example inputs of the spec's shapes ({shapes}): "
+                        f"{' '.join(str(e).split())[:200]}") from None
     with torch.no_grad():
         try:
             result = model(*args)
