@@ -41,7 +41,7 @@ def main():
 @click.option("-o", "--out", "out_root", default="build", show_default=True, help="Build directory.")
 @click.option("--cache-dir", default=None, help="Stage cache (default: OUT/.cache).")
 @click.option("-t", "--target", "targets", multiple=True, help="Build only these targets of the spec.")
-@click.option("--targets-dir", default=None, help="Directory of target files (default: the repo's targets/).")
+@click.option("--targets-dir", default=None, help="A directory of your own target files; they add to the built-in targets (same name: yours wins).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 @click.option("--explain", is_flag=True, help="Build nothing; list each stage that would run and why.")
 def build(spec, out_root, cache_dir, targets, targets_dir, quiet, explain):
@@ -67,7 +67,7 @@ def build(spec, out_root, cache_dir, targets, targets_dir, quiet, explain):
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", "out_root", default="build", show_default=True, help="Build directory.")
 @click.option("-t", "--target", "targets", multiple=True, help="Validate only these targets.")
-@click.option("--targets-dir", default=None, help="Directory of target files (default: the repo's targets/).")
+@click.option("--targets-dir", default=None, help="A directory of your own target files; they add to the built-in targets (same name: yours wins).")
 def validate(spec, out_root, targets, targets_dir):
     """Re-validate built artifacts of SPEC on this machine's runtimes (e.g. cuda on a GPU host); no rebuild."""
     from .api import validate as do_validate
