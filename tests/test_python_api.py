@@ -176,3 +176,16 @@ def test_wheel_builds_a_model_outside_the_checkout(tmp_path, write_spec):
     assert p.returncode == 0, p.stderr
     report = json.loads((tmp_path / "out" / "tiny_cnn" / "report.json").read_text())
     assert report["targets"]["x86_64"]["status"] == "passed"
+
+
+def test_int8_onnx_records_what_onnx_runtime_runs_in_int8(x86_build):
+    """The NOT FASTER note's promise: the op counts of ORT's optimized graph are measured and reported."""
+    from toolchain.gates import judge
+
+    t = x86_build.report["targets"]["x86_64"]
+    ops = t["optimized_op_counts"]
+    assert ops and sum(ops.values()) > 0
+    assert any(k.startswith("QLinear") for k in ops), ops  # uint8 activations: the convs run int8
+    validation = {"non_finite_outputs": 0, "metric_drop": 0.0, "latency_ratio": 1.2, "optimized_op_counts": ops}
+    note = judge("x86_64", validation, 1.0, {})["notes"][0]
+    assert "NOT FASTER" in note and "compute ops run in int8" in note

@@ -28,7 +28,7 @@ def target_entry(name, res, gate, model_dir, budget) -> dict:
     for k in ("latency_ms", "baseline_latency_ms", "latency_ratio", "latency_protocol", "device", "providers",
               "host", "threads", "io", "latency_note",
               "unpruned_latency_ms", "speedup_vs_unpruned", "runtime_options",
-              "baseline_same_options_latency_ms"):
+              "baseline_same_options_latency_ms", "optimized_op_counts"):
         if k in v:
             entry[k] = v[k]
     if res.get("transform"):

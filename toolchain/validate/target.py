@@ -86,6 +86,11 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
                                     "interleaved_with": "fp32 baseline (default runtime options)",
                                     "artifact_runtime_options": (chosen or {}).get("name", "default"),
                                     "timing": session.timing_method})
+    if target.runtime == "onnxruntime" and target.precision == "int8":  # what really runs int8 (NOT FASTER notes)
+        from ..runtimes.onnxruntime import optimized_op_counts
+
+        result["optimized_op_counts"] = optimized_op_counts(
+            artifact, (chosen or {}).get("graph_optimization", "all"), target.threads)
     return result
 
 
