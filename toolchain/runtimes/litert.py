@@ -40,8 +40,11 @@ class LiteRTSession:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as e:
             raise RuntimeUnavailable(f"ai-edge-litert is not installed ({e})") from None
-        self.interp = Interpreter(model_path=str(path), num_threads=threads)
-        self.interp.allocate_tensors()
+        from ..native_stderr import without_native_info
+
+        with without_native_info():  # "INFO: Created TensorFlow Lite XNNPACK delegate" would leak past -q
+            self.interp = Interpreter(model_path=str(path), num_threads=threads)
+            self.interp.allocate_tensors()
         self.inputs = self._ordered(self.interp.get_input_details(), "inputs")
         self.outputs = self._ordered(self.interp.get_output_details(), "outputs")
         self.output_shapes = output_shapes
