@@ -189,3 +189,30 @@ def test_int8_onnx_records_what_onnx_runtime_runs_in_int8(x86_build):
     validation = {"non_finite_outputs": 0, "metric_drop": 0.0, "latency_ratio": 1.2, "optimized_op_counts": ops}
     note = judge("x86_64", validation, 1.0, {})["notes"][0]
     assert "NOT FASTER" in note and "compute ops run in int8" in note
+
+
+def test_index_across_models_says_what_to_ship(x86_build):
+    index = json.loads((x86_build.out / "index.json").read_text())
+    (row,) = [r for r in index["rows"] if r["model"] == "tiny_cnn" and r["target"] == "x86_64"]
+    t = x86_build.report["targets"]["x86_64"]
+    assert row["status"] == "passed" and row["ship"] == f"tiny_cnn/{t['artifact']}"
+    assert row["why"].startswith("passed its budget")
+    page = (x86_build.out / "index.html").read_text()
+    assert "tiny_cnn" in page and row["ship"] in page
+
+
+def test_report_html_shows_every_note_as_a_badge(x86_build):
+    from toolchain.index_report import advice
+    from toolchain.report_html import render
+
+    report = json.loads(json.dumps(x86_build.report))
+    t = report["targets"]["x86_64"]
+    t["notes"] = ["NOT FASTER: p50 is 1.30x the fp32 baseline on test-cpu"]
+    t["latency_ratio"] = 1.3
+    page = render(report)
+    assert "<span class='badge warn'>NOT FASTER</span>" in page and "1.30x the fp32 baseline" in page
+    assert "MEASURED ON" in page
+    assert "NOT FASTER" in advice(x86_build.model_dir, t)["why"]
+    failed = {**t, "status": "failed", "reason": "metric drop 3 exceeds the budget"}
+    assert advice(x86_build.model_dir, failed) == {"ship": None, "why": "do not ship: failed (metric drop 3 exceeds "
+                                                                        "the budget)"}

@@ -169,12 +169,14 @@ def validate(spec_path, out_root="build", targets=None, targets_dir=None, progre
 
 
 def _write_reports(model_dir, report):
+    from . import index_report
     from .report_html import render
 
     report["html"] = "report.html"
     _write_text(model_dir / "report.html", render(report))
     write_json_atomic(model_dir / "report.json", report)
     _write_text(model_dir / "report.md", markdown(report))
+    index_report.write(model_dir.parent)  # build/index.html: every model of this build directory
 
 
 def _provenance(spec, pipe):
