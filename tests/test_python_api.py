@@ -216,3 +216,16 @@ def test_report_html_shows_every_note_as_a_badge(x86_build):
     failed = {**t, "status": "failed", "reason": "metric drop 3 exceeds the budget"}
     assert advice(x86_build.model_dir, failed) == {"ship": None, "why": "do not ship: failed (metric drop 3 exceeds "
                                                                         "the budget)"}
+
+
+def test_layout_note_names_the_transpose():
+    from toolchain.runtimes.litert import layout_note
+
+    assert layout_note((1, 3, 8, 8), (1, 8, 8, 3)) == "transposed from (N,C,H,W) to (N,H,W,C): feed x.transpose(0, 2, 3, 1)"
+    assert layout_note((1, 4, 16), (1, 16, 4)) == "transposed from (N,C,T) to (N,T,C): feed x.transpose(0, 2, 1)"
+    assert layout_note((1, 5), (1, 5)) is None
+
+
+def test_arm64_report_io_says_how_the_input_was_transposed(arm64_build):
+    (inp,) = arm64_build.report["targets"]["arm64"]["io"]["inputs"]
+    assert inp["layout"].startswith("transposed from (N,C,H,W) to (N,H,W,C)")
