@@ -158,9 +158,16 @@ def test_build_json_is_one_document(tmp_path, write_spec):
 
 def test_wheel_builds_a_model_outside_the_checkout(tmp_path, write_spec):
     """The built wheel carries the target files; installed apart from the repo, it builds a model."""
-    wheels = tmp_path / "wheels"
+    import shutil
+
+    src, wheels = tmp_path / "src", tmp_path / "wheels"  # a copy: setuptools writes build/ next to the sources
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for name in ("toolchain", "targets"):
+        shutil.copytree(REPO / name, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(wheels), str(REPO)], check=True, capture_output=True, cwd=tmp_path)
+                    str(wheels), str(src)], check=True, capture_output=True, cwd=tmp_path)
     (wheel,) = wheels.glob("toolchain-*.whl")
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
