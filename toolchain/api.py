@@ -170,6 +170,9 @@ def _build_locked(spec, pipe, model_dir, target_files, options):
         for tmp in staged.values():
             tmp.unlink(missing_ok=True)
     (model_dir / PREVIOUS).unlink(missing_ok=True)
+    from . import index_report
+
+    index_report.write(model_dir.parent)  # build/index.html: every model of this build directory
     return report, exit_code(report)
 
 
@@ -195,13 +198,14 @@ def _stage_reports(model_dir, report) -> dict:
 
 
 def _stamp_inputs(spec, out_root, cache_dir, targets, targets_dir):
-    from .targets import default_targets_dir
+    from .targets import find_target_file, target_dirs
 
-    tdir = Path(targets_dir or default_targets_dir()).resolve()
     names = sorted(targets or spec.targets)
-    options = {"targets": names, "targets_dir": str(tdir), "out": str(Path(out_root).resolve()),
+    options = {"targets": names, "targets_dirs": [str(d.resolve()) for d in target_dirs(targets_dir)],
+               "out": str(Path(out_root).resolve()),
                "cache_dir": str(Path(cache_dir).resolve()) if cache_dir else None}
-    return [tdir / f"{n}.toml" for n in names], options
+    # A target with no file here is reported by the pipeline (the stamp cannot be fresh without it).
+    return [(find_target_file(n, targets_dir) or Path(f"{n}.toml")).resolve() for n in names], options
 
 
 def explain(spec_path, out_root="build", cache_dir=None, targets=None, targets_dir=None) -> list:
@@ -268,12 +272,14 @@ def validate(spec_path, out_root="build", targets=None, targets_dir=None, progre
 
 
 def _write_reports(model_dir, report):
+    from . import index_report
     from .report_html import render
 
     report["html"] = "report.html"
     _write_text(model_dir / "report.html", render(report))
     write_json_atomic(model_dir / "report.json", report)
     _write_text(model_dir / "report.md", markdown(report))
+    index_report.write(model_dir.parent)  # build/index.html: every model of this build directory
 
 
 def _provenance(spec, pipe):

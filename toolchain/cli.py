@@ -36,7 +36,17 @@ class _Group(click.Group):
             sys.exit(EXIT_INTERRUPTED)
 
 
-def _exit_with_statuses(report, code):
+def _emit_json(doc, code=0):
+    """--json: one JSON document on stdout, nothing else there (progress goes to stderr)."""
+    import json
+
+    click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
+    sys.exit(code)
+
+
+def _exit_with_statuses(report, code, as_json=False):
+    if as_json:
+        _emit_json({"exit_code": code, "report": report}, code)
     for tname, t in report["targets"].items():
         extra = f": {t['reason']}" if t.get("reason") else ""
         click.echo(f"{report['model']} {tname}: {t['status']}{extra}")
@@ -54,10 +64,11 @@ def main():
 @click.option("-o", "--out", "out_root", default="build", show_default=True, help="Build directory.")
 @click.option("--cache-dir", default=None, help="Stage cache (default: OUT/.cache).")
 @click.option("-t", "--target", "targets", multiple=True, help="Build only these targets of the spec.")
-@click.option("--targets-dir", default=None, help="Directory of target files (default: the repo's targets/).")
+@click.option("--targets-dir", default=None, help="A directory of your own target files; they add to the built-in targets (same name: yours wins).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 @click.option("--explain", is_flag=True, help="Build nothing; list each stage that would run and why.")
-def build(spec, out_root, cache_dir, targets, targets_dir, quiet, explain):
+@click.option("--json", "as_json", is_flag=True, help="Print the report (or the explanation) as one JSON document.")
+def build(spec, out_root, cache_dir, targets, targets_dir, quiet, explain, as_json):
     """Build SPEC (a build.toml) for its targets; exit 0 only when every gate passes."""
     from .api import build as do_build
     from .progress import Progress
@@ -65,7 +76,10 @@ def build(spec, out_root, cache_dir, targets, targets_dir, quiet, explain):
     if explain:
         from .api import explain as do_explain
 
-        for label, verdict in _run(do_explain, spec, out_root, cache_dir, list(targets) or None, targets_dir):
+        lines = _run(do_explain, spec, out_root, cache_dir, list(targets) or None, targets_dir)
+        if as_json:
+            _emit_json({"stages": [{"stage": label, "verdict": verdict} for label, verdict in lines]})
+        for label, verdict in lines:
             click.echo(f"{label:<22} {verdict}")
         return
     from .spec import load_spec
@@ -73,15 +87,16 @@ def build(spec, out_root, cache_dir, targets, targets_dir, quiet, explain):
     name = _run(load_spec, spec).name
     report, code = _run(do_build, spec, out_root, cache_dir, list(targets) or None, targets_dir,
                         Progress(name, quiet=quiet))
-    _exit_with_statuses(report, code)
+    _exit_with_statuses(report, code, as_json)
 
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", "out_root", default="build", show_default=True, help="Build directory.")
 @click.option("-t", "--target", "targets", multiple=True, help="Validate only these targets.")
-@click.option("--targets-dir", default=None, help="Directory of target files (default: the repo's targets/).")
-def validate(spec, out_root, targets, targets_dir):
+@click.option("--targets-dir", default=None, help="A directory of your own target files; they add to the built-in targets (same name: yours wins).")
+@click.option("--json", "as_json", is_flag=True, help="Print the updated report as one JSON document.")
+def validate(spec, out_root, targets, targets_dir, as_json):
     """Re-validate built artifacts of SPEC on this machine's runtimes (e.g. cuda on a GPU host); no rebuild."""
     from .api import validate as do_validate
     from .progress import Progress
@@ -89,7 +104,7 @@ def validate(spec, out_root, targets, targets_dir):
 
     name = _run(load_spec, spec, False).name
     report, code = _run(do_validate, spec, out_root, list(targets) or None, targets_dir, Progress(name))
-    _exit_with_statuses(report, code)
+    _exit_with_statuses(report, code, as_json)
 
 
 @main.command()
@@ -101,7 +116,8 @@ def validate(spec, out_root, targets, targets_dir):
               help="Fail (exit 3) naming each target a spec asks for that is missing, skipped, failed or stale.")
 @click.option("--sign-key", default=None, type=click.Path(dir_okay=False),
               help="ed25519 private key (PEM, from `toolchain keygen`): sign the provenance as a DSSE envelope.")
-def package(build_dir, version, dist, allow_failed, require_all, sign_key):
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as one JSON document.")
+def package(build_dir, version, dist, allow_failed, require_all, sign_key, as_json):
     """Bundle every passed artifact of BUILD_DIR with manifest.json, checksums and an in-toto provenance."""
     from .package import package as do_package
 
@@ -111,6 +127,8 @@ def package(build_dir, version, dist, allow_failed, require_all, sign_key):
 
         signer = _run(load_signer, sign_key)
     manifest = _run(do_package, build_dir, version, dist, allow_failed, require_all, signer)
+    if as_json:
+        _emit_json({"bundle": dist, "archive": f"{dist}.tar.gz", "manifest": manifest})
     click.echo(f"{dist}: {len(manifest['artifacts'])} artifacts, {len(manifest['excluded'])} left out; "
                f"{dist}.tar.gz")
     for x in manifest["excluded"]:
@@ -127,7 +145,8 @@ def package(build_dir, version, dist, allow_failed, require_all, sign_key):
               help="With oci://: keep the pulled bundle in this (new or empty) directory.")
 @click.option("--plain-http", is_flag=True, default=None,
               help="With oci://: talk HTTP, not HTTPS (loopback registries do).")
-def verify(dist, key_path, out, plain_http):
+@click.option("--json", "as_json", is_flag=True, help="Print the verified manifest as one JSON document.")
+def verify(dist, key_path, out, plain_http, as_json):
     """Check a release bundle (directory, .tar.gz or oci://HOST/REPO:TAG): with --key the signature first, then
     every digest of the provenance, then every checksum, size and manifest entry."""
     import os
@@ -149,6 +168,8 @@ def verify(dist, key_path, out, plain_http):
         from .provenance import verify_bundle
 
         manifest, summary = _run(verify_bundle, dist, key)
+    if as_json:
+        _emit_json({"bundle": dist, "verified": True, "signature": summary, "manifest": manifest})
     click.echo(f"{dist}: OK, {len(manifest['artifacts'])} artifacts verified")
     click.echo(describe(summary, key_path))
 
@@ -209,6 +230,47 @@ def coverage(out_dir, only, targets, readme):
     table = _run(cov.write_outputs, rows, out_dir, readme, targets)
     click.echo(table)
     sys.exit(0 if all(r["status"].startswith("pass") for r in rows) else EXIT_GATE_FAILED)
+
+
+@main.command("targets")
+@click.option("--targets-dir", default=None, help="Also list the target files in this directory.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of the table.")
+def list_targets(targets_dir, as_json):
+    """List the targets a spec can name: what each makes, which runtime proves it, and its file."""
+    from .targets import known_targets, load_target
+
+    rows = []
+    for name, path in known_targets(targets_dir).items():
+        t = _run(load_target, name, targets_dir)
+        rows.append({"name": name, "format": t.format, "precision": t.precision, "runtime": t.runtime,
+                     "providers": list(t.providers), "description": t.description, "file": str(path)})
+    if as_json:
+        _emit_json({"targets": rows})
+    for r in rows:
+        click.echo(f"{r['name']:<12} {r['format']} {r['precision']:<5} on {r['runtime']:<12} {r['description']}")
+        click.echo(f"{'':<12} {r['file']}")
+
+
+@main.command()
+@click.argument("factory")
+@click.option("-i", "--input", "inputs", multiple=True, required=True,
+              help="NAME:SHAPE[:DTYPE], e.g. input:1x3x224x224 (repeat for several inputs).")
+@click.option("--output", "outputs", multiple=True, help="Output name (repeat for several; default: output).")
+@click.option("-o", "--out", "path", default="build.toml", show_default=True, help="Spec file to write.")
+@click.option("--name", default=None, help="Model name (default: the factory's module name).")
+@click.option("-t", "--target", "targets", multiple=True, help="Targets (default: x86_64, arm64, cuda).")
+@click.option("--weights", default="weights.safetensors", show_default=True, help="Weights file, relative to the spec.")
+@click.option("--python-path", default=".", show_default=True, help="Where FACTORY's module is imported from, "
+              "relative to the spec.")
+@click.option("--no-labels", is_flag=True, help="No labels: judge by cosine agreement with fp32 instead of top-1.")
+def init(factory, inputs, outputs, path, name, targets, weights, python_path, no_labels):
+    """Write a commented build.toml for FACTORY (package.module:function), with placeholders for the data."""
+    from .init_spec import write
+
+    written = _run(write, path, factory, inputs, outputs, name, list(targets) or ["x86_64", "arm64", "cuda"],
+                   weights, [python_path], not no_labels)
+    click.echo(f"{written}: written; fill in the weights and data it names (TODO lines), then "
+               f"`toolchain build {written}`")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -52,7 +52,7 @@ class StageRun:
 
 class _ValidateStage:
     NAME = "validate"
-    VERSION = 1
+    VERSION = 2  # 2: int8 ONNX records the optimized graph's op counts
     LIBRARIES = ("onnxruntime", "onnxruntime-gpu", "ai-edge-litert", "numpy")
 
 

@@ -28,7 +28,7 @@ def target_entry(name, res, gate, model_dir, budget) -> dict:
     for k in ("latency_ms", "baseline_latency_ms", "latency_ratio", "latency_protocol", "device", "providers",
               "host", "threads", "io", "latency_note",
               "unpruned_latency_ms", "speedup_vs_unpruned", "runtime_options",
-              "baseline_same_options_latency_ms"):
+              "baseline_same_options_latency_ms", "optimized_op_counts"):
         if k in v:
             entry[k] = v[k]
     if res.get("transform"):
@@ -46,7 +46,7 @@ def markdown(report: dict) -> str:
     ref = report["reference"]
     lines = [f"# {report['model']} {report['version']}", "",
              f"Reference (fp32 PyTorch): {ref['metric']} = {ref['value']:.3f} on {ref['samples']} evaluation samples.",
-             "", "| target | status | metric | drop (budget) | p50 ms | fp32 p50 ms | speed | size KB | size vs fp32 |",
+             "", "| target | status | metric | drop (budget) | p50 ms | fp32 p50 ms | p50 vs fp32 | size KB | size vs fp32 |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, t in report["targets"].items():
         lat, base = t.get("latency_ms") or {}, t.get("baseline_latency_ms") or {}

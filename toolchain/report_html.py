@@ -28,6 +28,12 @@ def _plot_png(report) -> bytes | None:
                     color="gray")
     ax.axhline(ref, color="gray", lw=0.6, ls="--")
     ax.set_xscale("log")
+    from matplotlib.ticker import ScalarFormatter
+
+    fmt = ScalarFormatter(useOffset=False)  # plain figures (0.99998), never "1e-5+9.999e-1"
+    fmt.set_scientific(False)
+    ax.yaxis.set_major_formatter(fmt)
+    ax.margins(x=0.35, y=0.25)  # room for the labels inside the frame
     ax.set_xlabel("p50 latency, ms (log; each on its own runtime/device)")
     ax.set_ylabel(report["reference"]["metric"])
     ax.set_title(f"{report['model']}: accuracy vs latency (marker area ~ size)")
@@ -38,31 +44,67 @@ def _plot_png(report) -> bytes | None:
     return buf.getvalue()
 
 
+_BADGE = {"NOT FASTER": "warn", "PRUNING DID NOT PAY": "warn"}
+
+
+def _notes_html(report) -> str:
+    """Every note, reason and measurement place as visible badges: a passed target that is not faster than fp32
+    must not look like a plain pass."""
+    esc = html.escape
+    items = []
+    for name, t in report["targets"].items():
+        parts = [f"<span class='badge {t['status']}'>{esc(name)}: {esc(t['status'])}</span>"]
+        if t.get("reason"):
+            parts.append(f"<span class='reason'>{esc(t['reason'])}</span>")
+        for n in t.get("notes", []):
+            head, _, rest = n.partition(":")
+            kind = _BADGE.get(head.strip(), "info")
+            parts.append(f"<br><span class='badge {kind}'>{esc(head)}</span> {esc(rest.strip())}")
+        if t.get("cpu_check") and t["status"] == "skipped":
+            parts.append("<br><span class='badge info'>CPU CHECK ONLY</span> the metric shown comes from running "
+                         "the artifact on ONNX Runtime's CPU provider for agreement; the target itself was not judged")
+        if t.get("latency_ms"):
+            h = t.get("host", {})
+            parts.append(f"<br><span class='badge info'>MEASURED ON</span> {esc(str(t.get('device', h.get('cpu'))))} "
+                         f"(host arch {esc(str(h.get('arch')))}), {esc(str(t.get('threads')))} thread(s)"
+                         + (f"; {esc(t['latency_note'])}" if t.get("latency_note") else ""))
+        plan = (t.get("build") or {}).get("plan")
+        if plan:
+            parts.append(f"<br><span class='badge info'>PLAN</span> {esc(str(plan.get('chosen')))}")
+        items.append("<li>" + " ".join(parts) + "</li>")
+    return "<ul class='notes'>" + "".join(items) + "</ul>"
+
+
 def render(report) -> str:
     esc = html.escape
     png = _plot_png(report)
     rows = []
     for name, t in report["targets"].items():
         lat, base = t.get("latency_ms") or {}, t.get("baseline_latency_ms") or {}
+        cpu_only = t["status"] == "skipped" and t.get("cpu_check")
         cells = [name, t["status"], f"{t['format']} {t['precision']}", t["runtime"],
-                 _f(t.get("metric")), _f(t.get("metric_drop")), str(t["max_metric_drop"]), _f(lat.get("p50"), 4),
+                 _f(t.get("metric")) + (" (CPU check)" if cpu_only else ""), _f(t.get("metric_drop")), str(t["max_metric_drop"]), _f(lat.get("p50"), 4),
                  _f(base.get("p50"), 4), _f(t.get("latency_ratio"), 2, "x"),
                  _f((t.get("size_bytes") or 0) / 1024 or None, 1), _f(t.get("size_ratio"), 2, "x"),
                  t.get("device", ""), t.get("reason", "")]
         cls = {"passed": "ok", "failed": "bad"}.get(t["status"], "skip")
         rows.append(f"<tr class='{cls}'>" + "".join(f"<td>{esc(str(c))}</td>" for c in cells) + "</tr>")
     head = ["target", "status", "artifact", "runtime", "metric", "drop", "budget", "p50 ms", "fp32 p50 ms",
-            "speed", "KB", "size vs fp32", "measured on", "reason"]
+            "p50 vs fp32", "KB", "size vs fp32", "measured on", "reason"]
     img = (f"<img alt='accuracy vs latency' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
            if png else "<p>No latency figures to plot.</p>")
     ref = report["reference"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(report['model'])}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
 padding:4px 8px;font-size:13px}}tr.ok td:nth-child(2){{color:#080}}tr.bad td:nth-child(2){{color:#b00}}
-tr.skip td:nth-child(2){{color:#886}}</style></head><body>
+tr.skip td:nth-child(2){{color:#886}}.badge{{display:inline-block;border-radius:3px;padding:1px 6px;font-size:12px;
+margin:2px 2px 2px 0;background:#dde}}.badge.warn{{background:#f5a623}}.badge.passed{{background:#bfb}}
+.badge.failed{{background:#f99}}.badge.skipped{{background:#eed}}ul.notes li{{margin:6px 0;font-size:13px}}
+</style></head><body>
 <h1>{esc(report['model'])} {esc(report['version'])}</h1>
 <p>Reference (fp32 PyTorch): {esc(ref['metric'])} = {ref['value']:.3f} on {ref['samples']} samples.</p>
 <table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{''.join(rows)}</table>
+<h2>Verdicts and notes</h2>{_notes_html(report)}
 <p>{img}</p></body></html>
 """
 

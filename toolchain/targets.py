@@ -48,21 +48,50 @@ class Target:
         return {**LATENCY_DEFAULTS, **self.tables.get("latency", {})}
 
 
+def builtin_targets_dir() -> Path:
+    """The target files that ship with the toolchain: package data in an installed wheel; in a checkout,
+    toolchain/builtin_targets is a link to the repo's targets/."""
+    return Path(__file__).resolve().parent / "builtin_targets"
+
+
 def default_targets_dir() -> Path:
-    env = os.environ.get("TOOLCHAIN_TARGETS_DIR")
-    if env:
-        return Path(env)
-    # The repo's targets/ (editable install or source checkout), next to the package.
-    return Path(__file__).resolve().parent.parent / "targets"
+    return builtin_targets_dir()
+
+
+def target_dirs(targets_dir=None) -> list:
+    """Where target files are looked up, first match wins: --targets-dir, then TOOLCHAIN_TARGETS_DIR (one or
+    more directories joined by os.pathsep), then the built-in targets. A user's directory adds targets (or
+    replaces one of the same name); it never hides the built-in ones."""
+    dirs = [Path(targets_dir)] if targets_dir else []
+    dirs += [Path(d) for d in os.environ.get("TOOLCHAIN_TARGETS_DIR", "").split(os.pathsep) if d]
+    return [*dirs, builtin_targets_dir()]
+
+
+def known_targets(targets_dir=None) -> dict:
+    """name -> the target file that would be used for it."""
+    found = {}
+    for d in target_dirs(targets_dir):
+        for p in sorted(d.glob("*.toml")) if d.is_dir() else ():
+            found.setdefault(p.stem, p)
+    return found
+
+
+def find_target_file(name: str, targets_dir=None) -> Path | None:
+    for d in target_dirs(targets_dir):
+        p = d / f"{name}.toml"
+        if p.is_file():
+            return p
+    return None
 
 
 def load_target(name: str, targets_dir=None, overrides=None, spec_path=None) -> Target:
-    targets_dir = Path(targets_dir or default_targets_dir())
-    path = targets_dir / f"{name}.toml"
-    if not path.is_file():
-        known = sorted(p.stem for p in targets_dir.glob("*.toml"))
-        where = spec_path or path
-        raise SpecError(where, f"targets.{name}", f"no target file {path} (known targets: {', '.join(known)})")
+    path = find_target_file(name, targets_dir)
+    if path is None:
+        known = sorted(known_targets(targets_dir))
+        where = spec_path or Path(f"{name}.toml")
+        looked = ", ".join(str(d) for d in target_dirs(targets_dir))
+        raise SpecError(where, f"targets.{name}", f"no target file {name}.toml in {looked} "
+                                                 f"(known targets: {', '.join(known)})")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

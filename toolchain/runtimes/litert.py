@@ -17,6 +17,22 @@ def _to_tflite(a, shape):
     raise ValueError(f"cannot map an input of shape {a.shape} onto the TFLite tensor {list(shape)}")
 
 
+_AXES = {3: "NCT", 4: "NCHW"}
+
+
+def layout_note(model_shape, tensor_shape) -> str | None:
+    """How an app must feed (or read) a tensor whose layout the converter changed, e.g. (N,C,T) -> (N,T,C)."""
+    model_shape, tensor_shape = tuple(model_shape), tuple(tensor_shape)
+    if model_shape == tensor_shape or len(model_shape) not in _AXES:
+        return None
+    for perm in ((0, 2, 3, 1), (0, 2, 1)):
+        if len(perm) == len(model_shape) and tuple(model_shape[i] for i in perm) == tensor_shape:
+            names = _AXES[len(perm)]
+            return (f"transposed from ({','.join(names)}) to ({','.join(names[i] for i in perm)}): "
+                    f"feed x.transpose{perm}")
+    return None
+
+
 def _from_tflite(a, want):
     if want is None or tuple(a.shape[1:]) == tuple(want):
         return a
@@ -40,8 +56,11 @@ class LiteRTSession:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as e:
             raise RuntimeUnavailable(f"ai-edge-litert is not installed ({e})") from None
-        self.interp = Interpreter(model_path=str(path), num_threads=threads)
-        self.interp.allocate_tensors()
+        from ..native_stderr import without_native_info
+
+        with without_native_info():  # "INFO: Created TensorFlow Lite XNNPACK delegate" would leak past -q
+            self.interp = Interpreter(model_path=str(path), num_threads=threads)
+            self.interp.allocate_tensors()
         self.inputs = self._ordered(self.interp.get_input_details(), "inputs")
         self.outputs = self._ordered(self.interp.get_output_details(), "outputs")
         self.output_shapes = output_shapes

@@ -97,3 +97,26 @@ def device_name(provider):
             return "CUDA device (name unknown)"
     from ..hostinfo import cpu_name
     return cpu_name()
+
+
+def optimized_op_counts(path, graph_optimization="all", threads=1) -> dict:
+    """Op type -> count in the graph ONNX Runtime's CPU provider really runs after its graph optimizations (the
+    QDQ pairs it fused into QLinear* kernels, the convolutions it left float). The optimized graph is written to a
+    scratch file by ORT itself and read back; the artifact is untouched."""
+    import collections
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="toolchain-ortopt-") as d:
+        out = Path(d) / "optimized.onnx"
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.graph_optimization_level = OPT_LEVELS[graph_optimization](ort)
+        so.optimized_model_filepath = str(out)
+        so.log_severity_level = 3
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        graph = onnx.load(str(out), load_external_data=False).graph
+    return dict(sorted(collections.Counter(n.op_type for n in graph.node).items()))

@@ -49,7 +49,7 @@ RECIPES = {
 }
 # The side venv's distributions that can change an artifact: part of the stage's cache key (side_versions).
 SIDE_DISTRIBUTIONS = ("litert-torch", "ai-edge-quantizer", "ai-edge-litert", "litert-converter", "torch", "numpy")
-ROOT = Path(__file__).resolve().parents[2]  # the project checkout: a relative convert.venv is resolved here
+CHECKOUT = Path(__file__).resolve().parents[2]  # the project checkout, when running from one
 WORKER = Path(__file__).with_name("litert_torch_worker.py")
 WORKER_FAILED = 3  # litert_torch_worker.FAILED (not imported: the worker module belongs to the side venv)
 CHECK_FAILED = 3
@@ -80,9 +80,16 @@ def params_for(table: dict, path, prefix="convert") -> dict:
 
 
 def venv_dir(params) -> Path:
-    """The side venv: convert.venv, relative to the project checkout unless absolute."""
+    """The side venv: convert.venv if absolute; else TOOLCHAIN_LITERT_VENV; else relative to the project checkout
+    when running from one (`make venv-litert` puts it there), else relative to the working directory (an
+    installed wheel has no checkout)."""
     p = Path(params["venv"]).expanduser()
-    return p if p.is_absolute() else ROOT / p
+    if p.is_absolute():
+        return p
+    if os.environ.get("TOOLCHAIN_LITERT_VENV"):
+        return Path(os.environ["TOOLCHAIN_LITERT_VENV"]).expanduser()
+    in_checkout = CHECKOUT / p
+    return in_checkout if (CHECKOUT / "pyproject.toml").is_file() else Path.cwd() / p
 
 
 def side_python(params, target_name=None) -> Path:
@@ -115,7 +122,7 @@ def side_versions(params) -> dict:
     return found
 
 
-LOCK = ROOT / "requirements-litert.lock"
+LOCK = CHECKOUT / "requirements-litert.lock"  # absent in an installed wheel: the venv versions still key
 
 
 def lock_digest(params=None) -> str:
@@ -296,7 +303,7 @@ def _check_on_litert(paths, timeout_s, target_name) -> dict:
     runtime on what a newer converter wrote must not take the build down). Returns the last file's I/O details."""
     try:
         proc = subprocess.run([sys.executable, "-m", "toolchain.stages.litert_torch", "--check", *map(str, paths)],
-                              cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+                              cwd=CHECKOUT if CHECKOUT.is_dir() else None, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         raise StageError(NAME, f"the converted model did not run on LiteRT within {int(timeout_s)} s; killed",
                          target_name) from None

@@ -53,6 +53,13 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
         if len(io["outputs"]) == len(spec.outputs):  # output names are not always kept by the converter
             for d, o in zip(io["outputs"], spec.outputs):
                 d["name"] = o.name
+        if len(io["inputs"]) == len(spec.inputs):  # say so where the converter changed an input's layout
+            from ..runtimes.litert import layout_note
+
+            for d, t in zip(io["inputs"], spec.inputs):
+                note = layout_note((1, *t.shape[1:]), d["shape"])
+                if note:
+                    d["layout"] = note
         result["io"] = io
     if target.runtime == "litert" and result["host"]["arch"] not in ("aarch64", "arm64"):
         result["latency_note"] = (f"measured with LiteRT's {result['host']['arch']} kernels on this host, "
@@ -86,6 +93,11 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
                                     "interleaved_with": "fp32 baseline (default runtime options)",
                                     "artifact_runtime_options": (chosen or {}).get("name", "default"),
                                     "timing": session.timing_method})
+    if target.runtime == "onnxruntime" and target.precision == "int8":  # what really runs int8 (NOT FASTER notes)
+        from ..runtimes.onnxruntime import optimized_op_counts
+
+        result["optimized_op_counts"] = optimized_op_counts(
+            artifact, (chosen or {}).get("graph_optimization", "all"), target.threads)
     return result
 
 

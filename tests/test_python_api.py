@@ -1,0 +1,238 @@
+"""Starting from Python and pip: an nn.Module built through the real pipeline, `init`, `targets`, `--json`, and a
+wheel that works outside the checkout."""
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, toolchain_exe
+
+MODULE_SRC = '''
+import torch
+from torch import nn
+
+
+class SmallNet(nn.Module):
+    def __init__(self, width=8):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten())
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+'''
+
+
+@pytest.fixture(scope="module")
+def small_net(tmp_path_factory):
+    from conftest import write_module
+
+    root = tmp_path_factory.mktemp("api model")
+    return write_module(root, "api_small_net", MODULE_SRC, "SmallNet")
+
+
+def _data(model):
+    import torch
+
+    x = np.random.default_rng(0).standard_normal((48, 1, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        labels = model(torch.from_numpy(x)).argmax(1).numpy()
+    return x, labels
+
+
+def test_build_from_nn_module_then_noop_then_rebuild_on_change(tmp_path, small_net):
+    import torch
+
+    from toolchain.python_api import build
+
+    torch.manual_seed(0)
+    model = small_net().eval()
+    x, labels = _data(model)
+    out = tmp_path / "out dir"
+    r = build(model, inputs={"input": (1, 1, 8, 8)}, calibration=x, labels=labels, out=out, targets=["x86_64"],
+              budgets=25.0)
+    assert r.ok and r.status == "passed" and r.exit_code == 0
+    t = r.targets["x86_64"]
+    assert t.status == "passed" and t.artifact.is_file() and t.artifact.suffix == ".onnx"
+    assert t.metric == pytest.approx(100.0, abs=25.0) and t.latency_ratio > 0
+    assert json.loads(r.report_path.read_text())["targets"]["x86_64"]["sha256"] == t.sha256
+    spec = tomllib.loads(r.spec.read_text())
+    assert spec["metric"]["name"] == "top1" and spec["inputs"][0]["shape"] == [1, 1, 8, 8]
+
+    # Same model and data: a no-op (the stamp holds; nothing is rewritten).
+    stamp = r.out_dir / ".stamp.json"
+    before = stamp.stat().st_mtime_ns
+    again = build(model, inputs={"input": (1, 1, 8, 8)}, calibration=x, labels=labels, out=out,
+                  targets=["x86_64"], budgets=25.0)
+    assert again.ok and again.targets["x86_64"].sha256 == t.sha256
+    assert stamp.stat().st_mtime_ns == before
+
+    # Other weights: a new artifact.
+    torch.manual_seed(1)
+    other = small_net().eval()
+    changed = build(other, inputs={"input": (1, 1, 8, 8)}, calibration=x, labels=_data(other)[1], out=out,
+                    targets=["x86_64"], budgets=25.0, name=r.model)
+    assert changed.ok and changed.targets["x86_64"].sha256 != t.sha256
+
+
+def test_module_code_digest_sees_structure_and_source(small_net):
+    from toolchain.module_spec import code_digest
+
+    assert code_digest(small_net(8)) == code_digest(small_net(8))
+    assert code_digest(small_net(8)) != code_digest(small_net(16))
+
+
+def test_python_api_user_errors_are_toolchain_errors(tmp_path, small_net):
+    from toolchain.errors import ToolchainError
+    from toolchain.python_api import build
+
+    model = small_net().eval()
+    with pytest.raises(ToolchainError, match="inputs: required"):
+        build(model, calibration=np.zeros((4, 1, 8, 8), np.float32), out=tmp_path)
+    with pytest.raises(ToolchainError, match="outputs: the model returns 1 output"):
+        build(model, inputs=(1, 1, 8, 8), outputs=["a", "b"], calibration=np.zeros((4, 1, 8, 8), np.float32),
+              out=tmp_path)
+    with pytest.raises(ToolchainError, match="expected a torch.nn.Module"):
+        build(object(), out=tmp_path)
+
+
+def test_generated_spec_outside_its_process_says_how_to_build(tmp_path, small_net):
+    """The CLI cannot rebuild an in-memory model: one line saying so, exit 2, no traceback."""
+    from toolchain.module_spec import write_sources
+
+    spec = write_sources(small_net().eval(), tmp_path / "src", name="orphan", inputs=(1, 1, 8, 8),
+                         calibration=np.zeros((4, 1, 8, 8), np.float32))
+    p = subprocess.run([toolchain_exe(), "build", str(spec), "-o", str(tmp_path / "out")], capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 2, p.stderr
+    assert "in-memory nn.Module" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_init_writes_a_spec_that_loads(tmp_path):
+    from toolchain.spec import load_spec
+
+    spec = tmp_path / "m" / "build.toml"
+    p = subprocess.run([toolchain_exe(), "init", "pkg.models:make", "-i", "image:1x3x32x32", "-i", "mask:1x32:int64",
+                        "--output", "logits", "-t", "x86_64", "-o", str(spec)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    for f in ("calibration.npz", "eval.npz"):  # the placeholders the user fills in
+        (spec.parent / "data").mkdir(exist_ok=True)
+        (spec.parent / "data" / f).write_bytes(b"")
+    s = load_spec(spec, need_weights=False)
+    assert s.factory == "pkg.models:make" and [t.shape for t in s.inputs] == [(1, 3, 32, 32), (1, 32)]
+    assert s.inputs[1].dtype == "int64" and list(s.targets) == ["x86_64"] and s.metric == "top1"
+    assert "TODO" in spec.read_text()
+    again = subprocess.run([toolchain_exe(), "init", "pkg.models:make", "-i", "x:1x3", "-o", str(spec)],
+                           capture_output=True, text=True)
+    assert again.returncode == 2 and "never overwrites" in again.stderr and len(again.stderr.splitlines()) == 1
+
+
+def test_targets_lists_builtins_and_a_user_dir_adds(tmp_path):
+    user = tmp_path / "my targets"
+    user.mkdir()
+    (user / "x86_fp32.toml").write_text('description = "x86 fp32 ONNX"\nformat = "onnx"\nprecision = "fp32"\n'
+                                        'runtime = "onnxruntime"\n')
+    p = subprocess.run([toolchain_exe(), "targets", "--json", "--targets-dir", str(user)], capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr
+    names = {t["name"]: t for t in json.loads(p.stdout)["targets"]}
+    assert {"x86_64", "arm64", "cuda", "x86_fp32"} <= set(names)
+    assert names["x86_fp32"]["precision"] == "fp32" and names["arm64"]["format"] == "tflite"
+
+
+def test_build_json_is_one_document(tmp_path, write_spec):
+    spec = write_spec(tmp_path / "spec")
+    p = subprocess.run([toolchain_exe(), "build", str(spec), "-o", str(tmp_path / "out"), "--json", "-q"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["exit_code"] == 0 and doc["report"]["targets"]["x86_64"]["status"] == "passed"
+
+
+def test_wheel_builds_a_model_outside_the_checkout(tmp_path, write_spec):
+    """The built wheel carries the target files; installed apart from the repo, it builds a model."""
+    import shutil
+
+    src, wheels = tmp_path / "src", tmp_path / "wheels"  # a copy: setuptools writes build/ next to the sources
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for name in ("toolchain", "targets"):
+        shutil.copytree(REPO / name, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(wheels), str(src)], check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = wheels.glob("toolchain-*.whl")
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True)
+    assert (site / "toolchain" / "builtin_targets" / "x86_64.toml").is_file()
+    spec = write_spec(tmp_path / "spec")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import toolchain, toolchain.cli; "
+            "assert toolchain.__file__.startswith(sys.argv[1]), toolchain.__file__; "
+            "sys.argv = ['toolchain', 'build', sys.argv[2], '-o', sys.argv[3], '-q']; toolchain.cli.main()")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TOOLCHAIN_TARGETS_DIR")}
+    p = subprocess.run([sys.executable, "-c", code, str(site), str(spec), str(tmp_path / "out")], capture_output=True,
+                       text=True, cwd=tmp_path, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    report = json.loads((tmp_path / "out" / "tiny_cnn" / "report.json").read_text())
+    assert report["targets"]["x86_64"]["status"] == "passed"
+
+
+def test_int8_onnx_records_what_onnx_runtime_runs_in_int8(x86_build):
+    """The NOT FASTER note's promise: the op counts of ORT's optimized graph are measured and reported."""
+    from toolchain.gates import judge
+
+    t = x86_build.report["targets"]["x86_64"]
+    ops = t["optimized_op_counts"]
+    assert ops and sum(ops.values()) > 0
+    assert any(k.startswith("QLinear") for k in ops), ops  # uint8 activations: the convs run int8
+    validation = {"non_finite_outputs": 0, "metric_drop": 0.0, "latency_ratio": 1.2, "optimized_op_counts": ops}
+    note = judge("x86_64", validation, 1.0, {})["notes"][0]
+    assert "NOT FASTER" in note and "compute ops run in int8" in note
+
+
+def test_index_across_models_says_what_to_ship(x86_build):
+    index = json.loads((x86_build.out / "index.json").read_text())
+    (row,) = [r for r in index["rows"] if r["model"] == "tiny_cnn" and r["target"] == "x86_64"]
+    t = x86_build.report["targets"]["x86_64"]
+    assert row["status"] == "passed" and row["ship"] == f"tiny_cnn/{t['artifact']}"
+    assert row["why"].startswith("passed its budget")
+    page = (x86_build.out / "index.html").read_text()
+    assert "tiny_cnn" in page and row["ship"] in page
+
+
+def test_report_html_shows_every_note_as_a_badge(x86_build):
+    from toolchain.index_report import advice
+    from toolchain.report_html import render
+
+    report = json.loads(json.dumps(x86_build.report))
+    t = report["targets"]["x86_64"]
+    t["notes"] = ["NOT FASTER: p50 is 1.30x the fp32 baseline on test-cpu"]
+    t["latency_ratio"] = 1.3
+    page = render(report)
+    assert "<span class='badge warn'>NOT FASTER</span>" in page and "1.30x the fp32 baseline" in page
+    assert "MEASURED ON" in page
+    assert "NOT FASTER" in advice(x86_build.model_dir, t)["why"]
+    failed = {**t, "status": "failed", "reason": "metric drop 3 exceeds the budget"}
+    assert advice(x86_build.model_dir, failed) == {"ship": None, "why": "do not ship: failed (metric drop 3 exceeds "
+                                                                        "the budget)"}
+
+
+def test_layout_note_names_the_transpose():
+    from toolchain.runtimes.litert import layout_note
+
+    assert layout_note((1, 3, 8, 8), (1, 8, 8, 3)) == "transposed from (N,C,H,W) to (N,H,W,C): feed x.transpose(0, 2, 3, 1)"
+    assert layout_note((1, 4, 16), (1, 16, 4)) == "transposed from (N,C,T) to (N,T,C): feed x.transpose(0, 2, 1)"
+    assert layout_note((1, 5), (1, 5)) is None
+
+
+def test_arm64_report_io_says_how_the_input_was_transposed(arm64_build):
+    (inp,) = arm64_build.report["targets"]["arm64"]["io"]["inputs"]
+    assert inp["layout"].startswith("transposed from (N,C,H,W) to (N,H,W,C)")

@@ -1,0 +1,109 @@
+"""The Python entry points (`toolchain.build`, `validate`, `package`, `verify`): typed results, quiet by default.
+
+User errors raise ToolchainError (with .exit_code, as the CLI uses); a failed gate is not an exception but a
+result whose `ok` is False, as in a make-style build where the report is the answer.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    name: str
+    status: str  # passed | failed | skipped
+    reason: str | None
+    artifact: Path | None
+    sha256: str | None
+    metric: float | None
+    metric_drop: float | None
+    max_metric_drop: float | None
+    latency_ratio: float | None  # artifact p50 / its fp32 baseline's p50, measured interleaved
+    notes: tuple = ()
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    model: str
+    status: str  # passed | failed | stage-failed
+    exit_code: int  # what `toolchain build` would exit with
+    spec: Path
+    out_dir: Path  # build/<model>
+    report_path: Path
+    targets: dict = field(default_factory=dict)  # name -> TargetResult
+    report: dict = field(default_factory=dict, repr=False)  # report.json as a dict
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def _result(spec_path, model_dir: Path, report: dict, code: int) -> BuildResult:
+    targets = {}
+    for name, t in report.get("targets", {}).items():
+        targets[name] = TargetResult(
+            name, t["status"], t.get("reason"), model_dir / t["artifact"] if t.get("artifact") else None,
+            t.get("sha256"), t.get("metric"), t.get("metric_drop"), t.get("max_metric_drop"), t.get("latency_ratio"),
+            tuple(t.get("notes", ())))
+    return BuildResult(report["model"], report["status"], code, Path(spec_path), model_dir, model_dir / "report.json",
+                       targets, report)
+
+
+def build(model_or_spec, *, targets=None, out="build", cache_dir=None, targets_dir=None, quiet=True,
+          name=None, version="0.0.0", inputs=None, outputs=None, calibration=None, evaluation=None, labels=None,
+          metric=None, budgets=None, target_options=None) -> BuildResult:
+    """Build a model for its targets and validate every artifact on its runtime.
+
+    model_or_spec: a build.toml path, or a torch.nn.Module. For a module also give `inputs` (a dict of name ->
+    shape, array or example tensor; or one of those for a single input), `calibration` (a dict of arrays named
+    like the inputs, one array, or a callable returning either) and optionally `evaluation` (default: the
+    calibration data), `labels` (then the metric defaults to top-1; else cosine agreement with fp32), `metric`,
+    `targets` (default: x86_64), `budgets` (a number for every target, or {target: max_metric_drop}) and
+    `target_options` ({target: {table: {option: value}}}, e.g. {"x86_64": {"quantize": {"method": "auto"}}}).
+    The module's sources (weights, data, generated spec) are written under OUT/.sources/NAME; the same pipeline
+    and cache run, so a second call with nothing changed does nothing.
+    """
+    from . import api
+    from .progress import Progress
+    from .spec import load_spec
+
+    if isinstance(model_or_spec, (str, Path)):
+        spec_path = Path(model_or_spec)
+    else:
+        from .module_spec import write_sources
+
+        spec_path = write_sources(model_or_spec, Path(out) / ".sources", name=name, version=version, inputs=inputs,
+                                  outputs=outputs, calibration=calibration, evaluation=evaluation, labels=labels,
+                                  metric=metric, targets=targets or ("x86_64",), budgets=budgets,
+                                  target_options=target_options)
+        targets = None  # the generated spec names exactly the targets asked for
+    spec = load_spec(spec_path)
+    report, code = api.build(spec_path, out, cache_dir, list(targets) if targets else None, targets_dir,
+                             Progress(spec.name, quiet=quiet))
+    return _result(spec_path, Path(out) / spec.name, report, code)
+
+
+def validate(spec, *, targets=None, out="build", targets_dir=None, quiet=True) -> BuildResult:
+    """Re-judge built artifacts of SPEC on this machine's runtimes, without rebuilding (e.g. cuda on a GPU host)."""
+    from . import api
+    from .progress import Progress
+    from .spec import load_spec
+
+    name = load_spec(spec, need_weights=False).name
+    report, code = api.validate(spec, out, list(targets) if targets else None, targets_dir,
+                                Progress(name, quiet=quiet))
+    return _result(spec, Path(out) / name, report, code)
+
+
+def package(build_dir, version, out, *, allow_failed=False) -> dict:
+    """Bundle every passed artifact of BUILD_DIR into OUT and OUT.tar.gz; returns the manifest."""
+    from .package import package as do_package
+
+    return do_package(build_dir, version, out, allow_failed)
+
+
+def verify(bundle) -> dict:
+    """Check a bundle (directory or .tar.gz) against its manifest; raises ToolchainError (exit_code 5) if not."""
+    from .package import verify as do_verify
+
+    return do_verify(bundle)
