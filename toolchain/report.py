@@ -66,12 +66,15 @@ def _fmt(v, spec="{:.3f}"):
 
 
 def reference_line(ref) -> str:
-    figures = [f"{o}: {r['metric']} = {r['value']:.3f}" for o, r in (ref.get("outputs") or {}).items()
-               if r.get("value") is not None]
-    if not ref.get("outputs") and ref.get("value") is not None:
-        figures = [f"{ref['metric']} = {ref['value']:.3f}"]
-    text = "; ".join(figures) or "every output is judged by agreement with it (sqnr)"
-    return f"Reference (fp32 PyTorch): {text}, on {ref['samples']} evaluation samples."
+    outs = {o: r for o, r in (ref.get("outputs") or {}).items() if r.get("value") is not None}
+    if len(ref.get("outputs") or {}) > 1:
+        text = "; ".join(f"{o}: {r['metric']} = {r['value']:.3f}" for o, r in outs.items())
+    elif ref.get("value") is not None:
+        text = f"{ref['metric']} = {ref['value']:.3f}"
+    else:
+        text = ""
+    text = text or "every output is judged by its agreement with these outputs (sqnr)"
+    return f"Reference (fp32 PyTorch): {text} on {ref['samples']} evaluation samples."
 
 
 def output_rows(report) -> list:
