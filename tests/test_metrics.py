@@ -171,6 +171,11 @@ worst_error.metric_budget_range = (0.0, 10.0)
 
 def undeclared(outputs, references, evaluation):
     return 1.0
+
+
+@declare(unit="percentage points")
+def broken(outputs, references, evaluation):
+    return outputs["no such output"]
 '''
 
 
@@ -218,3 +223,14 @@ def test_user_metric_declaration_is_checked(ref, targets, key, fragment, tmp_pat
     with pytest.raises(SpecError) as ei:
         build(spec, tmp_path / "out")
     assert ei.value.key == key and fragment in str(ei.value), str(ei.value)
+
+
+def test_user_metric_that_raises_fails_the_build_naming_it(tmp_path, write_spec, user_metrics, python_path):
+    from toolchain.api import build
+    from toolchain.errors import StageError
+
+    spec = write_spec(tmp_path / "spec", model={"python_path": [str(python_path), str(user_metrics)]},
+                      metric={"name": "tc_user_metrics:broken"})
+    with pytest.raises(StageError) as ei:
+        build(spec, tmp_path / "out")
+    assert "user metric tc_user_metrics:broken failed: KeyError" in str(ei.value)
