@@ -4,6 +4,7 @@ in their metric's unit, and user metrics end to end. Every build below runs the 
 (for arm64) onnx2tf and LiteRT."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -183,8 +184,10 @@ def broken(outputs, references, evaluation):
 def user_metrics(tmp_path):
     code = tmp_path / "metric code"
     code.mkdir()
+    sys.modules.pop("tc_user_metrics", None)  # each test imports its own copy
     write_module(code, "tc_user_metrics", USER_METRICS, "top2")
-    return code
+    yield code
+    sys.modules.pop("tc_user_metrics", None)
 
 
 def test_user_metrics_end_to_end(tmp_path, write_spec, user_metrics, python_path):
@@ -197,6 +200,13 @@ def test_user_metrics_end_to_end(tmp_path, write_spec, user_metrics, python_path
     row = t["outputs"]["logits"]
     assert row["metric"] == "tc_user_metrics:top2" and row["unit"] == "percentage points" and row["passed"]
     assert b.report["reference"]["outputs"]["logits"]["value"] == 100.0  # labels are fp32's argmax
+    # editing the metric's code re-judges the build (no stale "up to date")
+    module = user_metrics / "tc_user_metrics.py"
+    module.write_text(module.read_text().replace("100.0 * (top", "50.0 * (top"))
+    sys.modules.pop("tc_user_metrics", None)  # a new build is a new process; this test shares one
+    again = run_build(spec, tmp_path / "out")
+    assert ("reference", None) in again.ran and ("validate", "x86_64") in again.ran
+    assert again.report["reference"]["outputs"]["logits"]["value"] == 50.0
     # a lower-is-better floor: the worst logit error must stay under the budget
     spec = write_spec(tmp_path / "spec2", model={"python_path": [str(python_path), str(user_metrics)]},
                       metric={"name": "tc_user_metrics:worst_error"},
