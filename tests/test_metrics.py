@@ -89,10 +89,10 @@ def test_default_metrics_per_output(tmp_path, write_spec):
 
 
 # ---- the gate on real artifacts ----------------------------------------------------------------------------
-def _sqnr_spec(write_spec, directory, targets):
+def _sqnr_spec(write_spec, directory, targets, **table):
     """The constant-plus-small model as a new user would write it: no metric named (no labels: sqnr)."""
     tables = {"x86_64": None}  # None removes the writer's default x86_64 table (and its top1 budget)
-    tables.update({t: {"latency": {"warmup": 2, "runs": 10}} for t in targets})
+    tables.update({t: {"latency": {"warmup": 2, "runs": 10}, **table} for t in targets})
     if "x86_64" in targets:
         tables["x86_64"]["max_metric_drop"] = None  # deep-merged into the default table: removes its budget
     return write_spec(directory, "const_plus_small", metric=None, targets=tables)
@@ -117,6 +117,20 @@ def test_constant_dominated_output_fails_on_arm64(tmp_path, write_spec):
     assert b.code == EXIT_GATE_FAILED and t["status"] == "failed", t.get("reason")
     assert t["agreement"]["0"]["cosine_mean"] > 0.9999
     assert t["outputs"]["probs"]["value"] < 5.0 and "output probs: sqnr" in t["reason"]
+
+
+def test_plan_cannot_pick_a_variant_that_passes_only_plain_cosine(tmp_path, write_spec):
+    """The x86 precision plan judges its variants by the gate's own metric: static int8 keeps cosine ~1.0 on the
+    constant-dominated output but loses its signal, so the plan drops it and ships dynamic int8 instead."""
+    quantize = {"method": "auto", "schemes": ["static_u8s8", "dynamic_s8"], "speed_search": False}
+    spec = _sqnr_spec(write_spec, tmp_path / "spec", ["x86_64"], quantize=quantize)
+    b = run_build(spec, tmp_path / "out")
+    t = b.report["targets"]["x86_64"]
+    plan = t["build"]["plan"]
+    assert b.code == 0 and t["status"] == "passed", (t.get("reason"), plan["steps"])
+    assert plan["chosen"] == "dynamic_s8" and "static_u8s8: cannot meet the budget; dropped" in plan["steps"]
+    assert plan["before"]["outputs"]["probs"] < 5.0 <= 15.0 <= plan["after"]["outputs"]["probs"]
+    assert t["outputs"]["probs"]["value"] >= 15.0
 
 
 def test_broken_second_output_fails_the_gate(tmp_path, write_spec):
