@@ -13,7 +13,7 @@ from .errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_STAGE_FAILED, StageError, To
 from .faults import checkpoint
 from .gates import judge
 from .locking import locked
-from .report import markdown, target_entry
+from .report import markdown, strict_json, target_entry
 from .spec import load_spec
 from .stages.reference import OUTPUT as REFERENCE
 from .versions import TRACKED, versions
@@ -119,6 +119,8 @@ def _build_locked(spec, pipe, model_dir, target_files, options):
         "model": spec.name, "version": spec.version, "toolchain_version": __version__,
         "reference": {"metric": spec.metric, "value": ref.meta["value"], "samples": ref.meta["samples"],
                       "also": ref.meta.get("also", {}), "runtime": "pytorch fp32",
+                      "outputs": {o.name: {"metric": o.metric, "value": ref.meta.get("outputs", {}).get(o.name)}
+                                  for o in spec.outputs},
                       "onnx_vs_torch_max_abs_error": ref.meta["onnx_vs_torch_max_abs_error"]},
         "fp32_onnx": {"path": str(fp32_out.relative_to(model_dir)), "sha256": fp32.digest("model.fp32.onnx")},
         "provenance": _provenance(spec, pipe),
@@ -128,7 +130,7 @@ def _build_locked(spec, pipe, model_dir, target_files, options):
     if spec.prune is not None:
         report["prune"] = dict(pipe.prune_entry.meta)
     for name, res in results.items():
-        budget = spec.targets[name].max_metric_drop
+        budget = pipe.gates[name]
         target_dir = model_dir / name
         if "error" in res:
             shutil.rmtree(target_dir, ignore_errors=True)  # never leave an older artifact to be trusted
@@ -182,7 +184,7 @@ def _stage_reports(model_dir, report) -> dict:
     from .report_html import render
 
     report["html"] = "report.html"
-    texts = {"report.json": json.dumps(report, indent=2, sort_keys=True) + "\n", "report.md": markdown(report),
+    texts = {"report.json": json.dumps(strict_json(report), indent=2, sort_keys=True, allow_nan=False) + "\n", "report.md": markdown(report),
              "report.html": render(report)}
     staged = {}
     try:
@@ -233,6 +235,7 @@ def validate(spec_path, out_root="build", targets=None, targets_dir=None, progre
     from .stages import reference
     from .targets import load_target
     from .validate import target as validate_target
+    from .validate.metrics import output_gates
 
     spec = load_spec(spec_path, need_weights=False)
     model_dir = Path(out_root) / spec.name
@@ -259,13 +262,14 @@ def validate(spec_path, out_root="build", targets=None, targets_dir=None, progre
                     raise ToolchainError(f"{f}: sha256 differs from report.json; rebuild before validating")
             if progress:
                 progress.line("validate", name, "running")
-            v = validate_target.run(target, artifact, baseline, evaluation, ref_outputs, spec,
-                                    report["reference"]["value"])
+            gates = output_gates(spec, name, target.precision)
+            ref_values = {o: r["value"] for o, r in (report["reference"].get("outputs") or {}).items()
+                          if r.get("value") is not None}
+            v = validate_target.run(target, artifact, baseline, evaluation, ref_outputs, spec, ref_values)
             res = {"target": target, "validation": v, "transform": entry.get("build", {}), "published": artifact,
                    "sha256": entry["sha256"], "baseline": baseline}
-            budget = spec.targets[name].max_metric_drop
-            gate = judge(name, v, budget, res["transform"])
-            report["targets"][name] = target_entry(name, res, gate, model_dir, budget)
+            gate = judge(name, v, gates, res["transform"])
+            report["targets"][name] = target_entry(name, res, gate, model_dir, gates)
         report["status"] = _overall(report)
         _write_reports(model_dir, report)
     return report, exit_code(report)
@@ -277,7 +281,7 @@ def _write_reports(model_dir, report):
 
     report["html"] = "report.html"
     _write_text(model_dir / "report.html", render(report))
-    write_json_atomic(model_dir / "report.json", report)
+    write_json_atomic(model_dir / "report.json", strict_json(report))
     _write_text(model_dir / "report.md", markdown(report))
     index_report.write(model_dir.parent)  # build/index.html: every model of this build directory
 
@@ -371,4 +375,4 @@ def _write_failure(spec, model_dir, names, stage, cause):
     if stage == "inputs":  # a user error (exit 2): the error line says it all; no report, nothing stale
         (model_dir / "report.json").unlink(missing_ok=True)
         return
-    write_json_atomic(model_dir / "report.json", report)
+    write_json_atomic(model_dir / "report.json", strict_json(report))
