@@ -325,6 +325,9 @@ def test_corrupt_report_is_one_line_for_package_and_rebuilt_by_build(x86_build, 
 def test_gate_message_shows_the_digits_that_fail(drop, budget, shown):
     from toolchain.gates import judge
 
-    g = judge("x86_64", {"non_finite_outputs": 0, "metric_drop": drop}, budget, {})
+    gate = {"output": "logits", "index": 0, "metric": "top1", "unit": "pp", "budget_key": "max_metric_drop",
+            "kind": "drop", "budget": budget, "higher_is_better": True}
+    validation = {"non_finite_outputs": 0, "outputs": {"logits": {"value": 99.0, "drop": drop}}}
+    g = judge("x86_64", validation, [gate], {})
     assert g["status"] == "failed"
-    assert g["reason"] == f"metric drop {shown} exceeds the budget max_metric_drop={budget}"
+    assert g["reason"] == f"output logits: top1 drop {shown} (pp) exceeds the budget max_metric_drop={budget}"

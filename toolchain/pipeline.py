@@ -176,10 +176,14 @@ class Pipeline:
             return entry
         self.progress.line(name, st.target, "running")
         t0 = time.monotonic()
-        with self.cache.writer(st.name, st.key) as tmp:
-            meta = st.produce(tmp)
-            checkpoint(f"{st.name}.written")  # outputs in the cache's tmp/, not yet published
-            entry = self.cache.publish(tmp, st.name, st.key, meta, st.key_inputs)
+        try:
+            with self.cache.writer(st.name, st.key) as tmp:
+                meta = st.produce(tmp)
+                checkpoint(f"{st.name}.written")  # outputs in the cache's tmp/, not yet published
+                entry = self.cache.publish(tmp, st.name, st.key, meta, st.key_inputs)
+        except BaseException:
+            self.progress.stop(name, st.target)  # no heartbeat outlives its stage
+            raise
         self.ran.append((self.label_prefix + st.name, st.target))
         self.progress.line(name, st.target, "done", time.monotonic() - t0)
         checkpoint(f"{st.name}.done")

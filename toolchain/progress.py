@@ -26,6 +26,12 @@ class Progress:
             stop = self._beats[(stage, target)] = threading.Event()
             threading.Thread(target=self._heartbeat, args=(stage, target, stop), daemon=True).start()
 
+    def stop(self, stage, target):
+        """End a stage's heartbeat without a line (the stage raised; the error says the rest)."""
+        beat = self._beats.pop((stage, target), None)
+        if beat is not None:
+            beat.set()
+
     def _heartbeat(self, stage, target, stop):
         started = time.monotonic()
         while not stop.wait(self.heartbeat_s):
