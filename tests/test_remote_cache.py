@@ -115,7 +115,7 @@ class SeaweedS3:
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(3)
+                self.proc.wait(1)
             except subprocess.TimeoutExpired:  # it drains for a long while; the data is on disk already
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(15)
@@ -221,7 +221,7 @@ def test_a_build_publishes_records_and_blobs(published, s3):
     assert f"cas/{fp32}" in blobs
 
 
-def test_second_build_from_an_empty_local_cache_is_all_remote_hits(published, aws_env, tmp_path):
+def test_second_build_from_an_empty_local_cache_is_all_remote_hits(published, aws_env, tmp_path, x86_build):
     b = build(published["spec"], tmp_path / "out", "s3://team-cache/models")
     assert b["code"] == 0, b["text"]
     assert b["progress"]["running"] == set(), b["text"]  # no stage ran
@@ -231,6 +231,9 @@ def test_second_build_from_an_empty_local_cache_is_all_remote_hits(published, aw
     assert artifact_digest(b) == artifact_digest(published["build"])
     assert b["report"]["fp32_onnx"]["sha256"] == first["fp32_onnx"]["sha256"]
     assert b["report"]["targets"]["x86_64"]["metric"] == first["targets"]["x86_64"]["metric"]
+    # ... and the same as a build that never saw a shared cache (conftest's x86_build: same spec, local only)
+    assert x86_build.report["targets"]["x86_64"]["sha256"] == artifact_digest(b)
+    assert x86_build.report["fp32_onnx"]["sha256"] == b["report"]["fp32_onnx"]["sha256"]
     # The hits were copied into the local cache (read-through): a third build needs no remote at all.
     local = tmp_path / "out" / ".cache"
     assert {p.parent.parent.name for p in local.glob("*/*/entry.json")} == {"trace", "reference", "quantize",
@@ -385,6 +388,20 @@ def test_server_killed_mid_build_warns_once_and_finishes_local_only(published, a
             assert all(keys.get(f"cas/{d}") == r["sizes"][n] for n, d in r["files"].items())
     finally:
         server.stop()
+
+
+def test_a_cache_that_is_down_from_the_start_is_one_warning_and_local_only(aws_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{_free_ports(1)[0]}")  # nothing listens
+    cache, warnings = _layered(tmp_path, "s3://team-cache/down")
+    key = hashlib.sha256(b"down").hexdigest()
+    assert cache.get("trace", key) is None
+    with cache.writer("trace", key) as tmp:
+        (tmp / "model.fp32.onnx").write_bytes(b"built here")
+        entry = cache.publish(tmp, "trace", key, {}, {})
+    assert entry.file("model.fp32.onnx").read_bytes() == b"built here"  # published locally all the same
+    assert cache.get("trace", key) is not None
+    assert len(warnings) == 1 and "remote cache s3://team-cache/down is unavailable" in warnings[0], warnings
+    assert "EndpointConnectionError" in warnings[0] and SECRET not in warnings[0]
 
 
 def test_credentials_never_appear_in_output_reports_stamp_or_cache(published, s3, tmp_path):
