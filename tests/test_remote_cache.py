@@ -26,6 +26,7 @@ from click.testing import CliRunner
 from conftest import VENV_BIN, parse_progress
 
 ACCESS, SECRET = "tc-test-access", "tc-test-secret-d41d8cd98f00b204"
+READER, READER_SECRET = "tc-test-reader", "tc-test-reader-secret-e3b0c44298fc"  # may read, not write
 X86 = {("trace", None), ("reference", None), ("quantize", "x86_64"), ("validate", "x86_64")}
 TARGETS = {"x86_64": {"max_metric_drop": 25.0, "latency": None}}
 
@@ -51,8 +52,11 @@ class SeaweedS3:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "data").mkdir(exist_ok=True)
-        config = {"identities": [{"name": "toolchain", "credentials": [{"accessKey": ACCESS, "secretKey": SECRET}],
-                                  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+        config = {"identities": [
+            {"name": "toolchain", "credentials": [{"accessKey": ACCESS, "secretKey": SECRET}],
+             "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
+            {"name": "reader", "credentials": [{"accessKey": READER, "secretKey": READER_SECRET}],
+             "actions": ["Read", "List"]}]}
         (self.dir / "s3.json").write_text(json.dumps(config))
         self.proc = None
 
@@ -402,6 +406,23 @@ def test_a_cache_that_is_down_from_the_start_is_one_warning_and_local_only(aws_e
     assert cache.get("trace", key) is not None
     assert len(warnings) == 1 and "remote cache s3://team-cache/down is unavailable" in warnings[0], warnings
     assert "EndpointConnectionError" in warnings[0] and SECRET not in warnings[0]
+
+
+def test_read_only_credentials_read_hits_and_publish_nothing(published, aws_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", READER)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", READER_SECRET)
+    cache, warnings = _layered(tmp_path, "s3://team-cache/models")
+    trace = _stage_record(aws_env, "team-cache", "models/", "trace")
+    assert cache.get("trace", trace["key"]).remote  # reading works
+    key = hashlib.sha256(b"read only").hexdigest()
+    with cache.writer("trace", key) as tmp:
+        (tmp / "model.fp32.onnx").write_bytes(b"not for the team")
+        entry = cache.publish(tmp, "trace", key, {}, {})
+    assert entry.file("model.fp32.onnx").read_bytes() == b"not for the team"
+    assert len(warnings) == 1 and "refused a write" in warnings[0] and "AccessDenied" in warnings[0], warnings
+    assert f"ac/trace/{key}.json" not in aws_env.keys("team-cache", "models/")
+    reference = _stage_record(aws_env, "team-cache", "models/", "reference")
+    assert cache.get("reference", reference["key"]).remote and len(warnings) == 1  # still reads, warned once
 
 
 def test_credentials_never_appear_in_output_reports_stamp_or_cache(published, s3, tmp_path):

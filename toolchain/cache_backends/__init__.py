@@ -7,12 +7,17 @@ A store only moves bytes; the rules (digest checks, record written last, first w
 remote_cache.py. This module only parses the URL: no client library is imported until the store is used.
 """
 
+import errno
 import os
 from urllib.parse import unquote, urlsplit
 
 from ..errors import EXIT_USAGE, ToolchainError
 
 ENV = "TOOLCHAIN_REMOTE_CACHE"
+
+
+# Errors that only a write can raise: while fetching a blob they are the local disk's, never the cache's.
+LOCAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 class RemoteCacheError(ToolchainError):

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from ..debris import owned_name, reclaim
-from . import RemoteCacheError, RemoteRefused, RemoteUnavailable, blob_path, public_url, record_path
+from . import LOCAL_WRITE_ERRNOS, RemoteCacheError, RemoteRefused, RemoteUnavailable, blob_path, public_url, record_path
 
 _REFUSED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
 
@@ -70,8 +70,8 @@ class FileStore:
                 return False
             raise
         except OSError as e:
-            if e.filename == str(dest):
-                raise  # our own disk: not the cache's fault
+            if e.filename == str(dest) or e.errno in LOCAL_WRITE_ERRNOS:
+                raise  # our own disk refused the write: not the cache's fault
             raise self._fail(e, False) from None
 
     def has_blob(self, digest: str, size: int) -> bool:

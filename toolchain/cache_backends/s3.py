@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-from . import RemoteCacheError, RemoteRefused, RemoteUnavailable, blob_path, public_url, record_path
+from . import LOCAL_WRITE_ERRNOS, RemoteCacheError, RemoteRefused, RemoteUnavailable, blob_path, public_url, record_path
 
 _MISSING = ("NoSuchKey", "404", "NotFound")
 _BAD_CREDENTIALS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "AuthorizationHeaderMalformed")
@@ -25,6 +25,10 @@ def scrub(text: str) -> str:
         if value and len(value) >= 4:
             text = text.replace(value, "***")
     return " ".join(text.split())[:300]
+
+
+def _local_write_error(e: Exception, dest: Path) -> bool:
+    return isinstance(e, OSError) and (e.filename == str(dest) or e.errno in LOCAL_WRITE_ERRNOS)
 
 
 def _dropped(e: Exception) -> Exception:
@@ -147,7 +151,7 @@ class S3Store:
             raise RemoteCacheError(f"remote cache {self.url}: cannot read: {e}") from None
         except Exception as e:
             mapped = _dropped(e)
-            if mapped is e or (isinstance(e, OSError) and e.filename == str(dest)):
+            if mapped is e or _local_write_error(e, dest):
                 raise  # ours (our own disk refused the write): not the cache's fault
             raise mapped from None
 
