@@ -49,7 +49,6 @@ class LayeredCache:
         self.local, self.store, self.url, self.warn = local, store, url, warn
         self.root = local.root
         self.readable = self.writable = True
-        self.stats = {"remote_hits": 0, "published": 0, "backfilled": 0}
 
     def reclaim_debris(self) -> list:
         return self.local.reclaim_debris()
@@ -82,21 +81,18 @@ class LayeredCache:
                     return None
             # (if a build on this machine published the key meanwhile, its entry is returned: equivalent, whole)
             entry = self.local.publish(tmp, stage, key, record["meta"], record.get("inputs", {}))
-        entry.remote = True
-        self.stats["remote_hits"] += 1
+        entry.remote = True  # the progress line says "cached (remote)"
         return entry
 
     # ---- writing -------------------------------------------------------------------------------------------------
     def publish(self, tmp, stage: str, key: str, meta: dict, inputs: dict):
         entry = self.local.publish(tmp, stage, key, meta, inputs)
-        if self._guard(self._push, stage, key, entry):
-            self.stats["published"] += 1
+        self._guard(self._push, stage, key, entry)
         return entry
 
     def _backfill(self, stage, key, entry):
         if self.writable and not self.store.has_record(stage, key):
-            if self._push(stage, key, entry):
-                self.stats["backfilled"] += 1
+            self._push(stage, key, entry)
 
     def _push(self, stage, key, entry) -> bool:
         """Blobs first, the record last (conditional). True when this build's record is the one published."""
