@@ -518,6 +518,12 @@ def test_file_backend_basics(published, tmp_path, monkeypatch):
     assert b2["code"] == 0 and b2["progress"]["running"] == set() and b2["text"].count("cached (remote)") == 4
     assert artifact_digest(b2) == artifact_digest(published["build"])
 
+    from toolchain.python_api import build as python_build  # the Python API takes the same URL
+
+    r = python_build(published["spec"], out=tmp_path / "out3", cache=url)
+    assert r.ok and r.targets["x86_64"].sha256 == artifact_digest(published["build"])
+    assert {p.parent.name for p in (tmp_path / "out3" / ".cache").glob("*/*")} == set(records)  # fetched
+
     (q_digest,) = records["quantize"]["files"].values()
     blob = shared / "cas" / q_digest
     blob.write_bytes(b"\0" + blob.read_bytes()[1:])
