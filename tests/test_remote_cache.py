@@ -143,6 +143,7 @@ def aws_env(s3, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # a proxy from the environment must not carry loopback traffic
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)  # no region configured: must still work
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.delenv("TOOLCHAIN_REMOTE_CACHE", raising=False)
@@ -187,7 +188,7 @@ def published(s3, tmp_path_factory, write_spec):
     spec = write_spec(d / "spec", targets=TARGETS)
     env = {"AWS_ACCESS_KEY_ID": ACCESS, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_ENDPOINT_URL_S3": s3.endpoint,
            "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": str(d / "none"),
-           "AWS_SHARED_CREDENTIALS_FILE": str(d / "none")}
+           "AWS_SHARED_CREDENTIALS_FILE": str(d / "none"), "NO_PROXY": "127.0.0.1"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -423,6 +424,17 @@ def test_read_only_credentials_read_hits_and_publish_nothing(published, aws_env,
     assert f"ac/trace/{key}.json" not in aws_env.keys("team-cache", "models/")
     reference = _stage_record(aws_env, "team-cache", "models/", "reference")
     assert cache.get("reference", reference["key"]).remote and len(warnings) == 1  # still reads, warned once
+
+
+def test_no_credentials_is_a_user_error(aws_env, tmp_path, monkeypatch):
+    from toolchain.cache_backends import RemoteCacheError
+
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    cache, warnings = _layered(tmp_path, "s3://team-cache/models")
+    with pytest.raises(RemoteCacheError, match="no credentials found") as e:
+        cache.get("trace", hashlib.sha256(b"x").hexdigest())
+    assert e.value.exit_code == 2 and warnings == []
 
 
 def test_credentials_never_appear_in_output_reports_stamp_or_cache(published, s3, tmp_path):
