@@ -22,13 +22,22 @@ EXTENSIONS = {"onnx": "onnx", "tflite": "tflite"}
 PREVIOUS = ".previous-report.json"  # the last finished report while a rebuild runs (not a report: no package reads it)
 
 
-def build(spec_path, out_root="build", cache_dir=None, targets=None, targets_dir=None, progress=None):
+def build(spec_path, out_root="build", cache_dir=None, targets=None, targets_dir=None, progress=None,
+          remote_cache=None):
     """Build every target of one spec. Returns (report dict, exit code).
 
     Whatever ends a build other than success leaves no report that says passed for its inputs: before any stage
     runs, the stamp is invalidated and an existing report.json is marked `stale` (so a SIGKILL leaves that); a user
     error removes it, a failed shared stage writes a `stage-failed` report, anything else (a bug, Ctrl-C) leaves
-    it `stale` with the cause. A new report.json is committed last, after the stamp."""
+    it `stale` with the cause. A new report.json is committed last, after the stamp.
+
+    remote_cache: a shared cache (s3://BUCKET/PREFIX or file:///DIR; default $TOOLCHAIN_REMOTE_CACHE) read
+    through the local one; a no-op build never touches it (see remote_cache.py)."""
+    from .cache_backends import check_url, resolve
+
+    remote_cache = resolve(remote_cache)
+    if remote_cache:
+        check_url(remote_cache)  # a bad URL fails even when nothing needs building; no network, no import
     spec = load_spec(spec_path)
     model_dir = Path(out_root) / spec.name
     target_files, options = _stamp_inputs(spec, out_root, cache_dir, targets, targets_dir)
@@ -52,7 +61,7 @@ def build(spec_path, out_root="build", cache_dir=None, targets=None, targets_dir
                                f"(PID {os.getpid()}) did not finish: it was killed, or is still running")
         pipe = None
         try:
-            pipe = Pipeline(spec, out_root, cache_dir, targets, targets_dir, progress)
+            pipe = Pipeline(spec, out_root, cache_dir, targets, targets_dir, progress, remote_cache=remote_cache)
             return _build_locked(spec, pipe, model_dir, target_files, options)
         except StageError as e:
             _write_failure(spec, model_dir, _names(pipe, spec, targets), e.stage, e.cause)

@@ -63,12 +63,15 @@ def main():
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", "out_root", default="build", show_default=True, help="Build directory.")
 @click.option("--cache-dir", default=None, help="Stage cache (default: OUT/.cache).")
+@click.option("--cache", "remote_cache", default=None, metavar="URL",
+              help="A shared cache read through the local one: s3://BUCKET/PREFIX or file:///SHARED/DIR "
+                   "(default: $TOOLCHAIN_REMOTE_CACHE; '' for none). See README, Shared cache.")
 @click.option("-t", "--target", "targets", multiple=True, help="Build only these targets of the spec.")
 @click.option("--targets-dir", default=None, help="A directory of your own target files; they add to the built-in targets (same name: yours wins).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 @click.option("--explain", is_flag=True, help="Build nothing; list each stage that would run and why.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report (or the explanation) as one JSON document.")
-def build(spec, out_root, cache_dir, targets, targets_dir, quiet, explain, as_json):
+def build(spec, out_root, cache_dir, remote_cache, targets, targets_dir, quiet, explain, as_json):
     """Build SPEC (a build.toml) for its targets; exit 0 only when every gate passes."""
     from .api import build as do_build
     from .progress import Progress
@@ -86,7 +89,7 @@ def build(spec, out_root, cache_dir, targets, targets_dir, quiet, explain, as_js
 
     name = _run(load_spec, spec).name
     report, code = _run(do_build, spec, out_root, cache_dir, list(targets) or None, targets_dir,
-                        Progress(name, quiet=quiet))
+                        Progress(name, quiet=quiet), remote_cache)
     _exit_with_statuses(report, code, as_json)
 
 

@@ -4,7 +4,8 @@ than success leaves nothing that looks like success.
     TOOLCHAIN_FAULT_AT=<point>[:<kind>]     kind: exception (default), sigint, sigkill
 
 Points: `<stage>` before a stage (cached or not), `<stage>.written` when a stage that ran has written its outputs
-into the cache's tmp/ (not yet published), `<stage>.done` after it; then `publish` before the artifacts are
+into the cache's tmp/ (not yet published), `<stage>.remote-record` (with a shared cache) when its blobs are uploaded
+and its record is not, `<stage>.done` after it; then `publish` before the artifacts are
 published, `report` before the reports are written, `stamp` before the stamp is written, `commit` before report.json
 is renamed into place. Without the variable this does nothing; users never set it.
 """

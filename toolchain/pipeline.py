@@ -13,13 +13,13 @@ from functools import cached_property
 from pathlib import Path
 
 from . import __version__
-from .cache import StageCache
 from .digest import sha256_arrays, sha256_file, sha256_json, sha256_sources
 from .errors import StageError, ToolchainError
 from .faults import checkpoint
 from .hostinfo import host_id
 from .imports import module_sources
 from .progress import Progress
+from .remote_cache import open_cache
 from .spec import is_callable_ref
 from .targets import load_target
 from .versions import versions
@@ -58,13 +58,15 @@ class _ValidateStage:
 
 class Pipeline:
     def __init__(self, spec, out_root, cache_dir=None, only_targets=None, targets_dir=None, progress=None,
-                 label_prefix=""):
+                 label_prefix="", remote_cache=None):
         self.spec = spec
         self.label_prefix = label_prefix
         self.out_root = Path(out_root)
         self.model_dir = self.out_root / spec.name
-        self.cache = StageCache(cache_dir or self.out_root / ".cache")
         self.progress = progress or Progress(spec.name)
+        # The one place the cache is chosen: local, or local in front of a shared one (remote_cache.py).
+        self.cache = open_cache(cache_dir or self.out_root / ".cache", remote_cache,
+                                lambda message: print(message, file=self.progress.stream, flush=True))
         names = list(spec.targets)
         if only_targets:
             unknown = [t for t in only_targets if t not in spec.targets]
@@ -171,7 +173,7 @@ class Pipeline:
         checkpoint(st.name)
         entry = self.cache.get(st.name, st.key)
         if entry is not None:
-            self.progress.line(name, st.target, "cached")
+            self.progress.line(name, st.target, "cached (remote)" if getattr(entry, "remote", False) else "cached")
             checkpoint(f"{st.name}.done")
             return entry
         self.progress.line(name, st.target, "running")
