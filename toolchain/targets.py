@@ -68,7 +68,7 @@ def load_target(name: str, targets_dir=None, overrides=None, spec_path=None) -> 
         raise SpecError(path, None, f"invalid TOML: {e}") from None
     t = _Table(path, "", raw)
     t.reject_unknown({"name", "description", "format", "precision", "runtime", "providers", "threads",
-                      "quantize", "fp16", "convert", "latency", "runtime_options"})
+                      "quantize", "fp16", "convert", "latency", "runtime_options", "executor", "emulated", "ssh"})
     fmt = t.get("format", (str,), check=_one_of(("onnx", "tflite")))
     precision = t.get("precision", (str,), check=_one_of(("fp32", "fp16", "int8")))
     if (fmt, precision) not in TRANSFORMS:
@@ -88,6 +88,9 @@ def load_target(name: str, targets_dir=None, overrides=None, spec_path=None) -> 
         for k in ("warmup", "runs", "batch"):
             lat.get(k, (int,), 1, check=_in_range(1, 100_000))
     tables["runtime_options"] = _runtime_options(path, t)
+    from .executors.config import parse as _executor  # where the artifact is judged (toolchain/executors)
+
+    tables["executor"] = _executor(path, t)
     return Target(t.get("name", (str,), name), path, t.get("description", (str,), ""), fmt, precision, runtime,
                   tuple(providers), threads, tables)
 
