@@ -30,6 +30,19 @@ def _exit_with_statuses(report, code):
     sys.exit(code)
 
 
+def _point_at(devices):
+    if not devices:
+        return
+    from .executors.config import point_at
+
+    try:
+        if not all("=" in d for d in devices):
+            raise ValueError(f"{next(d for d in devices if '=' not in d)!r} names no target")
+        point_at(dict(d.split("=", 1) for d in devices))
+    except ValueError as e:
+        raise click.BadParameter(f"{e} (want TARGET=ssh://user@host:port)", param_hint="--device") from None
+
+
 @click.group()
 @click.version_option(package_name="toolchain")
 def main():
@@ -44,8 +57,11 @@ def main():
 @click.option("--targets-dir", default=None, help="Directory of target files (default: the repo's targets/).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 @click.option("--explain", is_flag=True, help="Build nothing; list each stage that would run and why.")
-def build(spec, out_root, cache_dir, targets, targets_dir, quiet, explain):
+@click.option("--device", "devices", multiple=True, metavar="TARGET=ssh://USER@HOST:PORT",
+              help="Validate TARGET on this device (toolchain/executors/ssh.py).")
+def build(spec, out_root, cache_dir, targets, targets_dir, quiet, explain, devices=()):
     """Build SPEC (a build.toml) for its targets; exit 0 only when every gate passes."""
+    _point_at(devices)
     from .api import build as do_build
     from .progress import Progress
 

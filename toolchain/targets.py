@@ -90,7 +90,7 @@ def load_target(name: str, targets_dir=None, overrides=None, spec_path=None) -> 
     tables["runtime_options"] = _runtime_options(path, t)
     from .executors.config import parse as _executor  # where the artifact is judged (toolchain/executors)
 
-    tables["executor"] = _executor(path, t)
+    tables["executor"] = _executor(path, t, name)
     return Target(t.get("name", (str,), name), path, t.get("description", (str,), ""), fmt, precision, runtime,
                   tuple(providers), threads, tables)
 

@@ -9,10 +9,21 @@ EMULATED_DEFAULTS = {"cores": ["cortex-a76", "cortex-a53"], "resolver": "default
                      "also_resolvers": ["builtin_without_default_delegates"], "timeout_s": 1800}
 # qemu 7.2's aarch64 cpu models a target may pin (`max` is refused: it exposes SVE/SME no real phone core has).
 CORES = ("cortex-a35", "cortex-a53", "cortex-a55", "cortex-a57", "cortex-a72", "cortex-a76", "a64fx", "neoverse-n1")
-SSH_KEYS = ("url", "host", "user", "port", "key", "python", "workdir", "timeout_s")
+SSH_KEYS = ("url", "host", "user", "port", "key", "python", "workdir", "known_hosts", "timeout_s")
+DEVICES = {}  # target name -> ssh://... from the command line (--device), see point_at
 
 
-def parse(path, t) -> dict:
+def point_at(devices: dict):
+    """--device TARGET=ssh://user@host:port: validate TARGET on that device (checked to parse here)."""
+    from .ssh import SshExecutor
+
+    for name, url in devices.items():
+        SshExecutor.from_url(url)  # ValueError names a bad address
+    DEVICES.clear()
+    DEVICES.update(devices)
+
+
+def parse(path, t, target_name=None) -> dict:
     """From the target file's _Table: {"name": ..., **that executor's options}."""
     from ..runtimes.litert import RESOLVERS
     from ..spec import _one_of
@@ -39,6 +50,10 @@ def parse(path, t) -> dict:
         s = t.table("ssh")
         s.reject_unknown(set(SSH_KEYS))
         out["ssh"] = dict(s.data)
+        if name == "ssh" and not (s.data.get("url") or s.data.get("host")):
+            raise SpecError(path, "ssh", "needs url or host")
+    if target_name in DEVICES:
+        out["device"] = DEVICES[target_name]
     return out
 
 
@@ -66,4 +81,5 @@ def identity(target, device=None) -> dict:
     if ex is None:
         return {"name": "local"}
     opts = target.tables.get("executor") or {}
-    return {**ex.identity(), **{k: opts[k] for k in ("cores", "resolver", "also_resolvers") if k in opts}}
+    keys = ("cores", "resolver", "also_resolvers") if ex.name == "emulated" else ("resolver", "also_resolvers")
+    return {**ex.identity(), **{k: opts[k] for k in keys if k in opts}}
