@@ -138,3 +138,35 @@ def test_target_file_names_known_cores_only(tmp_path):
     with pytest.raises(SpecError, match=r"arm64.toml: emulated.cores: unknown core 'cortex-a99'"):
         load_target("arm64", tmp_path)
     assert load_target("arm64").tables["executor"]["cores"] == ["cortex-a76", "cortex-a53"]
+
+
+def test_child_dies_with_its_parent(tmp_path):
+    """The runner's child gets SIGKILL when the build process dies (even by SIGKILL): no orphaned emulator."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pidfile = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from toolchain.executors import process\n"
+        "process.run(['sh', '-c', 'echo $$ > %s; exec sleep 60'], 'test child', 120)") % (str(REPO), pidfile)])
+    deadline = time.time() + 20
+    while not (pidfile.exists() and pidfile.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        with open(f"/proc/{child}/stat") as f:
+            if f.read().split(")")[-1].split()[0] == "Z":  # reaped by init soon; already dead
+                return
+        time.sleep(0.05)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail("the child outlived its parent")

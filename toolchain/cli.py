@@ -84,8 +84,11 @@ def build(spec, out_root, cache_dir, targets, targets_dir, quiet, explain, devic
 @click.option("-o", "--out", "out_root", default="build", show_default=True, help="Build directory.")
 @click.option("-t", "--target", "targets", multiple=True, help="Validate only these targets.")
 @click.option("--targets-dir", default=None, help="Directory of target files (default: the repo's targets/).")
-def validate(spec, out_root, targets, targets_dir):
+@click.option("--device", "devices", multiple=True, metavar="TARGET=ssh://USER@HOST:PORT",
+              help="Validate TARGET on this device (toolchain/executors/ssh.py).")
+def validate(spec, out_root, targets, targets_dir, devices=()):
     """Re-validate built artifacts of SPEC on this machine's runtimes (e.g. cuda on a GPU host); no rebuild."""
+    _point_at(devices)
     from .api import validate as do_validate
     from .progress import Progress
     from .spec import load_spec
