@@ -135,6 +135,11 @@ def test_cli_device_points_arm64_at_the_ssh_device(sshd, arm64_build, write_spec
         t = json.loads((tmp_path / "out" / "tiny_cnn" / "report.json").read_text())["targets"]["arm64"]
         assert t["executor"]["name"] == "ssh" and t["executor"]["device"].endswith(f":{sshd['port']}")
         assert t["executor"]["platform"]["machine"] and "arm_cost" not in t
+        # the device's own interleaved timings are the target's latency; the build host's are information
+        assert t["latency_note"].startswith("measured on the device: ssh device ")
+        assert t["latency_protocol"]["runs"] == t["latency_ms"]["runs"] == t["baseline_latency_ms"]["runs"] > 0
+        assert t["latency_ratio"] == t["latency_ms"]["p50"] / t["baseline_latency_ms"]["p50"]
+        assert set(t["host_latency"]) >= {"latency_ms", "baseline_latency_ms", "latency_ratio"}
         dead = _free_port()
         bad = CliRunner().invoke(main, ["build", str(spec), "-o", str(tmp_path / "out2"), "--cache-dir", cache,
                                         "-q", "--device", f"arm64={_url(sshd, dead)}"])

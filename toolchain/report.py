@@ -29,7 +29,7 @@ def target_entry(name, res, gate, model_dir, budget) -> dict:
               "host", "threads", "io", "latency_note",
               "unpruned_latency_ms", "speedup_vs_unpruned", "runtime_options",
               "baseline_same_options_latency_ms",
-              "executor", "arm_cost", "resolver", "resolvers", "host_litert"):
+              "executor", "arm_cost", "resolver", "resolvers", "host_litert", "host_latency"):
         if k in v:
             entry[k] = v[k]
     if res.get("transform"):

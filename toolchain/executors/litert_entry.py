@@ -14,7 +14,8 @@ The job:
   count        {"models": [...], "resolver": R}: on aarch64, bracket one invoke of each model on the first input
                with marker syscalls the instruction-count plugin reads (COUNT_INVOKES segments per model, one
                invoke each, after a warm-up invoke); result["count_segments"] maps segment -> model
-Writes job["result"]: platform, versions, the segment map.
+  latency      {"warmup", "runs", "resolver"}: artifact and baseline timed interleaved on the first input
+Writes job["result"]: platform, versions, the segment map, latency_ms.
 """
 
 import json
@@ -85,6 +86,13 @@ def main(job_path):
     if job.get("outputs"):
         np.savez(job["outputs"], **outputs)
     result["wall_s"] = seconds
+    lat = job.get("latency")
+    if lat:  # a real device: the same interleaved protocol as on the host (tensors set once, invoke timed)
+        from toolchain.validate.latency import interleaved
+
+        feed = {k: data[k][:1] for k in names}
+        calls = {m: session(m, lat.get("resolver")).timer(feed) for m in ("artifact", "baseline")}
+        result["latency_ms"] = interleaved(calls, lat["warmup"], lat["runs"])
     count = job.get("count")
     if count and platform.machine() == "aarch64":  # the marker is getpid on aarch64 only
         import gc

@@ -19,12 +19,14 @@ from .base import Executor, ExecutorError, ExecutorUnavailable, RunResult
 PACKAGE = Path(__file__).resolve().parents[1]
 # What litert_entry.py imports, relative to the directory holding the toolchain package.
 PAYLOAD = ("toolchain/__init__.py", "toolchain/runtimes/__init__.py", "toolchain/runtimes/base.py",
-           "toolchain/runtimes/litert.py", "toolchain/executors/litert_entry.py")
+           "toolchain/runtimes/litert.py", "toolchain/executors/litert_entry.py", "toolchain/validate/__init__.py",
+           "toolchain/validate/latency.py")
 CONNECT_TIMEOUT_S = 10
 
 
 class SshExecutor(Executor):
     name = "ssh"
+    measures_latency = True  # a real device: its own timings replace the build host's
 
     def __init__(self, host, user=None, port=22, key=None, python="python3", workdir="/tmp/toolchain-validate",
                  known_hosts=None):

@@ -53,7 +53,9 @@ def judge(target, artifact, baseline, evaluation, reference, spec, ref_value, re
                "input_names": names, "output_names": [o.name for o in spec.outputs],
                "output_shapes": [list(r.shape[1:]) for r in reference], "threads": target.threads,
                "resolvers": resolvers, "outputs": "outputs.npz", "result": "result.json",
-               "count": {"models": ["artifact", "baseline"], "resolver": resolver} if can_count else None}
+               "count": {"models": ["artifact", "baseline"], "resolver": resolver} if can_count else None,
+               "latency": ({**{k: target.latency[k] for k in ("warmup", "runs")}, "resolver": resolver}
+                           if getattr(ex, "measures_latency", False) else None)}
         try:
             first = ex.run(job, files, tmp / "run0", timeout, cpu=cores[0], count=can_count)
             with np.load(first.out_dir / "outputs.npz") as z:
@@ -98,6 +100,15 @@ def judge(target, artifact, baseline, evaluation, reference, spec, ref_value, re
         ident["versions_differ_from_build_host"] = differ
         notes.append("the executor's runtime versions differ from the build host's: "
                      + ", ".join(f"{k} {a} there vs {b} here" for k, (a, b) in differ.items()))
+    if first.result.get("latency_ms"):
+        t = first.result["latency_ms"]
+        result["device_latency"] = {
+            "latency_ms": t["artifact"], "baseline_latency_ms": t["baseline"],
+            "latency_ratio": t["artifact"]["p50"] / t["baseline"]["p50"],
+            "protocol": {"batch": 1, "warmup": target.latency["warmup"], "runs": target.latency["runs"],
+                         "interleaved_with": "fp32 baseline", "timing": "interpreter.invoke (tensors set once)",
+                         "measured_on": f"{ex.name} device {ident.get('device', '')}: "
+                                        f"{ident['platform'].get('uname', '')}"}}
     if counted:
         result["arm_cost"] = _arm_cost(counted, resolver, ident)
     elif ex.name == "emulated":
@@ -135,3 +146,16 @@ def _arm_cost(counted, resolver, ident) -> dict:
             "method": f"qemu {ident.get('qemu', '?')} TCG instruction count between marker syscalls, -cpu CORE, "
                       f"LiteRT {ident.get('runtime_versions', {}).get('ai-edge-litert', '?')}, {resolver} resolver",
             "cores": cores}
+
+
+def prefer_device_latency(result):
+    """After the host timings: a device's own interleaved timings become the target's latency; the host's stay
+    as information (host_latency)."""
+    dev = result.pop("device_latency", None)
+    if not dev:
+        return
+    result["host_latency"] = {k: result.pop(k) for k in ("latency_ms", "baseline_latency_ms", "latency_ratio",
+                                                          "latency_protocol") if k in result}
+    result.update(latency_ms=dev["latency_ms"], baseline_latency_ms=dev["baseline_latency_ms"],
+                  latency_ratio=dev["latency_ratio"], latency_protocol=dev["protocol"])
+    result["latency_note"] = "measured on the device: " + dev["protocol"]["measured_on"]

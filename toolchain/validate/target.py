@@ -92,6 +92,10 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
                                     "interleaved_with": "fp32 baseline (default runtime options)",
                                     "artifact_runtime_options": (chosen or {}).get("name", "default"),
                                     "timing": session.timing_method})
+    if "device_latency" in result:  # measured on the device itself (ssh executor): those figures count
+        from .on_executor import prefer_device_latency
+
+        prefer_device_latency(result)
     return result
 
 
