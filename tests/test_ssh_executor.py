@@ -150,5 +150,9 @@ def test_cli_device_points_arm64_at_the_ssh_device(sshd, arm64_build, write_spec
                          "refused)"], bad.output
         usage = CliRunner().invoke(main, ["build", str(spec), "--device", "arm64=http://x"])  # not ssh://
         assert usage.exit_code == 2 and "--device" in usage.output
+        x86 = write_spec(tmp_path / "x86spec")
+        refused = CliRunner().invoke(main, ["build", str(x86), "-o", str(tmp_path / "out3"), "--device",
+                                            f"x86_64={_url(sshd)}"])
+        assert refused.exit_code == 2 and "only LiteRT targets can be validated on a device" in refused.output
     finally:
         config.DEVICES.clear()

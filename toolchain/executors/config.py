@@ -53,6 +53,9 @@ def parse(path, t, target_name=None) -> dict:
         if name == "ssh" and not (s.data.get("url") or s.data.get("host")):
             raise SpecError(path, "ssh", "needs url or host")
     if target_name in DEVICES:
+        if t.data.get("runtime") != "litert":  # the entry point is LiteRT's; never ignore a --device silently
+            raise SpecError(path, "runtime", f"--device {target_name}=...: only LiteRT targets can be validated on "
+                            f"a device so far, this one runs {t.data.get('runtime')!r}")
         out["device"] = DEVICES[target_name]
     return out
 
