@@ -10,16 +10,21 @@ def lines(name, t) -> list:
     rv = ex.get("runtime_versions", {})
     out = [f"- **{name}** accuracy on {where}, LiteRT {rv.get('ai-edge-litert', '?')}, {t.get('resolver')} resolver"]
     for r, acc in (t.get("resolvers") or {}).items():
-        lsb = next((v for k, v in acc.items() if k.startswith("max_lsb_vs_")), None)
+        diff = _diff(acc, "_vs_" + str(t.get("resolver")))
         out.append(f"  - resolver {r}: metric {acc['metric']:.3f} (drop {acc['metric_drop']:.3f}), outputs differ "
-                   f"by at most {lsb:g} LSB from the {t.get('resolver')} resolver")
+                   f"by at most {diff} from the {t.get('resolver')} resolver")
     host = t.get("host_litert")
     if host:
         out.append(f"  - host LiteRT (information): metric {host['metric']:.3f}, outputs differ by at most "
-                   f"{host['max_lsb_vs_executor']:g} LSB from the executor's")
+                   f"{_diff(host, '_vs_executor')} from the executor's")
     cost = t.get("arm_cost")
     if cost:
         cores = "; ".join(f"{c}: {v['artifact']:,} vs fp32 {v['baseline']:,} instructions = {v['ratio']:.2f}x"
                           for c, v in cost["cores"].items())
         out.append(f"  - ARM cost per inference: {cores}")
     return out
+
+
+def _diff(d, suffix) -> str:
+    lsb = d.get("max_lsb" + suffix)
+    return f"{lsb:g} LSB" if lsb is not None else f"{d.get('max_abs_diff' + suffix, 0):.3g} (absolute)"

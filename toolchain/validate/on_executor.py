@@ -68,9 +68,12 @@ def judge(target, artifact, baseline, evaluation, reference, spec, ref_value, re
                     counted[core] = (run.counts, run.result["count_segments"])
         except ExecutorError as e:
             raise StageError("validate", e.one_line(), target.name) from None
-    scales = [o["scale"] or 1.0 for o in session.io_details()["outputs"]] if hasattr(session, "io_details") else None
+    # int8 outputs: differences in quantization steps (LSB); float outputs have none (None)
+    scales = [o["scale"] or None for o in session.io_details()["outputs"]] if hasattr(session, "io_details") \
+        else [None] * len(spec.outputs)
     host = {k: result[k] for k in ("metric", "metric_drop", "agreement", "non_finite_outputs") if k in result}
     host.update(max_lsb_vs_executor=_max_lsb(host_outputs, outs[resolver], scales),
+                max_abs_diff_vs_executor=_max_abs(host_outputs, outs[resolver]),
                 note="LiteRT's kernels on this build host: information only")
     result["host_litert"] = host
     for k in ("metrics",):
@@ -84,6 +87,7 @@ def judge(target, artifact, baseline, evaluation, reference, spec, ref_value, re
         acc = accuracy(outs[r], evaluation, reference, spec, ref_value)
         acc.pop("metrics", None)
         acc["max_lsb_vs_" + resolver] = _max_lsb(outs[r], outs[resolver], scales)
+        acc["max_abs_diff_vs_" + resolver] = _max_abs(outs[r], outs[resolver])
         result["resolvers"][r] = acc
         if r != resolver and budget is not None and not acc["metric_drop"] <= budget:
             notes.append(f"with the {r} resolver (a LiteRT without XNNPACK) the metric drop is "
@@ -118,13 +122,16 @@ def judge(target, artifact, baseline, evaluation, reference, spec, ref_value, re
     result["executor_notes"] = notes
 
 
+def _max_abs(a_list, b_list) -> float:
+    return max((float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+                for a, b in zip(a_list, b_list)), default=0.0)
+
+
 def _max_lsb(a_list, b_list, scales):
-    """Largest difference between two runs' outputs, in output quantization steps (LSB) where known."""
-    worst = 0.0
-    for i, (a, b) in enumerate(zip(a_list, b_list)):
-        d = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
-        worst = max(worst, d / scales[i] if scales else d)
-    return round(worst, 3)
+    """Largest difference between two runs' int8 outputs in quantization steps (LSB); None for float outputs."""
+    if not scales or any(s is None for s in scales):
+        return None
+    return round(max(_max_abs([a], [b]) / s for a, b, s in zip(a_list, b_list, scales)), 3)
 
 
 def _arm_cost(counted, resolver, ident) -> dict:
