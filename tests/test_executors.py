@@ -170,3 +170,10 @@ def test_child_dies_with_its_parent(tmp_path):
         time.sleep(0.05)
     os.kill(child, signal.SIGKILL)
     pytest.fail("the child outlived its parent")
+
+
+def test_executor_needs_a_litert_target(tmp_path):
+    text = (REPO / "targets" / "x86_64.toml").read_text()
+    (tmp_path / "x86_64.toml").write_text('executor = "emulated"\n' + text)  # a top-level key: before any table
+    with pytest.raises(SpecError, match=r"x86_64.toml: executor: 'emulated' needs runtime = \"litert\""):
+        load_target("x86_64", tmp_path)

@@ -30,6 +30,9 @@ def parse(path, t, target_name=None) -> dict:
 
     name = t.get("executor", (str,), "local", check=_one_of(EXECUTORS))
     out = {"name": name}
+    if name != "local" and t.data.get("runtime") != "litert":  # only LiteRT's entry point exists so far
+        raise SpecError(path, "executor", f"{name!r} needs runtime = \"litert\" (only LiteRT artifacts can be "
+                        "judged off this process so far)")
     if name == "emulated":
         e = t.table("emulated")
         e.reject_unknown(set(EMULATED_DEFAULTS))
