@@ -2,17 +2,15 @@
 qemu-user, prepared by `make arm-emulator`), the ARM cost model, the fallback to host LiteRT when the emulator
 is missing, and the child-process runner's errors. The tiny CNN's evaluation set is 64 samples."""
 
-import json
 import os
 import platform
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from toolchain.errors import SpecError
-from toolchain.executors import ExecutorError, ExecutorUnavailable
+from toolchain.executors import ExecutorError
 from toolchain.executors.emulated import EmulatedExecutor
 from toolchain.executors.local import LocalExecutor
 from toolchain.runtimes.litert import LiteRTSession

@@ -48,7 +48,8 @@ def parse(path, t, target_name=None) -> dict:
                    timeout_s=e.get("timeout_s", (int, float), EMULATED_DEFAULTS["timeout_s"]))
         for r in out["also_resolvers"]:
             if r not in RESOLVERS:
-                raise SpecError(path, e.key("also_resolvers"), f"unknown resolver {r!r} (known: {', '.join(RESOLVERS)})")
+                raise SpecError(path, e.key("also_resolvers"),
+                                f"unknown resolver {r!r} (known: {', '.join(RESOLVERS)})")
     if name == "ssh" or "ssh" in t.data:
         s = t.table("ssh")
         s.reject_unknown(set(SSH_KEYS))

@@ -48,7 +48,8 @@ class EmulatedExecutor(Executor):
         need = ["qemu-aarch64"] if count else ["qemu-aarch64-static"]
         for exe in need:
             if not shutil.which(exe):
-                raise ExecutorUnavailable("emulated aarch64 executor", f"{exe} is not installed (run make arm-emulator)")
+                raise ExecutorUnavailable("emulated aarch64 executor",
+                                          f"{exe} is not installed (run make arm-emulator)")
         if count and not (self.root / PLUGIN).is_file():
             raise ExecutorUnavailable("emulated aarch64 executor", f"the instruction-count plugin {self.root / PLUGIN} "
                                       "is missing (run make arm-emulator)")

@@ -27,8 +27,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 MARKER_MAGIC = 0x7001C0DE
-AARCH64_GETPID = 172
-COUNT_INVOKES = 5  # counted one by one; they differ by ~1% within a process, repeat exactly across runs  # getpid ignores its arguments; the plugin reads them
+AARCH64_GETPID = 172  # getpid ignores its arguments; the plugin reads them
+# Invokes counted one by one (the median is reported): they differ by ~1% within a process and repeat exactly
+# across runs of the same job.
+COUNT_INVOKES = 5
 
 
 def _die_with_parent():
