@@ -6,7 +6,7 @@ from ..errors import SpecError
 
 EXECUTORS = ("local", "emulated", "ssh")
 EMULATED_DEFAULTS = {"cores": ["cortex-a76", "cortex-a53"], "resolver": "default",
-                     "also_resolvers": ["builtin_without_default_delegates"], "timeout_s": 1800}
+                     "also_resolvers": ["builtin_without_default_delegates"], "timeout_s": 3600}
 # qemu 7.2's aarch64 cpu models a target may pin (`max` is refused: it exposes SVE/SME no real phone core has).
 CORES = ("cortex-a35", "cortex-a53", "cortex-a55", "cortex-a57", "cortex-a72", "cortex-a76", "a64fx", "neoverse-n1")
 SSH_KEYS = ("url", "host", "user", "port", "key", "python", "workdir", "known_hosts", "timeout_s")

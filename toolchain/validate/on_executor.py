@@ -11,7 +11,9 @@ Without the emulator (make arm-emulator failed or was not run) the target falls 
 report says so (`executor.fallback`, a note); a device or a set-up emulator that fails is a stage error (exit 4).
 """
 
+import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -56,18 +58,23 @@ def judge(target, artifact, baseline, evaluation, reference, spec, ref_value, re
                "count": {"models": ["artifact", "baseline"], "resolver": resolver} if can_count else None,
                "latency": ({**{k: target.latency[k] for k in ("warmup", "runs")}, "resolver": resolver}
                            if getattr(ex, "measures_latency", False) else None)}
-        try:
-            first = ex.run(job, files, tmp / "run0", timeout, cpu=cores[0], count=can_count)
-            with np.load(first.out_dir / "outputs.npz") as z:
-                outs = {r: [z[f"{r}/{i}"] for i in range(len(spec.outputs))] for r in resolvers}
-            counted = {cores[0]: (first.counts, first.result["count_segments"])} if can_count else {}
-            if can_count:
-                for i, core in enumerate(cores[1:], 1):
-                    run = ex.run({**job, "resolvers": [], "outputs": None}, files, tmp / f"run{i}", timeout,
-                                 cpu=core, count=True)
-                    counted[core] = (run.counts, run.result["count_segments"])
-        except ExecutorError as e:
-            raise StageError("validate", e.one_line(), target.name) from None
+        # The accuracy run and one counting run per core are separate processes (instruction counts do not
+        # depend on timing), run side by side where the machine has the cores.
+        runs = {"accuracy": ({**job, "count": None}, cores[0], False)}
+        if can_count:
+            runs.update({core: ({**job, "resolvers": [], "outputs": None, "latency": None}, core, True)
+                         for core in cores})
+        with ThreadPoolExecutor(max(1, min(len(runs), os.cpu_count() or 1))) as pool:
+            futures = {name: pool.submit(ex.run, j, files, tmp / f"run-{name}", timeout, cpu=cpu, count=count)
+                       for name, (j, cpu, count) in runs.items()}
+            try:
+                done = {name: f.result() for name, f in futures.items()}
+            except ExecutorError as e:
+                raise StageError("validate", e.one_line(), target.name) from None
+        first = done["accuracy"]
+        with np.load(first.out_dir / "outputs.npz") as z:
+            outs = {r: [z[f"{r}/{i}"] for i in range(len(spec.outputs))] for r in resolvers}
+        counted = {core: (done[core].counts, done[core].result["count_segments"]) for core in cores if core in done}
     # int8 outputs: differences in quantization steps (LSB); float outputs have none (None)
     scales = [o["scale"] or None for o in session.io_details()["outputs"]] if hasattr(session, "io_details") \
         else [None] * len(spec.outputs)
