@@ -101,6 +101,8 @@ def judge(target, artifact, baseline, evaluation, reference, spec, ref_value, re
                          f"{acc['metric_drop']:.3f}, over the budget {budget}")
     ident = config.identity(target, opts.get("device"))
     ident["platform"] = first.result.get("platform", {})
+    if ex.name == "emulated":  # qemu 7.2's linux-user passes the build host's /proc/cpuinfo through
+        ident["platform"]["cpuinfo"] = f"emulated by qemu -cpu {cores[0]} (the guest sees the host's /proc/cpuinfo)"
     ident["runtime_versions"] = first.result.get("versions", {})
     result["executor"] = ident
     from ..versions import versions
