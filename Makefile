@@ -8,7 +8,7 @@ MODELS := digits_cnn digits_resnet digits_resnet_pruned digits_mobilenet minilm
 TARGETS := x86_64 arm64 cuda
 BUILD := build
 
-.PHONY: build test test-all bench coverage clean venv system-deps
+.PHONY: build test test-all bench coverage clean venv system-deps arm-emulator arm-emulator-optional
 
 venv: $(STAMP)
 
@@ -24,9 +24,9 @@ $(STAMP): requirements.lock requirements-nodeps.txt constraints.txt pyproject.to
 	touch $@
 
 # One report per model; `make -j` builds models in parallel (they share the content-addressed cache).
-build: $(STAMP) $(MODELS:%=$(BUILD)/%/report.json)
+build: $(STAMP) arm-emulator-optional $(MODELS:%=$(BUILD)/%/report.json)
 
-$(BUILD)/%/report.json: $(STAMP) FORCE
+$(BUILD)/%/report.json: $(STAMP) arm-emulator-optional FORCE
 	PATH="$(abspath $(BIN)):$$PATH" $(TOOLCHAIN) build sample_models/$*/build.toml -o $(BUILD)
 
 FORCE:
@@ -39,10 +39,10 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y docker-registry && \
 	  { systemctl disable --now docker-registry 2>/dev/null || true; }; }
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps arm-emulator-optional
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not slow and not gpu" -q
 
-test-all: $(STAMP) system-deps
+test-all: $(STAMP) system-deps arm-emulator-optional
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
@@ -76,3 +76,16 @@ $(LITERT_STAMP): requirements-litert.lock constraints.txt
 
 # The MiniLM sample's arm64 target converts through litert-torch, which lives in the side venv.
 $(BUILD)/minilm/report.json: $(LITERT_STAMP)
+
+# The emulated aarch64 executor (arm64 validation on real ARM kernels, the ARM cost model): qemu-user, an arm64
+# Debian rootfs, aarch64 LiteRT/numpy wheels at the lock's versions and the instruction-count plugin, under
+# .arm-emulator/. Idempotent (each step is stamped). build/test call it but do not depend on it succeeding: without
+# it arm64 validation falls back to host LiteRT and the report says so.
+ARM_EMULATOR := .arm-emulator
+ARM_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY))
+
+arm-emulator:
+	bash toolchain/executors/setup_arm_emulator.sh $(ARM_EMULATOR) $(ARM_PY) requirements.lock
+
+arm-emulator-optional:
+	@$(MAKE) --no-print-directory arm-emulator || echo "warning: make arm-emulator failed: arm64 validation falls back to host LiteRT (reports say so)" >&2

@@ -53,6 +53,19 @@ def _exit_with_statuses(report, code, as_json=False):
     sys.exit(code)
 
 
+def _point_at(devices):
+    if not devices:
+        return
+    from .executors.config import point_at
+
+    try:
+        if not all("=" in d for d in devices):
+            raise ValueError(f"{next(d for d in devices if '=' not in d)!r} names no target")
+        point_at(dict(d.split("=", 1) for d in devices))
+    except ValueError as e:
+        raise click.BadParameter(f"{e} (want TARGET=ssh://user@host:port)", param_hint="--device") from None
+
+
 @click.group(cls=_Group)
 @click.version_option(package_name="toolchain")
 def main():
@@ -71,8 +84,11 @@ def main():
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 @click.option("--explain", is_flag=True, help="Build nothing; list each stage that would run and why.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report (or the explanation) as one JSON document.")
-def build(spec, out_root, cache_dir, remote_cache, targets, targets_dir, quiet, explain, as_json):
+@click.option("--device", "devices", multiple=True, metavar="TARGET=ssh://USER@HOST:PORT",
+              help="Validate TARGET on this device (toolchain/executors/ssh.py).")
+def build(spec, out_root, cache_dir, remote_cache, targets, targets_dir, quiet, explain, as_json, devices=()):
     """Build SPEC (a build.toml) for its targets; exit 0 only when every gate passes."""
+    _point_at(devices)
     from .api import build as do_build
     from .progress import Progress
 
@@ -99,8 +115,11 @@ def build(spec, out_root, cache_dir, remote_cache, targets, targets_dir, quiet, 
 @click.option("-t", "--target", "targets", multiple=True, help="Validate only these targets.")
 @click.option("--targets-dir", default=None, help="A directory of your own target files; they add to the built-in targets (same name: yours wins).")
 @click.option("--json", "as_json", is_flag=True, help="Print the updated report as one JSON document.")
-def validate(spec, out_root, targets, targets_dir, as_json):
+@click.option("--device", "devices", multiple=True, metavar="TARGET=ssh://USER@HOST:PORT",
+              help="Validate TARGET on this device (toolchain/executors/ssh.py).")
+def validate(spec, out_root, targets, targets_dir, as_json, devices=()):
     """Re-validate built artifacts of SPEC on this machine's runtimes (e.g. cuda on a GPU host); no rebuild."""
+    _point_at(devices)
     from .api import validate as do_validate
     from .progress import Progress
     from .spec import load_spec

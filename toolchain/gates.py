@@ -29,8 +29,14 @@ def judge(name, validation: dict, budget: list, transform_meta: dict) -> dict:
         notes.append(f"PRUNING DID NOT PAY: the pruned artifact's p50 is {1 / speedup:.2f}x the unpruned one's on "
                      "this target (measured interleaved)")
     ratio = validation.get("latency_ratio")
-    if ratio is not None and ratio >= 1.0:
+    if validation.get("arm_cost"):  # ARM targets: the instruction-count cost model decides, host timings inform
+        slow = {c: v["ratio"] for c, v in validation["arm_cost"]["cores"].items() if v["ratio"] >= 1.0}
+        if slow:
+            notes.append("NOT FASTER on ARM: per-inference instructions are " + ", ".join(
+                f"{r:.2f}x the fp32 baseline's on {c}" for c, r in slow.items()) + " (ARM cost model, emulated)")
+    elif ratio is not None and ratio >= 1.0:
         notes.append(_slower_note(ratio, validation, transform_meta))
+    notes += validation.get("executor_notes", [])
     if reasons:
         return {"status": "failed", "reason": "; ".join(reasons), "notes": notes, "outputs": rows}
     return {"status": "passed", "reason": "", "notes": notes, "outputs": rows}

@@ -41,6 +41,9 @@ SCHEMAS = {
         "providers": Option("strs", ["CPUExecutionProvider"]), "threads": Option("int", 1, Range(0, 256)),
         "quantize": Option("table", {}), "fp16": Option("table", {}), "convert": Option("table", {}),
         "latency": Option("table", {}), "runtime_options": Option("tables", []),
+        # where the artifact is judged (toolchain/executors/config.py checks the executor's own tables)
+        "executor": Option("str", "local", ("local", "emulated", "ssh")),
+        "emulated": Option("table", {}), "ssh": Option("table", {}),
     },
     # ONNX Runtime's quantizer (stages/quantize.py; method = "auto": the precision plan, stages/plan.py)
     "quantize": {

@@ -324,6 +324,10 @@ class Pipeline:
         params = {"runtime": target.runtime, "providers": list(target.providers), "threads": target.threads,
                   "latency": target.latency, "metric": s.metric, "also": list(s.extra_metrics), **self.metric_params,
                   "runtime_options": target.tables.get("runtime_options", [])}
+        if target.runtime == "litert":  # where it is judged: the executor's identity and runtime versions
+            from .executors import identity
+
+            params["executor"] = identity(target, (target.tables.get("executor") or {}).get("device"))
         deps = {"artifact": sha256_file(artifact), "baseline": sha256_file(baseline),
                 "reference": ref_entry.digest(reference.OUTPUT), "evaluation": self.evaluation_digest,
                 "host": host_id()}

@@ -38,7 +38,8 @@ def target_entry(name, res, gate, model_dir, budget) -> dict:
     for k in ("latency_ms", "baseline_latency_ms", "latency_ratio", "latency_protocol", "device", "providers",
               "host", "threads", "io", "latency_note",
               "unpruned_latency_ms", "speedup_vs_unpruned", "runtime_options",
-              "baseline_same_options_latency_ms", "optimized_op_counts"):
+              "baseline_same_options_latency_ms", "optimized_op_counts",
+              "executor", "arm_cost", "resolver", "resolvers", "host_litert", "host_latency"):
         if k in v:
             entry[k] = v[k]
     if res.get("transform"):
@@ -153,6 +154,10 @@ def markdown(report: dict) -> str:
             lines.append(f"- **{name}** latency measured on {t.get('device', h['cpu'])} (host arch {h['arch']}), "
                          f"{t.get('threads')} thread(s), {t['latency_protocol']['timing']}"
                          + (f"; {t['latency_note']}" if t.get("latency_note") else ""))
+        if t.get("executor"):  # where the target was judged (toolchain/executors)
+            from .executors.report_lines import lines as executor_lines
+
+            lines += executor_lines(name, t)
     if report.get("html"):
         lines += ["", f"Plot and tables: [{report['html']}]({report['html']})"]
     return "\n".join(lines) + "\n"

@@ -119,6 +119,9 @@ def load_target(name: str, targets_dir=None, overrides=None, spec_path=None) -> 
             check_table(spec_path or path, f"targets.{name}.{k}", over, "convert" if k == "convert" else k)
         tables[k] = {**own, **over}
     tables["runtime_options"] = _runtime_options(path, t)
+    from .executors.config import parse as _executor  # where the artifact is judged (toolchain/executors)
+
+    tables["executor"] = _executor(path, t, name)
     return Target(checked.get("name", name), path, checked.get("description", ""), fmt, precision, runtime,
                   tuple(providers), threads, tables)
 

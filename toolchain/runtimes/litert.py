@@ -42,6 +42,11 @@ def _from_tflite(a, want):
     return a
 
 
+# Op resolvers a target can name: the default (XNNPACK delegate applied) and the builtin kernels without it.
+RESOLVERS = {"default": "AUTO", "builtin_without_default_delegates": "BUILTIN_WITHOUT_DEFAULT_DELEGATES",
+             "builtin_ref": "BUILTIN_REF"}
+
+
 def _quant(d):
     scale, zero = d["quantization"]
     return float(scale), int(zero)
@@ -51,15 +56,18 @@ class LiteRTSession:
     batchable = False  # onnx2tf fixes the batch at 1
     timing_method = "interpreter.invoke (tensors set once)"
 
-    def __init__(self, path, threads=1, output_shapes=None, output_names=None, input_names=None):
+    def __init__(self, path, threads=1, output_shapes=None, output_names=None, input_names=None, resolver=None):
         try:
-            from ai_edge_litert.interpreter import Interpreter
+            from ai_edge_litert.interpreter import Interpreter, OpResolverType
         except ImportError as e:
             raise RuntimeUnavailable(f"ai-edge-litert is not installed ({e})") from None
+        kw = {}
+        if resolver not in (None, "default"):  # RESOLVERS: e.g. no XNNPACK, as on a device built without it
+            kw["experimental_op_resolver_type"] = getattr(OpResolverType, RESOLVERS[resolver])
         from ..native_stderr import without_native_info
 
         with without_native_info():  # "INFO: Created TensorFlow Lite XNNPACK delegate" would leak past -q
-            self.interp = Interpreter(model_path=str(path), num_threads=threads)
+            self.interp = Interpreter(model_path=str(path), num_threads=threads, **kw)
             self.interp.allocate_tensors()
         self.inputs = self._ordered(self.interp.get_input_details(), "inputs")
         self.outputs = self._ordered(self.interp.get_output_details(), "outputs")

@@ -51,7 +51,8 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
     except RuntimeFellBack as e:
         result.update(status="failed", reason=f"runtime fell back: {e}")
         return result
-    result.update(accuracy(outputs_on(session, evaluation, names), evaluation, reference, spec, ref_value))
+    host_outputs = outputs_on(session, evaluation, names)
+    result.update(accuracy(host_outputs, evaluation, reference, spec, ref_value))
     result["device"] = _device(target, session)
     result["providers"] = list(getattr(session, "providers", [target.runtime]))
     if hasattr(session, "io_details"):
@@ -70,6 +71,11 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
     if target.runtime == "litert" and result["host"]["arch"] not in ("aarch64", "arm64"):
         result["latency_note"] = (f"measured with LiteRT's {result['host']['arch']} kernels on this host, "
                                   "not on an ARM device")
+    if target.runtime == "litert":  # judged where it will run (toolchain/executors): emulated aarch64, a device
+        from .on_executor import judge
+
+        judge(target, artifact, baseline, evaluation, reference, spec, ref_value, result, host_outputs, session,
+              accuracy)
 
     lat = target.latency
     batch = min(lat["batch"], len(evaluation[names[0]]))
@@ -99,6 +105,10 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
                                     "interleaved_with": "fp32 baseline (default runtime options)",
                                     "artifact_runtime_options": (chosen or {}).get("name", "default"),
                                     "timing": session.timing_method})
+    if "device_latency" in result:  # measured on the device itself (ssh executor): those figures count
+        from .on_executor import prefer_device_latency
+
+        prefer_device_latency(result)
     if target.runtime == "onnxruntime" and target.precision == "int8":  # what really runs int8 (NOT FASTER notes)
         from ..runtimes.onnxruntime import optimized_op_counts
 

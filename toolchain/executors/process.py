@@ -1,0 +1,51 @@
+"""The child-process runner every executor uses: a time limit, death with the parent (even on SIGKILL), the whole
+process group killed on timeout, and one ExecutorError carrying the signal or timeout and the log tail."""
+
+import os
+import signal
+import subprocess
+import tempfile
+
+from .base import ExecutorError
+
+TAIL_LINES = 30
+
+
+def _die_with_parent():  # runs in the child between fork and exec
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run(cmd, what, timeout_s, env=None, cwd=None) -> str:
+    """Runs cmd; returns its combined output. Raises ExecutorError on a non-zero exit, a signal or the timeout."""
+    with tempfile.TemporaryFile(mode="w+") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent)
+        try:
+            rc = proc.wait(timeout=timeout_s)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            rc, timed_out = proc.wait(), True
+        except BaseException:  # Ctrl-C: take the child down with us
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        log.seek(0)
+        text = log.read()
+    if timed_out:
+        raise ExecutorError(what, f"timed out after {timeout_s:g} s", rc, timed_out=True, log_tail=tail(text))
+    if rc < 0:
+        name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
+        raise ExecutorError(what, f"killed by {name}", rc, signal=name, log_tail=tail(text))
+    if rc != 0:
+        raise ExecutorError(what, f"exited with status {rc}", rc, log_tail=tail(text))
+    return text
+
+
+def tail(text, lines=TAIL_LINES) -> str:
+    return "\n".join(text.splitlines()[-lines:])

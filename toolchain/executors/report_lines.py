@@ -1,0 +1,30 @@
+"""report.md lines for a target judged on an executor: where, with which resolvers, and the ARM cost."""
+
+
+def lines(name, t) -> list:
+    ex = t["executor"]
+    if ex.get("fallback"):
+        return [f"- **{name}** judged on host LiteRT, NOT on {ex['wanted']} ARM kernels: {ex['reason']}"]
+    where = ex["name"] + (f" aarch64 (qemu {ex.get('qemu', '?')}, -cpu {ex['cores'][0]})" if ex["name"] == "emulated"
+                          else f" {ex.get('host', '')}")
+    rv = ex.get("runtime_versions", {})
+    out = [f"- **{name}** accuracy on {where}, LiteRT {rv.get('ai-edge-litert', '?')}, {t.get('resolver')} resolver"]
+    for r, acc in (t.get("resolvers") or {}).items():
+        diff = _diff(acc, "_vs_" + str(t.get("resolver")))
+        out.append(f"  - resolver {r}: metric {acc['metric']:.3f} (drop {acc['metric_drop']:.3f}), outputs differ "
+                   f"by at most {diff} from the {t.get('resolver')} resolver")
+    host = t.get("host_litert")
+    if host:
+        out.append(f"  - host LiteRT (information): metric {host['metric']:.3f}, outputs differ by at most "
+                   f"{_diff(host, '_vs_executor')} from the executor's")
+    cost = t.get("arm_cost")
+    if cost:
+        cores = "; ".join(f"{c}: {v['artifact']:,} vs fp32 {v['baseline']:,} instructions = {v['ratio']:.2f}x"
+                          for c, v in cost["cores"].items())
+        out.append(f"  - ARM cost per inference: {cores}")
+    return out
+
+
+def _diff(d, suffix) -> str:
+    lsb = d.get("max_lsb" + suffix)
+    return f"{lsb:g} LSB" if lsb is not None else f"{d.get('max_abs_diff' + suffix, 0):.3g} (absolute)"

@@ -1,0 +1,115 @@
+"""A device over ssh: copy the entry point (with the few project files it imports), the artifact, its baseline and
+the inputs into a fresh remote work directory (scp: OpenSSH's sftp subsystem), run the entry point with the
+device's python under `timeout`, fetch result.json and outputs.npz, remove the directory.
+
+ssh://USER@HOST:PORT?key=PATH&python=PATH&workdir=DIR&known_hosts=PATH (or the target file's [ssh] table).
+Key-only (BatchMode): a password prompt would hang a build.
+"""
+
+import json
+import shlex
+import subprocess
+import uuid
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from . import process
+from .base import Executor, ExecutorError, ExecutorUnavailable, RunResult
+
+PACKAGE = Path(__file__).resolve().parents[1]
+# What litert_entry.py imports, relative to the directory holding the toolchain package.
+PAYLOAD = ("toolchain/__init__.py", "toolchain/runtimes/__init__.py", "toolchain/runtimes/base.py",
+           "toolchain/runtimes/litert.py", "toolchain/executors/litert_entry.py", "toolchain/validate/__init__.py",
+           "toolchain/validate/latency.py")
+CONNECT_TIMEOUT_S = 10
+
+
+class SshExecutor(Executor):
+    name = "ssh"
+    measures_latency = True  # a real device: its own timings replace the build host's
+
+    def __init__(self, host, user=None, port=22, key=None, python="python3", workdir="/tmp/toolchain-validate",
+                 known_hosts=None):
+        self.host, self.user, self.port, self.key = host, user, int(port), key
+        self.python, self.workdir, self.known_hosts = python, workdir, known_hosts
+
+    @classmethod
+    def from_url(cls, url, defaults=None):
+        u = urlsplit(url)
+        if u.scheme != "ssh" or not u.hostname:
+            raise ValueError(f"not an ssh://[user@]host[:port] address: {url!r}")
+        q = {k: v[-1] for k, v in parse_qs(u.query).items()}
+        opts = {k: v for k, v in (defaults or {}).items() if k not in ("url", "timeout_s")}
+        opts.update(host=u.hostname, **({"user": u.username} if u.username else {}),
+                    **({"port": u.port} if u.port else {}), **q)
+        return cls(**opts)
+
+    @classmethod
+    def from_options(cls, opts):
+        if opts.get("url"):
+            return cls.from_url(opts["url"], opts)
+        return cls(**{k: v for k, v in opts.items() if k != "timeout_s"})
+
+    @property
+    def address(self) -> str:
+        return f"{self.user + '@' if self.user else ''}{self.host}:{self.port}"
+
+    def identity(self) -> dict:  # the device itself (uname, cpuinfo) is recorded from the run's result
+        return {"name": "ssh", "device": self.address, "python": self.python}
+
+    def _opts(self) -> list:
+        o = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}", "-o", "LogLevel=ERROR"]
+        if self.key:
+            o += ["-i", str(self.key), "-o", "IdentitiesOnly=yes"]
+        if self.known_hosts:
+            o += ["-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=accept-new"]
+        return o
+
+    def _dest(self) -> str:
+        return f"{self.user + '@' if self.user else ''}{self.host}"
+
+    def _ssh(self, command, timeout_s, what):
+        return process.run(["ssh", *self._opts(), "-p", str(self.port), self._dest(), command],
+                           f"ssh device {self.address} ({what})", timeout_s)
+
+    def _scp(self, sources, target, timeout_s, what):
+        return process.run(["scp", "-q", *self._opts(), "-P", str(self.port), *sources, target],
+                           f"ssh device {self.address} ({what})", timeout_s)
+
+    def check(self):
+        try:
+            self._ssh("true", CONNECT_TIMEOUT_S + 20, "connect")
+        except ExecutorError as e:
+            raise ExecutorUnavailable(f"ssh device {self.address}", "unreachable",
+                                      log_tail=e.log_tail) from None
+
+    def run(self, job, files, out_dir, timeout_s, cpu=None, count=False) -> RunResult:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "job.json").write_text(json.dumps({**job, "count": None}))  # no cost plugin on a device
+        remote = f"{self.workdir.rstrip('/')}/{uuid.uuid4().hex}"
+        q = shlex.quote
+        dirs = sorted({str(Path(p).parent) for p in PAYLOAD})
+        self._ssh("mkdir -p " + " ".join(q(f"{remote}/{d}") for d in dirs), 60, "prepare")
+        try:
+            for d in dirs:
+                self._scp([str(PACKAGE.parent / p) for p in PAYLOAD if str(Path(p).parent) == d],
+                          f"{self._dest()}:{remote}/{d}/", 120, "copy the entry point")
+            staged = [str(out_dir / "job.json")]
+            for name, path in files.items():  # under the job's names: scp keeps the source's base name
+                link = out_dir / name
+                if not link.exists():
+                    link.symlink_to(Path(path).resolve())
+                staged.append(str(link))
+            self._scp(staged, f"{self._dest()}:{remote}/", 600, "copy the artifact and inputs")
+            self._ssh(f"cd {q(remote)} && timeout -s KILL {int(timeout_s)} {q(self.python)} "
+                      f"toolchain/executors/litert_entry.py job.json", timeout_s + 30, "validation entry point")
+            fetch = [job["result"]] + ([job["outputs"]] if job.get("outputs") else [])
+            for name in fetch:
+                self._scp([f"{self._dest()}:{remote}/{name}"], str(out_dir / name), 600, "fetch results")
+        finally:
+            try:
+                self._ssh(f"rm -rf {q(remote)}", 60, "clean up")
+            except (ExecutorError, subprocess.SubprocessError):
+                pass
+        return RunResult(json.loads((out_dir / job["result"]).read_text()), out_dir)
