@@ -130,7 +130,11 @@ MODEL_TABLE = {
     "two_inputs": ("two_inputs", [("zimg", (1, 1, 8, 8)), ("aux", (1, 5))]),
     "fp16_overflow": ("fp16_overflow", [("input", (1, 1, 8, 8))]),
     "gru_seq": ("gru_seq", [("input", (1, 8, 4))]),
+    "const_plus_small": ("const_plus_small", [("x", (1, 16))]),
+    "two_heads": ("two_heads", [("input", (1, 1, 8, 8))]),
 }
+OUTPUTS = {"two_heads": ["logits", "probs"], "const_plus_small": ["probs"]}  # others: one output, "logits"
+NO_LABELS = {"const_plus_small"}  # evaluation data without labels: the default metric is then sqnr
 N_CALIB, N_EVAL = 32, 64
 
 
@@ -139,6 +143,8 @@ def _outputs(model, arrays, names):
 
     with torch.no_grad():
         out = model(*(torch.from_numpy(arrays[n]) for n in names))
+    if isinstance(out, tuple):  # several outputs: the first holds the class scores
+        out = out[0]
     return out.numpy() if isinstance(out, torch.Tensor) else None
 
 
@@ -167,9 +173,10 @@ def _make_model(root: Path, key: str, seed: int) -> TinyModel:
     if logits is None:  # the dict-returning model: any labels of the right count
         logits = rng.standard_normal((N_EVAL, 10))
     # Labels are the fp32 model's own predictions, so the reference top-1 accuracy is exactly 100.
-    np.savez(d / "eval.npz", labels=logits.argmax(1).astype(np.int64), **evaluation)
+    labels = {} if key in NO_LABELS else {"labels": logits.argmax(1).astype(np.int64)}
+    np.savez(d / "eval.npz", **labels, **evaluation)
     return TinyModel(factory, weights, d / "calibration.npz", d / "eval.npz",
-                     [{"name": n, "shape": list(s)} for n, s in inputs])
+                     [{"name": n, "shape": list(s)} for n, s in inputs], list(OUTPUTS.get(key, ["logits"])))
 
 
 @pytest.fixture(scope="session")

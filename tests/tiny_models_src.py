@@ -137,3 +137,38 @@ def fp16_overflow():
 
 def gru_seq():
     return GRUSeq()
+
+
+class ConstPlusSmall(nn.Module):
+    """Softmax over a large per-class constant plus a small input-dependent term (std ~0.01 of a logit range of
+    ~16): int8 activations quantize the logits with a step of ~0.06 over that range, which rounds the input-
+    dependent term away. Plain cosine to fp32 stays ~1.0 (the constant dominates); the signal is gone."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 10)
+        self.offset = nn.Parameter(torch.linspace(-8.0, 8.0, 10), requires_grad=False)
+        self.small = nn.Parameter(torch.tensor(0.01), requires_grad=False)
+
+    def forward(self, x):
+        return torch.softmax(self.offset + self.small * self.fc(x), dim=-1)
+
+
+class TwoHeads(TinyCNN):
+    """Two outputs: class logits (fine in int8) and a second head built like ConstPlusSmall, whose
+    input-dependent part int8 rounds away. Only judging every output catches it."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = ConstPlusSmall()
+
+    def forward(self, x):
+        return self.classifier(self.features(x)), self.head(x.flatten(1)[:, :16])
+
+
+def const_plus_small():
+    return ConstPlusSmall()
+
+
+def two_heads():
+    return TwoHeads()

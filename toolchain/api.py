@@ -56,6 +56,8 @@ def _build_locked(spec, pipe, model_dir, target_files, options):
         "model": spec.name, "version": spec.version, "toolchain_version": __version__,
         "reference": {"metric": spec.metric, "value": ref.meta["value"], "samples": ref.meta["samples"],
                       "also": ref.meta.get("also", {}), "runtime": "pytorch fp32",
+                      "outputs": {o.name: {"metric": o.metric, "value": ref.meta.get("outputs", {}).get(o.name)}
+                                  for o in spec.outputs},
                       "onnx_vs_torch_max_abs_error": ref.meta["onnx_vs_torch_max_abs_error"]},
         "fp32_onnx": {"path": str(fp32_out.relative_to(model_dir)), "sha256": fp32.digest("model.fp32.onnx")},
         "provenance": _provenance(spec, pipe),
@@ -64,7 +66,7 @@ def _build_locked(spec, pipe, model_dir, target_files, options):
     if spec.prune is not None:
         report["prune"] = dict(pipe.prune_entry.meta)
     for name, res in results.items():
-        budget = spec.targets[name].max_metric_drop
+        budget = pipe.gates[name]
         target_dir = model_dir / name
         if "error" in res:
             shutil.rmtree(target_dir, ignore_errors=True)  # never leave an older artifact to be trusted
@@ -155,13 +157,16 @@ def validate(spec_path, out_root="build", targets=None, targets_dir=None, progre
                     raise ToolchainError(f"{f}: sha256 differs from report.json; rebuild before validating")
             if progress:
                 progress.line("validate", name, "running")
-            v = validate_target.run(target, artifact, baseline, evaluation, ref_outputs, spec,
-                                    report["reference"]["value"])
+            from .validate.metrics import output_gates
+
+            gates = output_gates(spec, name, target.precision)
+            ref_values = {o: r["value"] for o, r in (report["reference"].get("outputs") or {}).items()
+                          if r.get("value") is not None}
+            v = validate_target.run(target, artifact, baseline, evaluation, ref_outputs, spec, ref_values)
             res = {"target": target, "validation": v, "transform": entry.get("build", {}), "published": artifact,
                    "sha256": entry["sha256"], "baseline": baseline}
-            budget = spec.targets[name].max_metric_drop
-            gate = judge(name, v, budget, res["transform"])
-            report["targets"][name] = target_entry(name, res, gate, model_dir, budget)
+            gate = judge(name, v, gates, res["transform"])
+            report["targets"][name] = target_entry(name, res, gate, model_dir, gates)
         report["status"] = _overall(report)
         _write_reports(model_dir, report)
     return report, exit_code(report)

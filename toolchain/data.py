@@ -54,7 +54,8 @@ def check_inputs(arrays: dict, spec, key: str, evaluation=False) -> int:
     if evaluation:  # the arrays the spec's metrics read besides the inputs
         from .validate.metrics import METRICS
 
-        for metric in (spec.metric, *spec.extra_metrics):
+        used = dict.fromkeys([*(o.metric or spec.metric for o in spec.outputs), *spec.extra_metrics])
+        for metric in (m for m in used if m in METRICS):  # a user metric reads what it reads
             for need in METRICS[metric][2]:
                 name = spec.labels_key if need == "labels" else need
                 if name not in arrays:

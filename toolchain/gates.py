@@ -1,8 +1,11 @@
 """Gates: turn a target's validation figures into passed / failed / skipped, with the reason and notes."""
 
+from .validate.metrics import verdict_text, verdicts
 
-def judge(name, validation: dict, budget: float, transform_meta: dict) -> dict:
-    """Returns {"status", "reason", "notes"} for one target."""
+
+def judge(name, validation: dict, budget: list, transform_meta: dict) -> dict:
+    """Returns {"status", "reason", "notes", "outputs"} for one target. `budget`: one gate per output of the
+    model (metrics.output_gates); every output is judged, and any output that misses fails the target."""
     notes = []
     if validation.get("status") in ("skipped", "failed"):
         cpu = validation.get("cpu_check") or {}
@@ -10,17 +13,17 @@ def judge(name, validation: dict, budget: float, transform_meta: dict) -> dict:
             return {"status": "failed", "notes": notes,
                     "reason": f"{cpu['non_finite_outputs']} NaN/Inf values in the artifact's outputs on the "
                               f"evaluation data (checked on the CPU provider; {validation['reason']})"}
-        if cpu and not cpu["metric_drop"] <= budget:
-            notes.append(f"on the CPU provider the metric drop is {cpu['metric_drop']:.3f}, over the budget "
-                         f"{budget}: expect this target to fail where it can run")
-        return {"status": validation["status"], "reason": validation["reason"], "notes": notes}
+        rows = verdicts(cpu.get("outputs", {}), budget) if cpu else []
+        for row in rows:
+            if not row["passed"]:
+                notes.append(f"on the CPU provider {verdict_text(row)}: expect this target to fail where it can run")
+        return {"status": validation["status"], "reason": validation["reason"], "notes": notes, "outputs": rows}
     reasons = []
     if validation["non_finite_outputs"]:
         reasons.append(f"{validation['non_finite_outputs']} NaN/Inf values in the artifact's outputs on the "
                        "evaluation data")
-    drop = validation["metric_drop"]
-    if not drop <= budget:  # NaN-safe: a NaN drop fails
-        reasons.append(f"metric drop {drop:.3f} exceeds the budget max_metric_drop={budget}")
+    rows = verdicts(validation.get("outputs", {}), budget)
+    reasons += [verdict_text(r) for r in rows if not r["passed"]]
     speedup = validation.get("speedup_vs_unpruned")
     if speedup is not None and speedup <= 1.0:
         notes.append(f"PRUNING DID NOT PAY: the pruned artifact's p50 is {1 / speedup:.2f}x the unpruned one's on "
@@ -29,8 +32,8 @@ def judge(name, validation: dict, budget: float, transform_meta: dict) -> dict:
     if ratio is not None and ratio >= 1.0:
         notes.append(_slower_note(ratio, validation, transform_meta))
     if reasons:
-        return {"status": "failed", "reason": "; ".join(reasons), "notes": notes}
-    return {"status": "passed", "reason": "", "notes": notes}
+        return {"status": "failed", "reason": "; ".join(reasons), "notes": notes, "outputs": rows}
+    return {"status": "passed", "reason": "", "notes": notes, "outputs": rows}
 
 
 def _slower_note(ratio, validation, transform_meta):

@@ -51,7 +51,7 @@ class StageRun:
 
 class _ValidateStage:
     NAME = "validate"
-    VERSION = 1
+    VERSION = 2
     LIBRARIES = ("onnxruntime", "onnxruntime-gpu", "ai-edge-litert", "numpy")
 
 
@@ -73,6 +73,11 @@ class Pipeline:
             names = [t for t in names if t in only_targets]
         self.targets = {n: load_target(n, targets_dir, spec.targets[n].overrides, spec.path) for n in names}
         self.transform_params = {n: self._transform_params(n, t) for n, t in self.targets.items()}
+        # What judges each output on each target (metric, budget in its unit); imports user metrics now, so a
+        # wrong declaration is a spec error before any stage runs.
+        from .validate.metrics import output_gates
+
+        self.gates = {n: output_gates(spec, n, t.precision) for n, t in self.targets.items()}
         self.ran = []  # (stage, target) of stages that executed (not cached) in this build
         self.keys = {}  # "stage[target]" -> key inputs, recorded in the stamp so --explain can diff them
         # A pruned build also builds each target unpruned (cached like any stage) to measure the speedup.
@@ -81,6 +86,14 @@ class Pipeline:
             self.unpruned = Pipeline(replace(spec, prune=None), out_root, cache_dir, only_targets, targets_dir,
                                      self.progress, label_prefix="unpruned ")
             self.unpruned.cache = self.cache
+
+    @cached_property
+    def metric_params(self) -> dict:
+        """Each output's metric, and the code of any user metric, for the keys of the stages that compute them."""
+        s = self.spec
+        user = sorted({o.metric for o in s.outputs if is_callable_ref(o.metric)})
+        code = sha256_sources([p for ref in user for p in module_sources(ref, s.python_path)]) if user else None
+        return {"output_metrics": [[o.name, o.metric] for o in s.outputs], "metric_code": code}
 
     # ---- inputs, loaded lazily so a fully cached build touches as little as possible ----------------------
     @cached_property
@@ -237,7 +250,7 @@ class Pipeline:
 
         s = self.spec
         params = {"atol": s.trace_atol, "rtol": s.trace_rtol, "metric": s.metric, "labels_key": s.labels_key,
-                  "also": list(s.extra_metrics)}
+                  "also": list(s.extra_metrics), **self.metric_params}
         deps = {"model": self.model_digest, "fp32": fp32.digest("model.fp32.onnx"),
                 "evaluation": self.evaluation_digest}
         return StageRun(reference, params, deps,
@@ -251,7 +264,7 @@ class Pipeline:
         if target.transform == "quantize" and params["method"] == "auto":
             from .stages import plan, reference
 
-            budget = self.spec.targets[name].max_metric_drop
+            budget = self.gates[name]
             ref = self.ref_entry
             deps = {"fp32": fp32_digest, "calibration": self.calibration_digest, "evaluation": self.evaluation_digest,
                     "reference": ref.digest(reference.OUTPUT), "host": host_id()}
@@ -285,7 +298,7 @@ class Pipeline:
             if params["precision"] != "auto":
                 return StageRun(tflite, params, deps, lambda out: tflite.run(
                     fp32_path, params, out, self.calibration, self.spec, name), name)
-            budget, ref = self.spec.targets[name].max_metric_drop, self.ref_entry
+            budget, ref = self.gates[name], self.ref_entry
             deps.update(evaluation=self.evaluation_digest, reference=ref.digest(reference.OUTPUT))
             return StageRun(tflite, {**params, "budget": budget}, deps, lambda out: tflite.run(
                 fp32_path, params, out, self.calibration, self.spec, name,
@@ -298,14 +311,14 @@ class Pipeline:
 
         s = self.spec
         params = {"runtime": target.runtime, "providers": list(target.providers), "threads": target.threads,
-                  "latency": target.latency, "metric": s.metric, "also": list(s.extra_metrics),
+                  "latency": target.latency, "metric": s.metric, "also": list(s.extra_metrics), **self.metric_params,
                   "runtime_options": target.tables.get("runtime_options", [])}
         deps = {"artifact": sha256_file(artifact), "baseline": sha256_file(baseline),
                 "reference": ref_entry.digest(reference.OUTPUT), "evaluation": self.evaluation_digest,
                 "host": host_id()}
         if unpruned is not None:
             deps["unpruned"] = sha256_file(unpruned)
-        ref_value = ref_entry.meta["value"]
+        ref_value = ref_entry.meta["outputs"]
         return StageRun(_ValidateStage, params, deps, lambda out: validate_target.run(
             target, artifact, baseline, self.evaluation, reference.load(ref_entry.path), s, ref_value,
             unpruned), name)

@@ -4,9 +4,18 @@ import os
 
 
 def target_entry(name, res, gate, model_dir, budget) -> dict:
+    """`budget`: the target's gates, one per output (metrics.output_gates). `max_metric_drop` stays the first
+    output's drop budget (None where a floor judges it); `outputs` holds every output's metric, figure, budget
+    and verdict."""
     t = res["target"]
+    first = budget[0] if budget else {}
     entry = {"status": gate["status"], "reason": gate["reason"], "format": t.format, "precision": t.precision,
-             "runtime": t.runtime, "max_metric_drop": budget, "notes": gate.get("notes", [])}
+             "runtime": t.runtime, "notes": gate.get("notes", []),
+             "max_metric_drop": first.get("budget") if first.get("budget_key") == "max_metric_drop" else None,
+             "budgets": {g["output"]: {g["budget_key"]: g["budget"], "metric": g["metric"], "unit": g["unit"],
+                                       "from": g["budget_from"]} for g in budget}}
+    if gate.get("outputs"):
+        entry["outputs"] = {r["output"]: _output_row(r) for r in gate["outputs"]}
     if "published" in res:
         entry["artifact"] = os.path.relpath(res["published"], model_dir)
         entry["sha256"] = res["sha256"]
@@ -38,14 +47,56 @@ def target_entry(name, res, gate, model_dir, budget) -> dict:
     return entry
 
 
+def _output_row(r) -> dict:
+    row = {k: r[k] for k in ("metric", "unit", "value", "figure", "budget_key", "budget", "passed")}
+    row["figure_is"] = "drop" if r["kind"] == "drop" else "value"
+    row.update({k: r[k] for k in ("reference_value", "sqnr_db", "top1_agreement") if k in r})
+    return row
+
+
+def _first_budget(t) -> str:
+    if t.get("max_metric_drop") is not None:
+        return str(t["max_metric_drop"])
+    first = next(iter((t.get("outputs") or {}).values()), None)
+    return _budget_text(first) if first else "-"
+
+
 def _fmt(v, spec="{:.3f}"):
     return "-" if v is None else spec.format(v)
+
+
+def reference_line(ref) -> str:
+    outs = {o: r for o, r in (ref.get("outputs") or {}).items() if r.get("value") is not None}
+    if len(ref.get("outputs") or {}) > 1:
+        text = "; ".join(f"{o}: {r['metric']} = {r['value']:.3f}" for o, r in outs.items())
+    elif ref.get("value") is not None:
+        text = f"{ref['metric']} = {ref['value']:.3f}"
+    else:
+        text = ""
+    text = text or "every output is judged by its agreement with these outputs (sqnr)"
+    return f"Reference (fp32 PyTorch): {text} on {ref['samples']} evaluation samples."
+
+
+def output_rows(report) -> list:
+    """(target, output, row) for the per-output table of report.md and report.html."""
+    return [(name, o, r) for name, t in report["targets"].items() for o, r in (t.get("outputs") or {}).items()]
+
+
+def _budget_text(r) -> str:
+    op = {"max_metric_drop": "drop <=", "min_sqnr_db": ">=", "min_metric": ">=", "max_metric": "<="}[r["budget_key"]]
+    return f"{op} {r['budget']:g} {'dB' if r['unit'] == 'dB' else r['unit']}"
+
+
+def _figure_text(r) -> str:
+    if r["figure_is"] == "drop":
+        return f"{r['value']:.3f} (drop {r['figure']:.3f})"
+    return f"{r['value']:.2f}"
 
 
 def markdown(report: dict) -> str:
     ref = report["reference"]
     lines = [f"# {report['model']} {report['version']}", "",
-             f"Reference (fp32 PyTorch): {ref['metric']} = {ref['value']:.3f} on {ref['samples']} evaluation samples.",
+             reference_line(ref),
              "", "| target | status | metric | drop (budget) | p50 ms | fp32 p50 ms | speed | size KB | size vs fp32 |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, t in report["targets"].items():
@@ -54,10 +105,20 @@ def markdown(report: dict) -> str:
         size = t.get("size_bytes")
         lines.append(
             f"| {name} | **{t['status']}** | {_fmt(t.get('metric'))} | {_fmt(t.get('metric_drop'))} "
-            f"({t['max_metric_drop']}) | {_fmt(lat.get('p50'))} | {_fmt(base.get('p50'))} | "
+            f"({_first_budget(t)}) | {_fmt(lat.get('p50'))} | {_fmt(base.get('p50'))} | "
             f"{_fmt(ratio, '{:.2f}x')} | {_fmt(size / 1024 if size else None, '{:.1f}')} | "
             f"{_fmt(t.get('size_ratio'), '{:.2f}x')} |")
     lines.append("")
+    rows = output_rows(report)
+    if rows:
+        lines += ["Every output is judged by its own metric and budget:", "",
+                  "| target | output | metric | figure | budget | verdict | sqnr dB | top-1 agreement % |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, o, r in rows:
+            lines.append(f"| {name} | {o} | {r['metric']} | {_figure_text(r)} | {_budget_text(r)} | "
+                         f"{'pass' if r['passed'] else '**FAIL**'} | {_fmt(r.get('sqnr_db'), '{:.1f}')} | "
+                         f"{_fmt(r.get('top1_agreement'), '{:.1f}')} |")
+        lines.append("")
     if report.get("prune"):
         p = report["prune"]
         lines += [f"Pruned ({p['method']}, ratio {p['ratio']}): params {p['params_before']} -> {p['params_after']} "
@@ -100,10 +161,12 @@ def _plan_line(plan) -> str:
     """The chosen plan, what it keeps float and why, and before/after (p50 where the plan timed its variants)."""
     def figures(side):
         p50 = f", p50 {side['p50_ms']:.4f} ms" if "p50_ms" in side else ""
-        return f"drop {side['metric_drop']:.3f}{p50}"
+        judged = side.get("judged") or f"drop {side['metric_drop']:.3f}"
+        return f"{judged}{p50}"
     kept = ", ".join(f"{k['node']} ({k['reason'].split(':')[0]})" for k in plan["kept_float"][:6]) or "none"
-    top = ", ".join(f"{r['node']} cos {r['cosine']:.4f}" for r in plan.get("sensitivity_top", [])[:3]
-                    if r.get("cosine") is not None)
+    top = ", ".join(f"{r['node']} sqnr {r['sqnr_db']:.1f} dB" if r.get("sqnr_db") is not None else
+                    f"{r['node']} cos {r['cosine']:.4f}" for r in plan.get("sensitivity_top", [])[:3]
+                    if r.get("sqnr_db") is not None or r.get("cosine") is not None)
     text = plan["chosen"]
     if "compute_nodes" in plan:
         text += f", {plan['int8_compute_nodes']}/{plan['compute_nodes']} compute nodes int8"

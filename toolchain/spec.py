@@ -13,7 +13,8 @@ from pathlib import Path
 from .errors import SpecError
 
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "int8", "bool")
-METRICS = ("top1", "cosine", "retrieval_agreement", "recall_at_1")
+METRICS = ("top1", "cosine", "sqnr", "retrieval_agreement", "recall_at_1")  # or a user's 'module:function'
+BUDGET_KEYS = ("max_metric_drop", "min_sqnr_db", "min_metric", "max_metric")
 PRUNE_METHODS = ("channel", "unstructured")
 
 
@@ -23,6 +24,8 @@ class TensorSpec:
     shape: tuple  # example shape, batch first; used for export and latency
     dtype: str = "float32"
     dynamic_axes: dict = field(default_factory=dict)  # axis index -> symbolic name
+    metric: str | None = None  # outputs: the metric that judges this output
+    metric_key: str = ""  # outputs: the spec key that named the metric ("" for the default)
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,10 @@ class PruneSpec:
 @dataclass(frozen=True)
 class TargetRequest:
     name: str
-    max_metric_drop: float
+    max_metric_drop: float | None  # the first output's budget when its metric is judged by a drop
     overrides: dict  # tables merged over the target file's own tables (e.g. quantize = {method = "dynamic"})
+    budgets: dict = field(default_factory=dict)  # budget key -> value, as written in [targets.T]
+    output_budgets: dict = field(default_factory=dict)  # output name -> {budget key: value} ([targets.T.outputs])
 
 
 @dataclass(frozen=True)
@@ -256,7 +261,10 @@ def parse_spec(path: Path, raw: dict, need_weights=True) -> BuildSpec:
 
     metric_t = top.table("metric")
     metric_t.reject_unknown({"name", "also"})
-    metric = metric_t.get("name", (str,), "top1", check=_one_of(METRICS))
+    # The first output's metric: the task metric where the evaluation data has labels, else the agreement one.
+    default = "top1" if _has_labels(path, evaluation, labels_key) else "sqnr"
+    metric = metric_t.get("name", (str,), default, check=_metric_name)
+    outputs = _output_metrics(path, top, outputs, metric, "name" in metric_t.data)
     also = metric_t.get("also", (list,), [])
     for i, m in enumerate(also):
         if m not in METRICS:
@@ -276,13 +284,78 @@ def parse_spec(path: Path, raw: dict, need_weights=True) -> BuildSpec:
     targets = {}
     for tname in targets_t.data:
         t = targets_t.table(tname)
-        t.reject_unknown({"max_metric_drop", "quantize", "fp16", "convert", "latency"})
-        drop = t.get("max_metric_drop", (float,), check=_in_range(0.0, 100.0))
+        t.reject_unknown({*BUDGET_KEYS, "outputs", "quantize", "fp16", "convert", "latency"})
+        budgets = _budgets(path, t)
         overrides = {k: t.get(k, (dict,)) for k in ("quantize", "fp16", "convert", "latency") if k in t.data}
-        targets[tname] = TargetRequest(tname, drop, overrides)
+        per_output = _output_budgets(path, t, outputs)
+        targets[tname] = TargetRequest(tname, budgets.get("max_metric_drop"), overrides, budgets, per_output)
 
-    return BuildSpec(path, name, version, factory, factory_args, weights, python_path, inputs, outputs,
+    spec = BuildSpec(path, name, version, factory, factory_args, weights, python_path, inputs, outputs,
                      calibration, evaluation, labels_key, metric, tuple(also), opset, atol, rtol, prune, targets)
+    _check_budgets(spec)
+    return spec
+
+
+# ---- metrics and budgets ([metric], [[outputs]] metric, [targets.T] budget keys) ---------------------------
+def _metric_name(v):
+    return None if v in METRICS or _factory_ref(v) is None else \
+        f"must be one of {', '.join(METRICS)} or a user metric 'package.module:function', got {v!r}"
+
+
+def _has_labels(path, evaluation, labels_key) -> bool:
+    """Does the evaluation .npz hold the labels array? (Read from the zip's index: no numpy here.) Data given by
+    a function is assumed labelled, as before metrics had defaults; name the metric to say otherwise."""
+    if is_callable_ref(evaluation):
+        return True
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path.parent / evaluation) as z:
+            return f"{labels_key}.npy" in z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return True  # not a readable .npz: loading it says why, with its own error
+
+
+def _output_metrics(path, top, outputs, first_metric, first_given) -> tuple:
+    """Each output's metric: its own `metric` key, else [metric] name for the first output and sqnr for the
+    others (the agreement metric that sees the input-dependent signal)."""
+    from dataclasses import replace
+
+    raw = top.data.get("outputs") or []
+    out = []
+    for i, o in enumerate(outputs):
+        t = _Table(path, f"outputs[{i}]", raw[i])
+        own = t.get("metric", (str,), None, check=_metric_name)
+        metric = own or (first_metric if i == 0 else "sqnr")
+        key = f"outputs[{i}].metric" if own else ("metric.name" if i == 0 and first_given else "")
+        out.append(replace(o, metric=metric, metric_key=key))
+    return tuple(out)
+
+
+def _budgets(path, t) -> dict:
+    wide = {"max_metric_drop": _in_range(0.0, 100.0), "min_sqnr_db": _in_range(0.0, 100.0)}
+    return {k: t.get(k, (float,), check=wide.get(k)) for k in BUDGET_KEYS if k in t.data}
+
+
+def _output_budgets(path, t, outputs) -> dict:
+    names = [o.name for o in outputs]
+    table = t.table("outputs")
+    table.reject_unknown(set(names))
+    out = {}
+    for name in table.data:
+        o = table.table(name)
+        o.reject_unknown(set(BUDGET_KEYS))
+        out[name] = _budgets(path, o)
+    return out
+
+
+def _check_budgets(spec):
+    """Budgets of built-in metrics, in their units (a cosine budget of 1.0 gates nothing: an error). User
+    metrics are checked when the build imports them."""
+    from .validate import metrics
+
+    for tname in spec.targets:
+        metrics.output_gates(spec, tname, "int8", user=False)
 
 
 def _tensors(path, top, key, with_shape):
@@ -294,7 +367,7 @@ def _tensors(path, top, key, with_shape):
     seen, out = set(), []
     for i, item in enumerate(items):
         t = _Table(path, f"{key}[{i}]", item)
-        t.reject_unknown({"name", "shape", "dtype", "dynamic_axes"} if with_shape else {"name"})
+        t.reject_unknown({"name", "shape", "dtype", "dynamic_axes"} if with_shape else {"name", "metric"})
         name = t.get("name", (str,), check=lambda v: None if re.fullmatch(r"[A-Za-z_][\w.:/-]*", v)
                      else f"must be an identifier, got {v!r}")
         if name in seen:

@@ -2,9 +2,9 @@
 
 For each candidate scheme (static uint8/int8 activations with int8 per-channel weights, or dynamic int8):
   1. start from everything int8 (minus what the spec forces to stay float);
-  2. accuracy (plan_search.py, shared with the arm64 plan): while the metric drop on the evaluation data
-     exceeds the target's budget, keep in float the next most sensitive compute nodes (sensitivity = output
-     cosine to fp32 when only that node is int8; 1, 2, 4, ... nodes per step);
+  2. accuracy (plan_search.py, shared with the arm64 plan): while an output misses its budget on the evaluation
+     data (every output, by the validate stage's own metrics), keep in float the next most sensitive compute
+     nodes (sensitivity = output SQNR to fp32 when only that node is int8; 1, 2, 4, ... nodes per step);
   3. speed: for each kind of compute node still int8 (Conv 1x1 / kxk / depthwise, MatMul, Gemm), measure
      the model with that kind kept float against the current plan, interleaved; keep it float if that is
      >= 5% faster and the budget still holds;
@@ -20,7 +20,7 @@ import time
 from ..errors import StageError, reraise_write_error
 
 NAME = "plan"
-VERSION = 7
+VERSION = 8
 LIBRARIES = ("onnxruntime", "onnx", "numpy")
 OUTPUT = "model.int8.onnx"
 SPEED_MARGIN = 0.95  # a kind is kept float only if that makes the model at least 5% faster
@@ -108,14 +108,14 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
         steps.append(f"{scheme}: tiers timed against fp32 {lat['fp32']:.4f} ms: "
                      + ", ".join(f"{label} {lat[label]:.4f}" for label in paths))
         for label in sorted(paths, key=lat.get):
-            drop, bad, ok = backend.judge(paths[label])
-            steps.append(f"{scheme}: {label} -> drop {drop:.3f}" + (" (meets the budget; chosen)" if ok else ""))
-            if ok:
+            judged = backend.judge(paths[label])
+            steps.append(f"{scheme}: {label} -> {judged.text}" + (" (meets the budget; chosen)" if judged.ok else ""))
+            if judged.ok:
                 kept = {n for n, _ in precision.compute_nodes(raw_model)} - tiers[label]
                 reasons = {n: "forced float by the spec" if n in forced_float else
                            f"speed: outside the fastest resolution tier ({label}, p50 {lat[label]:.4f} ms vs "
                            f"fp32 {lat['fp32']:.4f} ms)" for n in kept}
-                return {"path": paths[label], "exclude": kept, "drop": drop, "reasons": reasons}
+                return {"path": paths[label], "exclude": kept, "judged": judged, "reasons": reasons}
         steps.append(f"{scheme}: no tier meets the budget; dropped")
         return None
 
@@ -142,7 +142,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             tables[scheme] = found["table"]
         if not found["ok"]:
             continue
-        exclude, path, drop = found["exclude"], found["path"], found["drop"]
+        exclude, path, judged = found["exclude"], found["path"], found["judged"]
         reasons = {n: "forced float by the spec" for n in forced_float}
         reasons.update({n: "accuracy: among the most sensitive nodes" for n in exclude - forced_float})
         # Kinds of compute node, plus the quantizable glue (Add, Mul, activations, pooling): in static schemes
@@ -165,7 +165,8 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             if verdict:  # confirm with a second interleaved measurement: noise must not decide precision
                 again = runner.latency({"trial": tpath, "current": path}, feed)
                 verdict = again["trial"] < again["current"] * SPEED_MARGIN
-            tdrop, tbad, tok = backend.judge(tpath) if verdict else (None, 0, False)
+            tj = backend.judge(tpath) if verdict else None
+            tok = bool(tj and tj.ok)
             steps.append(f"{scheme}: {kind} kept float -> p50 {lat['trial']:.4f} vs {lat['current']:.4f} ms"
                          + (" (faster; kept float)" if verdict and tok else " (not kept)"))
             if verdict and tok:
@@ -173,18 +174,19 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                     kind_of.setdefault(n, "other")
                     reasons[n] = (f"speed: int8 {kind} is slower here (whole-model A/B p50 {lat['current']:.4f} -> "
                                   f"{lat['trial']:.4f} ms with it float)")
-                exclude, path, drop = trial, tpath, tdrop
-        candidates[scheme] = {"path": path, "exclude": exclude, "drop": drop, "reasons": reasons}
+                exclude, path, judged = trial, tpath, tj
+        candidates[scheme] = {"path": path, "exclude": exclude, "judged": judged, "reasons": reasons}
 
     if not candidates:
-        raise StageError(NAME, f"no int8 plan meets the budget max_metric_drop={budget}: " + "; ".join(steps[-3:]))
+        raise StageError(NAME, f"no int8 plan meets the budget ({plan_search.budget_text(budget)}): "
+                         + "; ".join(steps[-3:]))
     before = make(params["schemes"][0])  # the naive plan: everything int8 with the first scheme
     timed = runner.latency({**{s: c["path"] for s, c in candidates.items()}, "all_int8": before,
                             "fp32": fp32_path}, feed, runs=300, warmup=30)
     best = min(candidates, key=lambda s: timed[s])
     chosen = candidates[best]
     shutil.copyfile(chosen["path"], out_dir / OUTPUT)
-    before_drop, _, _ = OrtBackend(params['schemes'][0]).judge(before)
+    before_judged = OrtBackend(params['schemes'][0]).judge(before)
     for p in out_dir.glob("*.onnx"):
         if p.name != OUTPUT:
             p.unlink()
@@ -200,11 +202,11 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             "int8_compute_nodes": sum(1 for n, k in nodes if n not in chosen["exclude"]
                                       and (method == "static" or not k.startswith("Conv"))),
             "compute_nodes": len(nodes),
-            "candidates": {s: {"metric_drop": c["drop"], "p50_ms": timed[s], "kept_float": len(c["exclude"])}
+            "candidates": {s: plan_search.side(s, c["judged"], p50_ms=timed[s], kept_float=len(c["exclude"]))
                            for s, c in candidates.items()},
-            "before": {"plan": f"{params['schemes'][0]}, every node int8", "metric_drop": before_drop,
-                       "p50_ms": timed["all_int8"]},
-            "after": {"plan": best, "metric_drop": chosen["drop"], "p50_ms": timed[best]},
+            "before": plan_search.side(f"{params['schemes'][0]}, every node int8", before_judged,
+                                       p50_ms=timed["all_int8"]),
+            "after": plan_search.side(best, chosen["judged"], p50_ms=timed[best]),
             "fp32_p50_ms": timed["fp32"],
             "sensitivity_top": top[:10],
             "steps": steps,

@@ -1,14 +1,40 @@
 """The accuracy half of a precision plan, for any backend that can make a variant with some nodes kept float,
-judge it against the budget and score a variant's outputs. Shared by the x86 plan (ONNX Runtime variants) and the
+judge it against the budget and score a variant's outputs. A variant is judged exactly as the validate stage's
+gate judges the artifact: every output by its own metric and budget (validate/metrics.py), so a plan cannot pick
+a variant that passes only a weaker measure. Shared by the x86 plan (ONNX Runtime variants) and the
 arm64 plan (TFLite variants), so both decide the same way:
 
   1. start from everything int8 (minus what the spec forces to stay float);
-  2. while the metric drop exceeds the budget, keep in float the next most sensitive nodes (sensitivity = output
-     cosine to fp32 when only that node is int8), 1, 2, 4, ... per step;
+  2. while an output misses its budget, keep in float the next most sensitive nodes (sensitivity = the lowest
+     output SQNR against fp32, in dB, when only that node is int8; see metrics.sqnr_db), 1, 2, 4, ... per step;
   3. the doubling overshoots: give back to int8, least sensitive first, every node the budget did not need.
 """
 
 import time
+from typing import NamedTuple
+
+
+class Judgement(NamedTuple):
+    """A variant against the target's gates: one verdict row per output (metrics.verdicts)."""
+
+    rows: list
+    bad: int  # NaN/Inf values in its outputs
+    ok: bool
+
+    @property
+    def drop(self):
+        """The first output's drop where a drop budget judges it (the report's `metric_drop`), else None."""
+        first = self.rows[0] if self.rows else {}
+        return first.get("figure") if first.get("kind") == "drop" else None
+
+    @property
+    def text(self) -> str:
+        parts = []
+        for r in self.rows:
+            fig = f"drop {r['figure']:.3f}" if r["kind"] == "drop" else f"{r['figure']:.2f}" + \
+                (" dB" if r["unit"] == "dB" else "")
+            parts.append(f"{r['output']} {r['metric']} {fig}" + ("" if r["passed"] else " (misses)"))
+        return ", ".join(parts) + (f", {self.bad} NaN/Inf" if self.bad else "")
 
 
 class Backend:
@@ -21,7 +47,7 @@ class Backend:
         from ..validate import metrics
 
         self.spec, self.evaluation, self.reference, self.budget = spec, evaluation, reference, budget
-        self.ref_value = metrics.compute(spec.metric, reference, evaluation, reference, spec)
+        self.ref_values = metrics.reference_values(spec, reference, evaluation)
         self.sub = {k: v[:self.SAMPLES] for k, v in evaluation.items()}
         self.ref_sub = [r[:self.SAMPLES] for r in reference]
 
@@ -31,48 +57,54 @@ class Backend:
     def outputs(self, path, data) -> list:
         raise NotImplementedError
 
-    def judge(self, path):
-        """(metric drop, non-finite count, budget holds) on the whole evaluation set."""
+    def judge(self, path) -> Judgement:
+        """Every output against its gate, on the whole evaluation set."""
         from ..validate import metrics
 
         outs = self.outputs(path, self.evaluation)
         bad = metrics.non_finite(outs)
-        drop = self.ref_value - metrics.compute(self.spec.metric, outs, self.evaluation, self.reference, self.spec)
-        return drop, bad, (bad == 0 and drop <= self.budget)
+        figures = metrics.per_output(self.spec, outs, self.reference, self.evaluation, self.ref_values)
+        rows = metrics.verdicts(figures, self.budget)
+        return Judgement(rows, bad, bad == 0 and all(r["passed"] for r in rows))
 
-    def cosine(self, path) -> float:
-        """Mean output cosine to the fp32 reference on the first SAMPLES evaluation samples."""
-        import numpy as np
-
+    def sensitivity(self, path) -> dict:
+        """On the first SAMPLES evaluation samples: the lowest output SQNR to fp32 (dB; what ranks nodes: it sees
+        the input-dependent signal) and the lowest mean output cosine (reported)."""
         from ..validate import metrics
 
         outs = self.outputs(path, self.sub)
-        return float(np.mean([metrics.cosine_per_sample(o, r).mean() for o, r in zip(outs, self.ref_sub)]))
+        return {"sqnr_db": min(metrics.sqnr_db(o, r) for o, r in zip(outs, self.ref_sub)),
+                "cosine": min(float(metrics.cosine_per_sample(o, r).mean()) for o, r in zip(outs, self.ref_sub))}
 
 
 def sensitivity(backend, nodes, deadline) -> list:
-    """One row per node: the output cosine when only that node is int8, worst first."""
+    """One row per node: the output SQNR (and cosine) when only that node is int8, worst first."""
     rows = []
     for name, kind in nodes:
         if time.monotonic() > deadline:
-            rows.append({"node": name, "kind": kind, "cosine": None, "note": "not measured (time budget)"})
+            rows.append({"node": name, "kind": kind, "sqnr_db": None, "cosine": None,
+                         "note": "not measured (time budget)"})
             continue
-        rows.append({"node": name, "kind": kind, "cosine": backend.cosine(backend.make(only=[name]))})
-    return sorted(rows, key=lambda r: (r["cosine"] is None, r["cosine"] if r["cosine"] is not None else 0))
+        rows.append({"node": name, "kind": kind, **backend.sensitivity(backend.make(only=[name]))})
+
+    def worst_first(r):
+        s = r["sqnr_db"]
+        return (s is None, s if s == s and s is not None else float("-inf"))
+    return sorted(rows, key=worst_first)
 
 
 def meet_budget(backend, label, nodes, forced_float, forced_int8, deadline, steps, first=None) -> dict:
     """Run steps 1-3 for one scheme. `first` is the all-int8 variant's (path, judgement) when the caller has
-    already made it. Returns {ok, exclude, path, drop, table}; the story goes into `steps`."""
+    already made it. Returns {ok, exclude, path, judged, table}; the story goes into `steps`."""
     exclude = set(forced_float)
     if first is None:
         path = backend.make(exclude)
-        drop, bad, ok = backend.judge(path)
+        judged = backend.judge(path)
     else:
-        path, (drop, bad, ok) = first
+        path, judged = first
+    ok = judged.ok
     forced = f" but the {len(forced_float)} forced float" if forced_float else ""
-    steps.append(f"{label}: all compute nodes int8{forced} -> metric drop {drop:.3f}"
-                 + (f", {bad} NaN/Inf" if bad else ""))
+    steps.append(f"{label}: all compute nodes int8{forced} -> {judged.text}")
     table = []
     if not ok:
         table = sensitivity(backend, nodes, deadline)
@@ -82,23 +114,37 @@ def meet_budget(backend, label, nodes, forced_float, forced_int8, deadline, step
             take, order = order[:k], order[k:]
             exclude |= set(take)
             path = backend.make(exclude)
-            drop, bad, ok = backend.judge(path)
+            judged = backend.judge(path)
+            ok = judged.ok
             steps.append(f"{label}: keep {len(take)} more most-sensitive node(s) float ({', '.join(take[:4])}"
-                         f"{', ...' if len(take) > 4 else ''}) -> drop {drop:.3f}")
+                         f"{', ...' if len(take) > 4 else ''}) -> {judged.text}")
             k *= 2
     if not ok:
         steps.append(f"{label}: cannot meet the budget; dropped")
-        return {"ok": False, "exclude": exclude, "path": path, "drop": drop, "table": table}
+        return {"ok": False, "exclude": exclude, "path": path, "judged": judged, "table": table}
     rank = {r["node"]: i for i, r in enumerate(table)}
     for name in sorted(exclude - set(forced_float), key=lambda n: -rank.get(n, 0)):
         if time.monotonic() > deadline:
             break
         trial = backend.make(exclude - {name})
-        tdrop, _, tok = backend.judge(trial)
-        if tok:
-            exclude, path, drop = exclude - {name}, trial, tdrop
-            steps.append(f"{label}: {name} back to int8 -> drop {tdrop:.3f} (budget still holds)")
-    return {"ok": True, "exclude": exclude, "path": path, "drop": drop, "table": table}
+        tj = backend.judge(trial)
+        if tj.ok:
+            exclude, path, judged = exclude - {name}, trial, tj
+            steps.append(f"{label}: {name} back to int8 -> {tj.text} (budget still holds)")
+    return {"ok": True, "exclude": exclude, "path": path, "judged": judged, "table": table}
+
+
+def budget_text(gates) -> str:
+    """The budgets a plan had to meet, for its error messages."""
+    return ", ".join(f"{g['output']} {g['metric']} {g['budget_key']}={g['budget']}" for g in gates)
+
+
+def side(plan_label, judged, **extra) -> dict:
+    """A plan's before/after record: the first output's drop (the report's older key) and every output's figure."""
+    out = {"plan": plan_label, "judged": judged.text, "outputs": {r["output"]: r["figure"] for r in judged.rows}}
+    if judged.drop is not None:
+        out["metric_drop"] = judged.drop
+    return {**out, **extra}
 
 
 def resolve(patterns, nodes, key, fail):

@@ -103,11 +103,10 @@ def run(full_integer: Path, saved_model: Path, calib, per_channel, params, spec,
 
     backend = LiteRTBackend(spec, evaluation, reference, budget)
     before = backend.judge(full_integer)
-    steps = [f"onnx2tf's full-integer model -> metric drop {before[0]:.3f}" + (f", {before[1]} NaN/Inf" if before[1]
-                                                                               else "")]
+    steps = [f"onnx2tf's full-integer model -> {before.text}"]
     plan = {"precision": params["precision"], "speed": SPEED_NOTE, "steps": steps,
-            "before": {"plan": "full integer (every op int8)", "metric_drop": before[0]}}
-    if before[2] and not params["force_float"]:
+            "before": plan_search.side("full integer (every op int8)", before)}
+    if before.ok and not params["force_float"]:
         steps.append("the budget holds: shipped as full integer")
         plan.update(chosen="full integer", kept_float=[], full_integer=True, after=plan["before"],
                     search_seconds=round(time.monotonic() - t0, 1))
@@ -129,7 +128,7 @@ def run(full_integer: Path, saved_model: Path, calib, per_channel, params, spec,
     finally:
         server.close()
     if not found["ok"]:
-        raise StageError("tflite", f"precision plan: no int8 plan meets the budget max_metric_drop={budget}: "
+        raise StageError("tflite", f"precision plan: no int8 plan meets the budget ({plan_search.budget_text(budget)}): "
                          + "; ".join(steps[-3:]), target_name)
     kept = sorted(found["exclude"], key=lambda n: int(n.split("#")[1]))
     reasons = {n: "forced float by the spec" if n in forced_float else "accuracy: among the most sensitive ops"
@@ -139,7 +138,7 @@ def run(full_integer: Path, saved_model: Path, calib, per_channel, params, spec,
         full_integer=not kept,
         kept_float=[{"node": n, "kind": n.split("#")[0], "tensor": tensor[n], "reason": reasons[n]} for n in kept],
         int8_compute_nodes=len(nodes) - len(kept), compute_nodes=len(nodes),
-        after={"plan": "int8 with float fallback" if kept else "full integer", "metric_drop": found["drop"]},
+        after=plan_search.side("int8 with float fallback" if kept else "full integer", found["judged"]),
         sensitivity_top=found["table"][:10],
         search_seconds=round(time.monotonic() - t0, 1),
         node_names="TFLite op type and its index in the converted model (the ONNX node names do not survive "
