@@ -121,7 +121,8 @@ def test_constant_dominated_output_fails_on_arm64(tmp_path, write_spec):
 def test_broken_second_output_fails_the_gate(tmp_path, write_spec):
     """The first output (class logits) passes top1; the second is broken by int8 and fails the target. Every
     report shows both outputs with metric, figure, budget and verdict."""
-    b = run_build(write_spec(tmp_path / "spec", "two_heads"), tmp_path / "out")
+    spec = write_spec(tmp_path / "spec", "two_heads")
+    b = run_build(spec, tmp_path / "out")
     t = b.report["targets"]["x86_64"]
     assert b.code == EXIT_GATE_FAILED and t["status"] == "failed"
     logits, probs = t["outputs"]["logits"], t["outputs"]["probs"]
@@ -136,6 +137,13 @@ def test_broken_second_output_fails_the_gate(tmp_path, write_spec):
     html = (b.model_dir / "report.html").read_text()
     assert "Every output, judged" in html and "<td>probs</td>" in html
     assert json.loads((b.model_dir / "report.json").read_text())["targets"]["x86_64"]["outputs"] == t["outputs"]
+    # `toolchain validate` (re-validation without a rebuild, e.g. on a GPU host) judges every output the same way
+    from toolchain.api import validate
+
+    report, code = validate(spec, b.out)
+    again = report["targets"]["x86_64"]
+    assert code == EXIT_GATE_FAILED and again["status"] == "failed"
+    assert {o: r["passed"] for o, r in again["outputs"].items()} == {"logits": True, "probs": False}
 
 
 # ---- user metrics ------------------------------------------------------------------------------------------
@@ -163,6 +171,11 @@ worst_error.metric_budget_range = (0.0, 10.0)
 
 def undeclared(outputs, references, evaluation):
     return 1.0
+
+
+@declare(unit="percentage points")
+def broken(outputs, references, evaluation):
+    return outputs["no such output"]
 '''
 
 
@@ -210,3 +223,14 @@ def test_user_metric_declaration_is_checked(ref, targets, key, fragment, tmp_pat
     with pytest.raises(SpecError) as ei:
         build(spec, tmp_path / "out")
     assert ei.value.key == key and fragment in str(ei.value), str(ei.value)
+
+
+def test_user_metric_that_raises_fails_the_build_naming_it(tmp_path, write_spec, user_metrics, python_path):
+    from toolchain.api import build
+    from toolchain.errors import StageError
+
+    spec = write_spec(tmp_path / "spec", model={"python_path": [str(python_path), str(user_metrics)]},
+                      metric={"name": "tc_user_metrics:broken"})
+    with pytest.raises(StageError) as ei:
+        build(spec, tmp_path / "out")
+    assert "user metric tc_user_metrics:broken failed: KeyError" in str(ei.value)

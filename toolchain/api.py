@@ -134,6 +134,7 @@ def validate(spec_path, out_root="build", targets=None, targets_dir=None, progre
     from .stages import reference
     from .targets import load_target
     from .validate import target as validate_target
+    from .validate.metrics import output_gates
 
     spec = load_spec(spec_path, need_weights=False)
     model_dir = Path(out_root) / spec.name
@@ -157,8 +158,6 @@ def validate(spec_path, out_root="build", targets=None, targets_dir=None, progre
                     raise ToolchainError(f"{f}: sha256 differs from report.json; rebuild before validating")
             if progress:
                 progress.line("validate", name, "running")
-            from .validate.metrics import output_gates
-
             gates = output_gates(spec, name, target.precision)
             ref_values = {o: r["value"] for o, r in (report["reference"].get("outputs") or {}).items()
                           if r.get("value") is not None}

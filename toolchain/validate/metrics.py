@@ -62,8 +62,15 @@ class Metric:
         return f"must be in {self.range_text()} for metric {self.name} ({what}, {unit}{hint}), got {v!r}"
 
     def value(self, outputs: dict, references: dict, evaluation: dict, output: str, labels_key="labels") -> float:
-        if self.user:
-            v = self.fn(outputs, references, evaluation)
+        if self.user:  # the user's code: whatever goes wrong in it is a failed build that names it
+            from ..errors import StageError
+
+            try:
+                return float(self.fn(outputs, references, evaluation))
+            except Exception as e:  # noqa: BLE001
+                first = (str(e).strip().splitlines() or [""])[0][:300]
+                raise StageError("metric", f"user metric {self.name} failed: {type(e).__name__}: {first} (it must "
+                                           "return one number: function(outputs, references, evaluation))") from None
         else:
             v = self.fn(outputs[output], references[output], evaluation, labels_key)
         return float(v)
