@@ -212,7 +212,8 @@ def test_split_graph_ends_at_the_named_tensors(detector, tmp_path):
     names = ["/heads/heatmap/Conv_output_0", "/heads/box/Conv_output_0"]
     info = split_graph(path, names, tmp_path / "cut.onnx", "arm64")
     cut = onnx.load(str(tmp_path / "cut.onnx"))
-    assert [o.name for o in cut.graph.output] == names
+    assert [o.name for o in cut.graph.output] == ["heads_heatmap_Conv_output_0", "heads_box_Conv_output_0"]
+    assert info["split_at"] == names
     assert "NonMaxSuppression" in info["dropped_nodes"]
     assert "NonMaxSuppression" not in {n.op_type for n in cut.graph.node}
     with pytest.raises(StageError, match="split_at: 'nope' is not a tensor"):

@@ -74,12 +74,13 @@ def decode_and_select(heatmap, box, centres, signs):
     # Rows in (class, cell) order, padding last: two runtimes whose scores differ in the 7th digit then still
     # agree row by row (a score order would swap near-equal detections).
     rank = torch.arange(TOP_K, device=top_index.device).unsqueeze(0).expand(n, TOP_K)
-    order = torch.where(top_scores > 0, top_index, NUM_CLASSES * cells + rank).argsort(dim=1)
-    top_index, top_scores = top_index.gather(1, order), top_scores.gather(1, order)
+    found = top_scores > 0
+    order = torch.where(found, top_index, NUM_CLASSES * cells + rank).argsort(dim=1)
+    # (an output tensor is not read again inside the graph: fp16 conversion with float32 outputs mistypes that)
+    top_index, top_scores, valid = top_index.gather(1, order), top_scores.gather(1, order), found.gather(1, order)
     classes = torch.div(top_index, cells, rounding_mode="floor")
     cell = top_index - classes * cells
     top_boxes = boxes.gather(1, cell.unsqueeze(2).expand(n, TOP_K, 4))
-    valid = top_scores > 0
     top_boxes = top_boxes * valid.unsqueeze(2).to(top_boxes.dtype)
     classes = torch.where(valid, classes, torch.full_like(classes, -1))
     return top_boxes, top_scores, classes

@@ -83,7 +83,6 @@ def _check_split(params, path, prefix):
 def split_graph(fp32_path, names, dest, target_name):
     """The fp32 graph from its inputs up to the tensors `names` (the artifact's new outputs), saved at `dest`."""
     import onnx
-    from onnx.utils import Extractor
 
     model = onnx.load(str(fp32_path))
     known = {o for n in model.graph.node for o in n.output}
@@ -92,9 +91,31 @@ def split_graph(fp32_path, names, dest, target_name):
         raise StageError(NAME, f"convert.split_at: {', '.join(map(repr, unknown))} is not a tensor of the traced "
                                f"graph (tensors that feed NonMaxSuppression etc. are named like "
                                f"'/heatmap/Conv_output_0')", target_name)
-    cut = Extractor(model).extract_model([i.name for i in model.graph.input], list(names))
+    # The nodes the named tensors depend on, in graph order (onnx.utils.Extractor needs inferred shapes for them,
+    # which shape inference does not give past ops like NonMaxSuppression).
+    producer = {o: n for n in model.graph.node for o in n.output}
+    needed, stack = set(), list(names)
+    while stack:
+        n = producer.get(stack.pop())
+        if n is not None and id(n) not in needed:
+            needed.add(id(n))
+            stack.extend(n.input)
+    nodes = [n for n in model.graph.node if id(n) in needed]
+    used = {i for n in nodes for i in n.input}
+    # Outputs under plain names: the converter keeps those (a '/'-path name comes back altered, and outputs are
+    # then matched by position, in another order).
+    clean = {n: re.sub(r"\W+", "_", n).strip("_") or f"output{i}" for i, n in enumerate(names)}
+    nodes += [onnx.helper.make_node("Identity", [n], [clean[n]], name=f"split_output_{i}")
+              for i, n in enumerate(names)]
+    graph = onnx.helper.make_graph(nodes, model.graph.name, [i for i in model.graph.input if i.name in used],
+                                   [onnx.helper.make_tensor_value_info(clean[n], onnx.TensorProto.FLOAT, None)
+                                    for n in names],
+                                   [t for t in model.graph.initializer if t.name in used])
+    cut = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    cut = onnx.shape_inference.infer_shapes(cut)
+    onnx.checker.check_model(cut)
     onnx.save(cut, str(dest))
-    return {"artifact_outputs": list(names),
+    return {"artifact_outputs": [clean[n] for n in names], "split_at": list(names),
             "dropped_nodes": sorted({n.op_type for n in model.graph.node} - {n.op_type for n in cut.graph.node})}
 
 

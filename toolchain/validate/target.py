@@ -71,7 +71,7 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
     if post is not None:  # the artifact's outputs are not the spec's: the app's function maps them
         shapes = onames = None
         result["app_postprocess"] = {"function": target.table("convert")["app_postprocess"],
-                                     "artifact_outputs": list(target.table("convert")["split_at"]),
+                                     "split_at": list(target.table("convert")["split_at"]),
                                      "note": "judged on the app's post-processing of the artifact's outputs; "
                                              "latency covers the artifact only"}
     try:
