@@ -2,7 +2,7 @@
 post-processing in the model: box decoding and non-maximum suppression (ONNX NonMaxSuppression) down to
 fixed-size outputs an app can read without any code of ours.
 
-- backbone: five 3x3 conv + BatchNorm + ReLU layers, stride 4 (16x16 grid), dilations widen the view to the
+- backbone: six 3x3 conv + BatchNorm + ReLU layers, stride 4 (16x16 grid), dilations widen the view to the
   largest shapes (~26 px);
 - heads (1x1 convs): `heatmap` (one score map per class: is a shape's centre in this cell?) and `box` (distances
   from the cell centre to the box's left, top, right and bottom sides, in grid cells);
