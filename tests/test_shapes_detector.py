@@ -259,6 +259,31 @@ def test_fp16_keeps_the_post_processing_float32(detector, tmp_path):
         metric.map_50(dict(zip(("boxes", "scores", "classes"), ref)), {}, ev), abs=1.0)
 
 
+def test_static_quantize_leaves_the_post_processing_float(detector, tmp_path):
+    """quantize.nodes_to_exclude = ["post-processing"] (method static, no plan): no output of the tail is
+    quantized (without it, some are), while the backbone is."""
+    import onnx
+
+    from toolchain.stages import quantize
+    from toolchain.stages.precision import post_processing_nodes
+
+    _, path, ev = detector
+    tail = {n for n, _ in post_processing_nodes(onnx.load(str(path)))}
+
+    def quantized_tail_outputs(exclude, where):
+        where.mkdir()
+        params = quantize.params_for({"nodes_to_exclude": exclude}, tmp_path / "b.toml")
+        meta = quantize.run(path, params, where, {"input": ev["input"][:8]}, ["input"])
+        q = onnx.load(str(where / quantize.OUTPUT))
+        producer = {o: n for n in q.graph.node for o in n.output}
+        assert meta["op_counts"]["QuantizeLinear"] > 0  # the backbone is int8 either way
+        return [producer[n.input[0]].name for n in q.graph.node if n.op_type == "QuantizeLinear"
+                and n.input[0] in producer and producer[n.input[0]].name in tail]
+
+    assert quantized_tail_outputs([], tmp_path / "all")  # e.g. the sigmoid scores, the decoded boxes
+    assert quantized_tail_outputs(["post-processing"], tmp_path / "tail_float") == []
+
+
 def test_sample_spec_judges_every_output_by_map():
     from toolchain.spec import load_spec
     from toolchain.validate.metrics import output_gates
