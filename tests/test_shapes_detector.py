@@ -228,6 +228,9 @@ def test_split_needs_its_app_postprocess(tmp_path):
         params_for({"split_at": ["t"]}, tmp_path / "b.toml", "targets.arm64.convert")
     with pytest.raises(SpecError, match="split_at: is required"):
         params_for({"app_postprocess": "m:f"}, tmp_path / "b.toml", "targets.arm64.convert")
+    with pytest.raises(SpecError, match='precision: "auto" does not take a split artifact'):
+        params_for({"split_at": ["t"], "app_postprocess": "m:f", "precision": "auto"}, tmp_path / "b.toml",
+                   "targets.arm64.convert")
     assert params_for({"split_at": ["t"], "app_postprocess": "m:f"}, tmp_path / "b.toml")["split_at"] == ["t"]
 
 
