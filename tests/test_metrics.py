@@ -4,6 +4,7 @@ in their metric's unit, and user metrics end to end. Every build below runs the 
 (for arm64) onnx2tf and LiteRT."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -88,10 +89,10 @@ def test_default_metrics_per_output(tmp_path, write_spec):
 
 
 # ---- the gate on real artifacts ----------------------------------------------------------------------------
-def _sqnr_spec(write_spec, directory, targets):
+def _sqnr_spec(write_spec, directory, targets, **table):
     """The constant-plus-small model as a new user would write it: no metric named (no labels: sqnr)."""
     tables = {"x86_64": None}  # None removes the writer's default x86_64 table (and its top1 budget)
-    tables.update({t: {"latency": {"warmup": 2, "runs": 10}} for t in targets})
+    tables.update({t: {"latency": {"warmup": 2, "runs": 10}, **table} for t in targets})
     if "x86_64" in targets:
         tables["x86_64"]["max_metric_drop"] = None  # deep-merged into the default table: removes its budget
     return write_spec(directory, "const_plus_small", metric=None, targets=tables)
@@ -116,6 +117,20 @@ def test_constant_dominated_output_fails_on_arm64(tmp_path, write_spec):
     assert b.code == EXIT_GATE_FAILED and t["status"] == "failed", t.get("reason")
     assert t["agreement"]["0"]["cosine_mean"] > 0.9999
     assert t["outputs"]["probs"]["value"] < 5.0 and "output probs: sqnr" in t["reason"]
+
+
+def test_plan_cannot_pick_a_variant_that_passes_only_plain_cosine(tmp_path, write_spec):
+    """The x86 precision plan judges its variants by the gate's own metric: static int8 keeps cosine ~1.0 on the
+    constant-dominated output but loses its signal, so the plan drops it and ships dynamic int8 instead."""
+    quantize = {"method": "auto", "schemes": ["static_u8s8", "dynamic_s8"], "speed_search": False}
+    spec = _sqnr_spec(write_spec, tmp_path / "spec", ["x86_64"], quantize=quantize)
+    b = run_build(spec, tmp_path / "out")
+    t = b.report["targets"]["x86_64"]
+    plan = t["build"]["plan"]
+    assert b.code == 0 and t["status"] == "passed", (t.get("reason"), plan["steps"])
+    assert plan["chosen"] == "dynamic_s8" and "static_u8s8: cannot meet the budget; dropped" in plan["steps"]
+    assert plan["before"]["outputs"]["probs"] < 5.0 <= 15.0 <= plan["after"]["outputs"]["probs"]
+    assert t["outputs"]["probs"]["value"] >= 15.0
 
 
 def test_broken_second_output_fails_the_gate(tmp_path, write_spec):
@@ -183,8 +198,10 @@ def broken(outputs, references, evaluation):
 def user_metrics(tmp_path):
     code = tmp_path / "metric code"
     code.mkdir()
+    sys.modules.pop("tc_user_metrics", None)  # each test imports its own copy
     write_module(code, "tc_user_metrics", USER_METRICS, "top2")
-    return code
+    yield code
+    sys.modules.pop("tc_user_metrics", None)
 
 
 def test_user_metrics_end_to_end(tmp_path, write_spec, user_metrics, python_path):
@@ -197,6 +214,13 @@ def test_user_metrics_end_to_end(tmp_path, write_spec, user_metrics, python_path
     row = t["outputs"]["logits"]
     assert row["metric"] == "tc_user_metrics:top2" and row["unit"] == "percentage points" and row["passed"]
     assert b.report["reference"]["outputs"]["logits"]["value"] == 100.0  # labels are fp32's argmax
+    # editing the metric's code re-judges the build (no stale "up to date")
+    module = user_metrics / "tc_user_metrics.py"
+    module.write_text(module.read_text().replace("100.0 * (top", "50.0 * (top"))
+    sys.modules.pop("tc_user_metrics", None)  # a new build is a new process; this test shares one
+    again = run_build(spec, tmp_path / "out")
+    assert ("reference", None) in again.ran and ("validate", "x86_64") in again.ran
+    assert again.report["reference"]["outputs"]["logits"]["value"] == 50.0
     # a lower-is-better floor: the worst logit error must stay under the budget
     spec = write_spec(tmp_path / "spec2", model={"python_path": [str(python_path), str(user_metrics)]},
                       metric={"name": "tc_user_metrics:worst_error"},

@@ -24,6 +24,9 @@ def input_files(spec, targets) -> list:
     for ref in refs:
         files += module_sources(ref, spec.python_path) if is_callable_ref(ref) else [Path(spec.resolve(ref))]
     files += [t.path for t in targets.values()] if isinstance(targets, dict) else list(targets)
+    for o in spec.outputs:  # a user metric's code judges the build: editing it must re-judge
+        if o.metric and is_callable_ref(o.metric):
+            files += module_sources(o.metric, spec.python_path)
     # The toolchain's own code: an upgrade or a local edit must not be mistaken for "nothing changed".
     files += [p for p in Path(__file__).resolve().parent.rglob("*.py") if "__pycache__" not in p.parts]
     return sorted({str(Path(f).resolve()) for f in files})

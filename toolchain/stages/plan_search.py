@@ -73,7 +73,8 @@ class Backend:
         from ..validate import metrics
 
         outs = self.outputs(path, self.sub)
-        return {"sqnr_db": min(metrics.sqnr_db(o, r) for o, r in zip(outs, self.ref_sub)),
+        sqnr = [metrics.sqnr_db(o, r) for o, r in zip(outs, self.ref_sub)]
+        return {"sqnr_db": min(s if s == s else -metrics.SQNR_CAP_DB for s in sqnr),  # NaN: nothing to measure
                 "cosine": min(float(metrics.cosine_per_sample(o, r).mean()) for o, r in zip(outs, self.ref_sub))}
 
 
