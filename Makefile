@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLCHAIN := $(BIN)/toolchain
-MODELS := digits_cnn digits_resnet digits_resnet_pruned digits_mobilenet minilm
+MODELS := digits_cnn digits_resnet digits_resnet_pruned digits_mobilenet minilm shapes_detector
 TARGETS := x86_64 arm64 cuda
 BUILD := build
 

@@ -73,6 +73,8 @@ SCHEMAS = {
         "precision": Option("str", "full_integer", ("full_integer", "auto")),
         "force_float": Option("strs", []), "force_int8": Option("strs", []),
         "plan_time_budget_s": Option("number", 600, SECONDS),
+        # a split artifact: it ends at these ONNX tensors and the app's function runs the rest (stages/tflite.py)
+        "split_at": Option("strs", []), "app_postprocess": Option("str", ""),
     },
     # the TFLite conversion, litert-torch route (stages/litert_torch.py): convert.converter = "litert-torch"
     "convert:litert-torch": {

@@ -333,6 +333,12 @@ class Pipeline:
                 "host": host_id()}
         if unpruned is not None:
             deps["unpruned"] = sha256_file(unpruned)
+        post = validate_target.app_postprocess(target, s)
+        if post is not None:  # a split artifact is judged through the app's code: its source is an input
+            import inspect
+
+            params["app_postprocess"] = target.table("convert")["app_postprocess"]
+            deps["app_postprocess"] = sha256_file(inspect.getsourcefile(post))
         ref_value = ref_entry.meta["outputs"]
         return StageRun(_ValidateStage, params, deps, lambda out: validate_target.run(
             target, artifact, baseline, self.evaluation, reference.load(ref_entry.path), s, ref_value,

@@ -36,7 +36,7 @@ def target_entry(name, res, gate, model_dir, budget) -> dict:
     if "cpu_check" in v:
         entry["cpu_check"] = v["cpu_check"]
     for k in ("latency_ms", "baseline_latency_ms", "latency_ratio", "latency_protocol", "device", "providers",
-              "host", "threads", "io", "latency_note",
+              "host", "threads", "io", "latency_note", "app_postprocess",
               "unpruned_latency_ms", "speedup_vs_unpruned", "runtime_options",
               "baseline_same_options_latency_ms", "optimized_op_counts",
               "executor", "arm_cost", "resolver", "resolvers", "host_litert", "host_latency"):

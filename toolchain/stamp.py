@@ -27,6 +27,10 @@ def input_files(spec, targets) -> list:
     for o in spec.outputs:  # a user metric's code judges the build: editing it must re-judge
         if o.metric and is_callable_ref(o.metric):
             files += module_sources(o.metric, spec.python_path)
+    for req in spec.targets.values():  # a split artifact is judged through the app's post-processing code
+        post = req.overrides.get("convert", {}).get("app_postprocess")
+        if isinstance(post, str) and is_callable_ref(post):
+            files += module_sources(post, spec.python_path)
     # The toolchain's own code: an upgrade or a local edit must not be mistaken for "nothing changed".
     files += [p for p in Path(__file__).resolve().parent.rglob("*.py") if "__pycache__" not in p.parts]
     return sorted({str(Path(f).resolve()) for f in files})

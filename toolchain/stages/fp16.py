@@ -111,16 +111,20 @@ def run(fp32_path, params: dict, out_dir, calibration=None, input_names=()) -> d
 
     model = onnx.load(str(fp32_path))
     rewritten = _rewrite_for_ort(model, calibration, input_names)
-    block = list(params["op_block_list"]) or None
+    from .precision import POST_PROCESSING, post_processing_nodes
+
+    # "post-processing" in op_block_list: the graph's tail after its last compute nodes (decode, NMS) stays float32
+    post = [n for n, _ in post_processing_nodes(model)] if POST_PROCESSING in params["op_block_list"] else []
+    block = [b for b in params["op_block_list"] if b != POST_PROCESSING] or None
     kwargs = {"keep_io_types": params["keep_io_types"], "max_finite_val": FP16_MAX}
     if block:
         kwargs["op_block_list"] = list(float16.DEFAULT_OP_BLOCK_LIST) + block
     kept = out_of_range_nodes(model, calibration, input_names) if params["range_guard"] and calibration else {}
-    if kept:
-        _unshare_initializers(model, set(kept))
+    if kept or post:
+        _unshare_initializers(model, set(kept) | set(post))
     casts = float32_casts(model)
-    if kept or casts:
-        kwargs["node_block_list"] = sorted(set(kept) | set(casts))
+    if kept or casts or post:
+        kwargs["node_block_list"] = sorted(set(kept) | set(casts) | set(post))
     import warnings
 
     try:
@@ -138,6 +142,8 @@ def run(fp32_path, params: dict, out_dir, calibration=None, input_names=()) -> d
         extra["kept_float32_casts"] = casts
     if rewritten:
         extra["rewrites"] = rewritten
+    if post:
+        extra["kept_float32_post_processing"] = post
     return {**extra, "keep_io_types": params["keep_io_types"], "op_block_list": block or [],
             "kept_float32_for_range": [{"node": n, "reason": r} for n, r in sorted(kept.items())],
             "cast_nodes": sum(1 for n in half.graph.node if n.op_type == "Cast"),

@@ -23,6 +23,8 @@ NAME = "plan"
 VERSION = 8
 LIBRARIES = ("onnxruntime", "onnx", "numpy")
 OUTPUT = "model.int8.onnx"
+POST_REASON = ("post-processing after the last compute nodes (decode, NMS, top-K): int8 would round results such "
+               "as box coordinates; kept float by quantize.force_float")
 SPEED_MARGIN = 0.95  # a kind is kept float only if that makes the model at least 5% faster
 
 
@@ -44,7 +46,11 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     def fail(message):
         raise StageError(NAME, "quantize." + message)
 
-    forced_float = plan_search.resolve(params["force_float"], nodes, "force_float", fail)
+    # "post-processing" names the graph's tail (decode, NMS, top-K): float in every variant, never searched
+    post = dict(precision.post_processing_nodes(model)) if precision.POST_PROCESSING in params["force_float"] else {}
+    forced_float = plan_search.resolve([p for p in params["force_float"] if p != precision.POST_PROCESSING], nodes,
+                                       "force_float", fail) | set(post)
+    kind_of.update({n: f"post-processing ({t})" for n, t in post.items()})
     forced_int8 = plan_search.resolve(params["force_int8"], nodes, "force_int8", fail)
     runner = precision.Runner(threads, names)
     feed = {n: evaluation[n][:1] for n in names}
@@ -112,7 +118,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             steps.append(f"{scheme}: {label} -> {judged.text}" + (" (meets the budget; chosen)" if judged.ok else ""))
             if judged.ok:
                 kept = {n for n, _ in precision.compute_nodes(raw_model)} - tiers[label]
-                reasons = {n: "forced float by the spec" if n in forced_float else
+                reasons = {n: (POST_REASON if n in post else "forced float by the spec") if n in forced_float else
                            f"speed: outside the fastest resolution tier ({label}, p50 {lat[label]:.4f} ms vs "
                            f"fp32 {lat['fp32']:.4f} ms)" for n in kept}
                 return {"path": paths[label], "exclude": kept, "judged": judged, "reasons": reasons}
@@ -143,7 +149,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
         if not found["ok"]:
             continue
         exclude, path, judged = found["exclude"], found["path"], found["judged"]
-        reasons = {n: "forced float by the spec" for n in forced_float}
+        reasons = {n: POST_REASON if n in post else "forced float by the spec" for n in forced_float}
         reasons.update({n: "accuracy: among the most sensitive nodes" for n in exclude - forced_float})
         # Kinds of compute node, plus the quantizable glue (Add, Mul, activations, pooling): in static schemes
         # each glue op brings its own Q/DQ pairs, which can cost more than its int8 form saves.

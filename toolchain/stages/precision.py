@@ -94,6 +94,25 @@ def compute_nodes(model) -> list:
     return out
 
 
+POST_PROCESSING = "post-processing"  # quantize.force_float entry: the graph's tail after its last compute nodes
+
+
+def post_processing_nodes(model) -> list:
+    """(name, op_type) of the nodes no compute node depends on: a detector's decode, NMS and top-K after its heads,
+    a classifier's softmax. Int8 there quantizes results (box coordinates) instead of features."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    feeds_compute, stack = set(), [n for n in model.graph.node if n.op_type in COMPUTE_OPS]
+    while stack:
+        n = stack.pop()
+        for i in n.input:
+            p = producer.get(i)
+            if p is not None and p.name not in feeds_compute and p.op_type not in COMPUTE_OPS:
+                feeds_compute.add(p.name)
+                stack.append(p)
+    return [(n.name, n.op_type) for n in model.graph.node
+            if n.op_type not in COMPUTE_OPS and n.name not in feeds_compute]
+
+
 def output_sizes(model) -> dict:
     """node name -> (H, W) of its first output (1, 1 for anything not a feature map), by ONNX shape inference."""
     import onnx

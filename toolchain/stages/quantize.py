@@ -5,6 +5,7 @@ import shutil
 
 from ..errors import StageError, reraise_write_error
 from ..options import check_table, defaults
+from .precision import POST_PROCESSING, post_processing_nodes
 
 NAME = "quantize"
 VERSION = 2
@@ -80,8 +81,14 @@ def run(fp32_path, params: dict, out_dir, calibration: dict, input_names) -> dic
     else:
         shutil.copyfile(fp32_path, src)
     out = out_dir / OUTPUT
+    exclude = list(params["nodes_to_exclude"])
+    if POST_PROCESSING in exclude:  # the graph's tail after its last compute nodes (a detector's decode + NMS)
+        import onnx
+
+        tail = [n for n, _ in post_processing_nodes(onnx.load(str(src)))]
+        exclude = [n for n in exclude if n != POST_PROCESSING] + tail
     common = dict(per_channel=params["per_channel"], weight_type=qtype[params["weight_type"]],
-                  nodes_to_exclude=list(params["nodes_to_exclude"]),
+                  nodes_to_exclude=exclude,
                   op_types_to_quantize=list(params["op_types_to_quantize"]) or None)
     try:
         if params["method"] == "dynamic":

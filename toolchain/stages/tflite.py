@@ -38,6 +38,8 @@ LIBRARIES = ("onnx2tf", "tensorflow", "onnx", "onnxsim", "numpy")
 OUTPUT = "model.int8.tflite"
 BASELINE = "model.fp32.tflite"
 # routes: "auto" picks rewrites and flags from the graph's ops (below); "plain" converts the graph as it is, once.
+# split_at + app_postprocess: the artifact ends at these ONNX tensors (a detector's raw heads) and the app runs the
+# rest (decode, NMS) in float; the build judges the artifact through that app function (validate/target.py).
 DEFAULTS = defaults("convert")  # options, types and defaults: options.SCHEMAS["convert"]
 # onnx2tf looks for this file in its working directory before downloading it (STACK.md, offline trap).
 SAMPLE_DATA = "calibration_image_sample_data_20x128x128x3_float32.npy"
@@ -57,7 +59,66 @@ def params_for(table: dict, path, prefix="convert") -> dict:
     if params["routes"] not in ("auto", "plain"):
         raise SpecError(path, f"{prefix}.routes", f"must be one of auto, plain, got {params['routes']!r}")
     tflite_plan.check_params(params, path, prefix)
+    _check_split(params, path, prefix)
     return params
+
+
+def _check_split(params, path, prefix):
+    from ..errors import SpecError
+    from ..spec import is_callable_ref
+
+    split, post = params["split_at"], params["app_postprocess"]
+    if not isinstance(split, list) or not all(isinstance(v, str) and v for v in split):
+        raise SpecError(path, f"{prefix}.split_at", f"must be a list of ONNX tensor names, got {split!r}")
+    if not isinstance(post, str) or (post and not is_callable_ref(post)):
+        raise SpecError(path, f"{prefix}.app_postprocess", f"must be 'package.module:function', got {post!r}")
+    if bool(split) != bool(post):
+        missing = "app_postprocess" if split else "split_at"
+        raise SpecError(path, f"{prefix}.{missing}", "is required with "
+                        + ("split_at (the app's code that turns the artifact's outputs into the spec's outputs)"
+                           if split else "app_postprocess (the tensors where the artifact ends)"))
+    if split and params["precision"] == "auto":
+        raise SpecError(path, f"{prefix}.precision", '"auto" does not take a split artifact (split_at) yet; '
+                                                     'use "full_integer"')
+
+
+def split_graph(fp32_path, names, dest, target_name):
+    """The fp32 graph from its inputs up to the tensors `names` (the artifact's new outputs), saved at `dest`."""
+    import onnx
+
+    model = onnx.load(str(fp32_path))
+    known = {o for n in model.graph.node for o in n.output}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise StageError(NAME, f"convert.split_at: {', '.join(map(repr, unknown))} is not a tensor of the traced "
+                               f"graph (tensors that feed NonMaxSuppression etc. are named like "
+                               f"'/heatmap/Conv_output_0')", target_name)
+    # The nodes the named tensors depend on, in graph order (onnx.utils.Extractor needs inferred shapes for them,
+    # which shape inference does not give past ops like NonMaxSuppression).
+    producer = {o: n for n in model.graph.node for o in n.output}
+    needed, stack = set(), list(names)
+    while stack:
+        n = producer.get(stack.pop())
+        if n is not None and id(n) not in needed:
+            needed.add(id(n))
+            stack.extend(n.input)
+    nodes = [n for n in model.graph.node if id(n) in needed]
+    used = {i for n in nodes for i in n.input}
+    # Outputs under plain names: the converter keeps those (a '/'-path name comes back altered, and outputs are
+    # then matched by position, in another order).
+    clean = {n: re.sub(r"\W+", "_", n).strip("_") or f"output{i}" for i, n in enumerate(names)}
+    nodes += [onnx.helper.make_node("Identity", [n], [clean[n]], name=f"split_output_{i}")
+              for i, n in enumerate(names)]
+    graph = onnx.helper.make_graph(nodes, model.graph.name, [i for i in model.graph.input if i.name in used],
+                                   [onnx.helper.make_tensor_value_info(clean[n], onnx.TensorProto.FLOAT, None)
+                                    for n in names],
+                                   [t for t in model.graph.initializer if t.name in used])
+    cut = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    cut = onnx.shape_inference.infer_shapes(cut)
+    onnx.checker.check_model(cut)
+    onnx.save(cut, str(dest))
+    return {"artifact_outputs": [clean[n] for n in names], "split_at": list(names),
+            "dropped_nodes": sorted({n.op_type for n in model.graph.node} - {n.op_type for n in cut.graph.node})}
 
 
 def nhwc(a):
@@ -113,6 +174,13 @@ def run(fp32_path, params: dict, out_dir, calibration: dict, spec, target_name, 
     import numpy as np
     import onnx
 
+    split = None
+    if params.get("split_at"):  # the artifact ends where the app's post-processing starts
+        cut_dir = tempfile.TemporaryDirectory(prefix="toolchain-split-")
+        cut = Path(cut_dir.name) / "model.split.onnx"
+        split = split_graph(fp32_path, params["split_at"], cut, target_name)
+        split["app_postprocess"] = params["app_postprocess"]
+        fp32_path = cut
     model = onnx.load(str(fp32_path))
     if params.get("routes", "auto") == "auto":
         routes = plan_routes(n.op_type for n in model.graph.node)
@@ -166,6 +234,11 @@ def run(fp32_path, params: dict, out_dir, calibration: dict, spec, target_name, 
                      + ", int8 I/O)", "input_shapes": shapes, "full_integer": full}
     if plan is not None:
         meta["plan"] = plan
+    if split is not None:
+        meta["split"] = {**split, "note": "the artifact ends at split_at; the app runs app_postprocess on its "
+                                          "outputs (float), and the build judges the artifact through it"}
+        meta["route"] += f", ends at {', '.join(split['artifact_outputs'])} (post-processing in the app)"
+        cut_dir.cleanup()
     if len(routes) > 1 or route["rewrites"] or route["flags"]:  # a plain graph's meta is as it always was
         meta.update(route_label=route["label"], route_why=route["why"], onnx2tf_flags=route["flags"],
                     routes_tried=tried, rewrites=check)

@@ -32,13 +32,52 @@ def accuracy(outputs, evaluation, reference, spec, ref_values) -> dict:
     return out
 
 
+class AppPostprocessed:
+    """A split artifact (convert.split_at) as the app uses it: the runtime's outputs, then the app's own
+    post-processing (convert.app_postprocess) -> the spec's outputs. Timing covers the artifact alone."""
+
+    def __init__(self, session, fn):
+        self.session, self.fn = session, fn
+        self.batchable = session.batchable
+        self.timing_method = session.timing_method + " (artifact only; the app's post-processing is not timed)"
+        self.providers = getattr(session, "providers", [])
+
+    def run(self, feed):
+        return [np.asarray(o) for o in self.fn(self.session.run(feed))]
+
+    def timer(self, feed):
+        return self.session.timer(feed)
+
+    def io_details(self):
+        return self.session.io_details()
+
+
+def app_postprocess(target, spec):
+    """The split artifact's app-side function, or None when the artifact computes the spec's outputs itself."""
+    ref = target.table("convert").get("app_postprocess") if target.runtime == "litert" else None
+    if not ref:
+        return None
+    from ..imports import import_ref
+
+    return import_ref(ref, spec.python_path, spec.path, f"targets.{target.name}.convert.app_postprocess")
+
+
 def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpruned=None) -> dict:
     names = [t.name for t in spec.inputs]
     result = {"host": host(), "threads": target.threads}
     shapes = [r.shape[1:] for r in reference]
     onames = [o.name for o in spec.outputs]
+    post = app_postprocess(target, spec)
+    if post is not None:  # the artifact's outputs are not the spec's: the app's function maps them
+        shapes = onames = None
+        result["app_postprocess"] = {"function": target.table("convert")["app_postprocess"],
+                                     "split_at": list(target.table("convert")["split_at"]),
+                                     "note": "judged on the app's post-processing of the artifact's outputs; "
+                                             "latency covers the artifact only"}
     try:
         session = open_artifact(target, artifact, output_shapes=shapes, output_names=onames, input_names=names)
+        if post is not None:
+            session = AppPostprocessed(session, post)
     except RuntimeUnavailable as e:
         # Still prove what can be proven here: the artifact's agreement with fp32, run on the CPU provider.
         result.update(status="skipped", reason=str(e))
@@ -57,7 +96,7 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
     result["providers"] = list(getattr(session, "providers", [target.runtime]))
     if hasattr(session, "io_details"):
         io = session.io_details()
-        if len(io["outputs"]) == len(spec.outputs):  # output names are not always kept by the converter
+        if post is None and len(io["outputs"]) == len(spec.outputs):  # output names are not always kept by the converter
             for d, o in zip(io["outputs"], spec.outputs):
                 d["name"] = o.name
         if len(io["inputs"]) == len(spec.inputs):  # say so where the converter changed an input's layout
