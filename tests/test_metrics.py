@@ -11,7 +11,7 @@ import pytest
 
 from toolchain.errors import EXIT_GATE_FAILED, SpecError
 from toolchain.spec import load_spec
-from toolchain.validate import metrics
+from toolchain.validation import metrics
 
 from conftest import run_build, write_module
 
@@ -164,7 +164,7 @@ def test_broken_second_output_fails_the_gate(tmp_path, write_spec):
 # ---- user metrics ------------------------------------------------------------------------------------------
 USER_METRICS = '''
 import numpy as np
-from toolchain.validate.metrics import declare
+from toolchain.validation.metrics import declare
 
 
 @declare(unit="percentage points", higher_is_better=True, budget="drop", budget_range=(0, 100))

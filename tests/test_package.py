@@ -154,7 +154,7 @@ def _copy(bundle, tmp_path) -> Path:
 
 
 def _tar(dist: Path) -> Path:
-    from toolchain.package import _tar_reproducibly
+    from toolchain.bundle import _tar_reproducibly
 
     out = dist.with_name(dist.name + ".tar.gz")
     _tar_reproducibly(dist, out)

@@ -236,3 +236,25 @@ def test_layout_note_names_the_transpose():
 def test_arm64_report_io_says_how_the_input_was_transposed(arm64_build):
     (inp,) = arm64_build.report["targets"]["arm64"]["io"]["inputs"]
     assert inp["layout"].startswith("transposed from (N,C,H,W) to (N,H,W,C)")
+
+
+def test_readme_python_example_runs_as_written(tmp_path):
+    """The README's "From Python" example, verbatim, in a fresh process and directory."""
+    text = (REPO / "README.md").read_text()
+    start = text.index("```python\n", text.index("### From Python")) + len("```python\n")
+    code = text[start:text.index("```", start)]
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.startswith("True ")
+    report = json.loads((tmp_path / "build" / "mynet" / "report.json").read_text())
+    assert {t["status"] for t in report["targets"].values()} == {"passed"}
+    assert (tmp_path / "dist" / "mynet-1.0.0.tar.gz").is_file()
+
+
+def test_package_namespace_exports_the_python_api():
+    import toolchain
+    import toolchain.bundle  # noqa: F401  (the modules behind them do not shadow the functions)
+    import toolchain.validation.metrics  # noqa: F401
+
+    assert callable(toolchain.build) and callable(toolchain.validate)
+    assert toolchain.package.__module__ == "toolchain.python_api" and callable(toolchain.verify)

@@ -289,7 +289,7 @@ def test_static_quantize_leaves_the_post_processing_float(detector, tmp_path):
 
 def test_sample_spec_judges_every_output_by_map():
     from toolchain.spec import load_spec
-    from toolchain.validate.metrics import output_gates
+    from toolchain.validation.metrics import output_gates
 
     spec = load_spec(SAMPLE / "build.toml")
     for target in ("x86_64", "arm64", "cuda"):

@@ -243,8 +243,8 @@ def validate(spec_path, out_root="build", targets=None, targets_dir=None, progre
     from .data import check_inputs, load_arrays
     from .stages import reference
     from .targets import load_target
-    from .validate import target as validate_target
-    from .validate.metrics import output_gates
+    from .validation import target as validate_target
+    from .validation.metrics import output_gates
 
     spec = load_spec(spec_path, need_weights=False)
     model_dir = Path(out_root) / spec.name

@@ -39,7 +39,7 @@ def ensure_built(build_dir, models, targets=None):
 
 def _interleaved(target, a_path, b_path, feed, runs, warmup=50, options=None):
     from .runtimes import open_artifact
-    from .validate.latency import interleaved
+    from .validation.latency import interleaved
 
     a = open_artifact(target, a_path)
     b = open_artifact(target, b_path)
@@ -112,7 +112,7 @@ def bench_plans(build_dir):
 def bench_cuda(build_dir, batches=(1, 8, 64), runs=300):
     from .runtimes.onnxruntime import OrtSession, available_providers, device_name
     from .spec import load_spec
-    from .validate.latency import interleaved
+    from .validation.latency import interleaved
 
     print("\n== cuda (fp16 vs fp32 ONNX, CUDA provider, I/O binding, interleaved) ==")
     if "CUDAExecutionProvider" not in available_providers():

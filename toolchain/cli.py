@@ -141,7 +141,7 @@ def validate(spec, out_root, targets, targets_dir, as_json, devices=()):
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as one JSON document.")
 def package(build_dir, version, dist, allow_failed, require_all, sign_key, as_json):
     """Bundle every passed artifact of BUILD_DIR with manifest.json, checksums and an in-toto provenance."""
-    from .package import package as do_package
+    from .bundle import package as do_package
 
     signer = None
     if sign_key:  # a bad key fails before anything is written
@@ -284,7 +284,7 @@ def list_targets(targets_dir, as_json):
 @click.option("--weights", default="weights.safetensors", show_default=True, help="Weights file, relative to the spec.")
 @click.option("--python-path", default=".", show_default=True, help="Where FACTORY's module is imported from, "
               "relative to the spec.")
-@click.option("--no-labels", is_flag=True, help="No labels: judge by cosine agreement with fp32 instead of top-1.")
+@click.option("--no-labels", is_flag=True, help="No labels: judge by sqnr (agreement with fp32, dB) instead of top-1.")
 def init(factory, inputs, outputs, path, name, targets, weights, python_path, no_labels):
     """Write a commented build.toml for FACTORY (package.module:function), with placeholders for the data."""
     from .init_spec import write

@@ -5,7 +5,7 @@ target by the real pipeline, and a table of what reached which target, how close
 
 For each pattern the suite writes what a user would write: the model module, its deterministic random weights
 (safetensors), fixed random calibration and evaluation inputs (.npz, no labels) and a build spec that names no
-metric, so every output is judged by the build's default agreement metric, sqnr (validate/metrics.py: the
+metric, so every output is judged by the build's default agreement metric, sqnr (validation/metrics.py: the
 error against the fp32 output's input-dependent variation, in dB), with the floors of MIN_SQNR_DB (the build's
 defaults for int8 and fp16, written out). The precision plans judge their variants by the same gates. Builds run
 one at a time (onnx2tf is ~10 s and ~0.7 GiB per conversion).
@@ -229,7 +229,7 @@ def top1_agreement(spec_path, build_dir, target_name, entry):
     from .spec import load_spec
     from .stages import reference
     from .targets import load_target
-    from .validate.target import outputs_on
+    from .validation.target import outputs_on
 
     spec = load_spec(spec_path)
     model_dir = Path(build_dir) / spec.name

@@ -107,7 +107,7 @@ def check_inputs(arrays: dict, spec, key: str, evaluation=False) -> int:
             bad = int((~np.isfinite(a)).sum())
             raise DataError(f"{key}: input {t.name!r} contains {bad} NaN/Inf values")
     if evaluation:  # the arrays the spec's metrics read besides the inputs
-        from .validate.metrics import METRICS
+        from .validation.metrics import METRICS
 
         used = dict.fromkeys([*(o.metric or spec.metric for o in spec.outputs), *spec.extra_metrics])
         for metric in (m for m in used if m in METRICS):  # a user metric reads what it reads

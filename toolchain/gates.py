@@ -1,6 +1,6 @@
 """Gates: turn a target's validation figures into passed / failed / skipped, with the reason and notes."""
 
-from .validate.metrics import verdict_text, verdicts
+from .validation.metrics import verdict_text, verdicts
 
 
 def judge(name, validation: dict, budget: list, transform_meta: dict) -> dict:

@@ -51,12 +51,14 @@ def render(factory, inputs, outputs, name, targets, weights, python_path, labels
         'labels_key = "labels"',
         "",
         "[metric]",
-        f'name = {q("top1" if labels else "cosine")}   # top1 (labels needed) or cosine (agreement with fp32)',
+        f'name = {q("top1" if labels else "sqnr")}   # top1 (labels needed), sqnr (agreement with fp32, dB), '
+        'cosine, or "module:function"',
         "",
     ]
     for t in targets:
-        lines += [f"[targets.{t}]", f"max_metric_drop = {1.0 if labels else 0.01}   # the accuracy budget, in the "
-                  "metric's unit", ""]
+        budget = ("max_metric_drop = 1.0   # points of top-1 accuracy the artifact may lose" if labels else
+                  "min_sqnr_db = 20.0   # the floor, in dB, of the artifact's agreement with fp32")
+        lines += [f"[targets.{t}]", budget, ""]
     return "\n".join(lines)
 
 

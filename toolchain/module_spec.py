@@ -149,7 +149,9 @@ def _toml_value(v) -> str:
     raise TypeError(type(v).__name__)
 
 
+# Budgets when none is given: top-1 may drop one point; sqnr has per-precision floors of its own (metrics.py).
 DEFAULT_BUDGETS = {"top1": 1.0, "cosine": 0.01}
+BUDGET_KEYS = {"top1": "max_metric_drop", "cosine": "max_metric_drop", "sqnr": "min_sqnr_db"}
 
 
 def write_sources(model, root: Path, *, name=None, version="0.0.0", inputs=None, outputs=None, calibration=None,
@@ -174,7 +176,7 @@ def write_sources(model, root: Path, *, name=None, version="0.0.0", inputs=None,
         raise ToolchainError("calibration: required (a dict of arrays named like the inputs, an array, or a callable)")
     cal = _arrays(calibration, "calibration", input_names)
     ev = _arrays(evaluation if evaluation is not None else calibration, "evaluation", input_names)
-    metric = metric or ("top1" if labels is not None else "cosine")
+    metric = metric or ("top1" if labels is not None else "sqnr")
     if labels is not None:
         import numpy as np
 
@@ -206,9 +208,17 @@ def write_sources(model, root: Path, *, name=None, version="0.0.0", inputs=None,
         lines += ["[[outputs]]", f"name = {_toml_value(o)}", ""]
     lines += ["[data]", 'calibration = "calibration.npz"', 'evaluation = "evaluation.npz"', 'labels_key = "labels"', "",
               "[metric]", f"name = {_toml_value(metric)}", ""]
+    key = BUDGET_KEYS.get(metric)  # a user metric ("module:function") names its own budget key via budgets
     for t in targets:
-        lines += [f"[targets.{t}]",
-                  f"max_metric_drop = {_toml_value(float(budgets.get(t, DEFAULT_BUDGETS.get(metric, 1.0))))}"]
+        lines.append(f"[targets.{t}]")
+        budget = budgets.get(t, DEFAULT_BUDGETS.get(metric))
+        if isinstance(budget, dict):  # {budget key: value}, e.g. {"min_metric": 80.0} for a user metric
+            lines += [f"{k} = {_toml_value(v)}" for k, v in budget.items()]
+        elif budget is not None:
+            if key is None:
+                raise ToolchainError(f"budgets: metric {metric!r} needs its budget key, e.g. "
+                                     f"budgets={{{t!r}: {{'min_metric': 80.0}}}}")
+            lines.append(f"{key} = {_toml_value(float(budget))}")
         for table, opts in ((target_options or {}).get(t) or {}).items():
             lines.append(f"{table} = {_toml_value(opts)}")
         lines.append("")

@@ -84,7 +84,7 @@ SCHEMAS = {
         "timeout_s": Option("number", 900, SECONDS),
         "venv": Option("str", ".venv-litert"),
     },
-    # the latency protocol (validate/latency.py)
+    # the latency protocol (validation/latency.py)
     "latency": {
         "warmup": Option("int", 20, Range(1, 100_000)), "runs": Option("int", 200, Range(1, 100_000)),
         "batch": Option("int", 1, Range(1, 100_000)), "io_binding": Option("bool", False),

@@ -78,7 +78,7 @@ class Pipeline:
         self.transform_params = {n: self._transform_params(n, t) for n, t in self.targets.items()}
         # What judges each output on each target (metric, budget in its unit); imports user metrics now, so a
         # wrong declaration is a spec error before any stage runs.
-        from .validate.metrics import output_gates
+        from .validation.metrics import output_gates
 
         self.gates = {n: output_gates(spec, n, t.precision) for n, t in self.targets.items()}
         self.ran = []  # (stage, target) of stages that executed (not cached) in this build
@@ -227,7 +227,7 @@ class Pipeline:
             import torch
 
             from .stages.reference import torch_outputs
-            from .validate import metrics
+            from .validation import metrics
 
             base_ref = torch_outputs(self.base_model, self.evaluation, s.inputs)
 
@@ -318,7 +318,7 @@ class Pipeline:
 
     def validate_stage(self, name, target, artifact, baseline, ref_entry, unpruned=None) -> StageRun:
         from .stages import reference
-        from .validate import target as validate_target
+        from .validation import target as validate_target
 
         s = self.spec
         params = {"runtime": target.runtime, "providers": list(target.providers), "threads": target.threads,

@@ -128,7 +128,7 @@ def write(root: Path, manifest: dict, meta_files, signer=None):
 
 # ---- checking ---------------------------------------------------------------------------------------------------
 def _verify_error(message):
-    from .package import VerifyError
+    from .bundle import VerifyError
 
     return VerifyError(message)
 
@@ -196,7 +196,7 @@ def verify_root(root: Path, label, key=None):
     """(manifest, provenance summary) of an unpacked bundle. With a key: the signature, then every subject digest,
     then the manifest; without one the manifest's own checks come first (they name what is wrong more precisely)
     and the provenance digests after."""
-    from .package import verify_dir
+    from .bundle import verify_dir
 
     if key is not None:
         summary = check(root, label, key)
@@ -207,7 +207,7 @@ def verify_root(root: Path, label, key=None):
 
 def verify_bundle(dist, key=None):
     """verify_root of a bundle directory or .tar.gz (unpacked safely into a temporary directory)."""
-    from .package import safe_extract
+    from .bundle import safe_extract
 
     dist = Path(dist)
     if dist.is_file():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .errors import (EXIT_NOT_RELEASABLE, EXIT_REGISTRY_AUTH, EXIT_REGISTRY_REFUSED, EXIT_REGISTRY_UNREACHABLE,
                      EXIT_TAG_EXISTS, ToolchainError)
-from .package import MANIFEST, SUMS, VerifyError, safe_extract
+from .bundle import MANIFEST, SUMS, VerifyError, safe_extract
 from .provenance import ENVELOPE, PAYLOAD_TYPE, STATEMENT, verify_root
 
 SCHEME = "oci://"

@@ -57,8 +57,9 @@ def build(model_or_spec, *, targets=None, out="build", cache_dir=None, targets_d
     model_or_spec: a build.toml path, or a torch.nn.Module. For a module also give `inputs` (a dict of name ->
     shape, array or example tensor; or one of those for a single input), `calibration` (a dict of arrays named
     like the inputs, one array, or a callable returning either) and optionally `evaluation` (default: the
-    calibration data), `labels` (then the metric defaults to top-1; else cosine agreement with fp32), `metric`,
-    `targets` (default: x86_64), `budgets` (a number for every target, or {target: max_metric_drop}) and
+    calibration data), `labels` (then the metric defaults to top-1; else sqnr, the agreement with fp32 in dB),
+    `metric`, `targets` (default: x86_64), `budgets` (a number for every target in the metric's budget unit: points
+    of top-1 drop, or the sqnr floor in dB; or {target: number}, or {target: {budget key: value}}) and
     `target_options` ({target: {table: {option: value}}}, e.g. {"x86_64": {"quantize": {"method": "auto"}}}).
     The module's sources (weights, data, generated spec) are written under OUT/.sources/NAME; the same pipeline
     and cache run, so a second call with nothing changed does nothing. `cache`: a shared cache URL read through
@@ -96,15 +97,34 @@ def validate(spec, *, targets=None, out="build", targets_dir=None, quiet=True) -
     return _result(spec, Path(out) / name, report, code)
 
 
-def package(build_dir, version, out, *, allow_failed=False) -> dict:
-    """Bundle every passed artifact of BUILD_DIR into OUT and OUT.tar.gz; returns the manifest."""
-    from .package import package as do_package
+def package(build_dir, version, out, *, allow_failed=False, require_all=False, sign_key=None) -> dict:
+    """Bundle every passed artifact of BUILD_DIR into OUT and OUT.tar.gz, with checksums and an in-toto provenance
+    (DSSE-signed with the ed25519 private key file `sign_key`); returns the manifest."""
+    from .bundle import package as do_package
 
-    return do_package(build_dir, version, out, allow_failed)
+    signer = None
+    if sign_key:
+        from .signing import load_signer
+
+        signer = load_signer(sign_key)
+    return do_package(build_dir, version, out, allow_failed, require_all, signer)
 
 
-def verify(bundle) -> dict:
-    """Check a bundle (directory or .tar.gz) against its manifest; raises ToolchainError (exit_code 5) if not."""
-    from .package import verify as do_verify
+def verify(bundle, *, key=None) -> dict:
+    """Check a bundle (directory, .tar.gz or oci://HOST/REPO:TAG): with `key` (a public key file) the signature
+    first, then every digest of the provenance and the manifest. Returns the manifest; raises ToolchainError
+    (exit_code 5) when anything does not match."""
+    trusted = None
+    if key:
+        from .signing import load_public_key
 
-    return do_verify(bundle)
+        trusted = load_public_key(key)
+    if str(bundle).startswith("oci://"):
+        from .publish import verify_oci
+
+        manifest, _ = verify_oci(str(bundle), trusted)
+    else:
+        from .provenance import verify_bundle
+
+        manifest, _ = verify_bundle(bundle, trusted)
+    return manifest

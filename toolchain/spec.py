@@ -373,7 +373,7 @@ def _output_budgets(path, t, outputs) -> dict:
 def _check_budgets(spec):
     """Budgets of built-in metrics, in their units (a cosine budget of 1.0 gates nothing: an error). User
     metrics are checked when the build imports them."""
-    from .validate import metrics
+    from .validation import metrics
 
     for tname in spec.targets:
         metrics.output_gates(spec, tname, "int8", user=False)

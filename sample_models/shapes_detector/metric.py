@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from toolchain.validate.metrics import declare
+from toolchain.validation.metrics import declare
 
 IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2))
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)

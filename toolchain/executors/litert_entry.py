@@ -90,7 +90,7 @@ def main(job_path):
     result["wall_s"] = seconds
     lat = job.get("latency")
     if lat:  # a real device: the same interleaved protocol as on the host (tensors set once, invoke timed)
-        from toolchain.validate.latency import interleaved
+        from toolchain.validation.latency import interleaved
 
         feed = {k: data[k][:1] for k in names}
         calls = {m: session(m, lat.get("resolver")).timer(feed) for m in ("artifact", "baseline")}

@@ -19,8 +19,8 @@ from .base import Executor, ExecutorError, ExecutorUnavailable, RunResult
 PACKAGE = Path(__file__).resolve().parents[1]
 # What litert_entry.py imports, relative to the directory holding the toolchain package.
 PAYLOAD = ("toolchain/__init__.py", "toolchain/runtimes/__init__.py", "toolchain/runtimes/base.py",
-           "toolchain/runtimes/litert.py", "toolchain/executors/litert_entry.py", "toolchain/validate/__init__.py",
-           "toolchain/validate/latency.py")
+           "toolchain/runtimes/litert.py", "toolchain/executors/litert_entry.py", "toolchain/validation/__init__.py",
+           "toolchain/validation/latency.py")
 CONNECT_TIMEOUT_S = 10
 
 

@@ -1,6 +1,6 @@
 """The accuracy half of a precision plan, for any backend that can make a variant with some nodes kept float,
 judge it against the budget and score a variant's outputs. A variant is judged exactly as the validate stage's
-gate judges the artifact: every output by its own metric and budget (validate/metrics.py), so a plan cannot pick
+gate judges the artifact: every output by its own metric and budget (validation/metrics.py), so a plan cannot pick
 a variant that passes only a weaker measure. Shared by the x86 plan (ONNX Runtime variants) and the
 arm64 plan (TFLite variants), so both decide the same way:
 
@@ -44,7 +44,7 @@ class Backend:
     SAMPLES = 64  # evaluation samples behind each sensitivity figure
 
     def __init__(self, spec, evaluation, reference, budget):
-        from ..validate import metrics
+        from ..validation import metrics
 
         self.spec, self.evaluation, self.reference, self.budget = spec, evaluation, reference, budget
         self.ref_values = metrics.reference_values(spec, reference, evaluation)
@@ -59,7 +59,7 @@ class Backend:
 
     def judge(self, path) -> Judgement:
         """Every output against its gate, on the whole evaluation set."""
-        from ..validate import metrics
+        from ..validation import metrics
 
         outs = self.outputs(path, self.evaluation)
         bad = metrics.non_finite(outs)
@@ -70,7 +70,7 @@ class Backend:
     def sensitivity(self, path) -> dict:
         """On the first SAMPLES evaluation samples: the lowest output SQNR to fp32 (dB; what ranks nodes: it sees
         the input-dependent signal) and the lowest mean output cosine (reported)."""
-        from ..validate import metrics
+        from ..validation import metrics
 
         outs = self.outputs(path, self.sub)
         sqnr = [metrics.sqnr_db(o, r) for o, r in zip(outs, self.ref_sub)]

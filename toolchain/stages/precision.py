@@ -155,7 +155,7 @@ class Runner:
         return [np.concatenate(parts).astype(np.float32) for parts in zip(*chunks)]
 
     def latency(self, paths: dict, feed: dict, runs=150, warmup=15) -> dict:
-        from ..validate.latency import interleaved
+        from ..validation.latency import interleaved
 
         calls = {name: self.session(p).timer(feed) for name, p in paths.items()}
         return {n: r["p50"] for n, r in interleaved(calls, warmup, runs).items()}

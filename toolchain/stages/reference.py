@@ -29,7 +29,7 @@ def run(model, fp32_path, params: dict, out_dir, evaluation: dict, spec) -> dict
     import numpy as np
 
     from ..runtimes.onnxruntime import OrtSession
-    from ..validate import metrics
+    from ..validation import metrics
 
     ref = torch_outputs(model, evaluation, spec.inputs)
     bad = metrics.non_finite(ref)

@@ -39,7 +39,7 @@ OUTPUT = "model.int8.tflite"
 BASELINE = "model.fp32.tflite"
 # routes: "auto" picks rewrites and flags from the graph's ops (below); "plain" converts the graph as it is, once.
 # split_at + app_postprocess: the artifact ends at these ONNX tensors (a detector's raw heads) and the app runs the
-# rest (decode, NMS) in float; the build judges the artifact through that app function (validate/target.py).
+# rest (decode, NMS) in float; the build judges the artifact through that app function (validation/target.py).
 DEFAULTS = defaults("convert")  # options, types and defaults: options.SCHEMAS["convert"]
 # onnx2tf looks for this file in its working directory before downloading it (STACK.md, offline trap).
 SAMPLE_DATA = "calibration_image_sample_data_20x128x128x3_float32.npy"

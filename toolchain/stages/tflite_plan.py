@@ -83,7 +83,7 @@ def run(full_integer: Path, saved_model: Path, calib, per_channel, params, spec,
         scratch: Path, target_name) -> tuple[Path, dict]:
     """(the model to ship, the plan's meta)."""
     from ..runtimes.litert import LiteRTSession
-    from ..validate.target import outputs_on
+    from ..validation.target import outputs_on
     from . import plan_search
 
     t0 = time.monotonic()

@@ -187,7 +187,7 @@ def user_metric(ref, spec, key) -> Metric:
     higher = getattr(fn, "metric_higher_is_better", None)
     budget = getattr(fn, "metric_budget", None)
     brange = getattr(fn, "metric_budget_range", None)
-    how = ("declare it with toolchain.validate.metrics.declare(unit=..., higher_is_better=..., budget=..., "
+    how = ("declare it with toolchain.validation.metrics.declare(unit=..., higher_is_better=..., budget=..., "
            "budget_range=(lo, hi))")
     if not isinstance(unit, str) or not unit:
         raise SpecError(spec.path, key, f"{ref}: declares no unit (metric_unit); {how}")

@@ -25,7 +25,7 @@ from ..executors import ExecutorError, ExecutorUnavailable, config
 
 def judge(target, artifact, baseline, evaluation, reference, spec, ref_value, result, host_outputs, session,
           accuracy):
-    """Updates `result` in place. accuracy: validate.target.accuracy (outputs -> metric, drop, agreement...)."""
+    """Updates `result` in place. accuracy: validation.target.accuracy (outputs -> metric, drop, agreement...)."""
     opts = dict(target.tables.get("executor") or {"name": "local"})
     ex = config.for_target(target, opts.get("device"))
     if ex is None:
@@ -88,7 +88,10 @@ def judge(target, artifact, baseline, evaluation, reference, spec, ref_value, re
     result.update(accuracy(outs[resolver], evaluation, reference, spec, ref_value))
     result["resolver"] = resolver
     notes = []
-    budget = spec.targets[target.name].max_metric_drop if target.name in spec.targets else None
+    from . import metrics
+
+    # the other resolvers are judged by the target's own per-output gates: a note, the gate is the default resolver's
+    gates = metrics.output_gates(spec, target.name, target.precision) if target.name in spec.targets else []
     result["resolvers"] = {}
     for r in resolvers:
         acc = accuracy(outs[r], evaluation, reference, spec, ref_value)
@@ -96,9 +99,9 @@ def judge(target, artifact, baseline, evaluation, reference, spec, ref_value, re
         acc["max_lsb_vs_" + resolver] = _max_lsb(outs[r], outs[resolver], scales)
         acc["max_abs_diff_vs_" + resolver] = _max_abs(outs[r], outs[resolver])
         result["resolvers"][r] = acc
-        if r != resolver and budget is not None and not acc["metric_drop"] <= budget:
-            notes.append(f"with the {r} resolver (a LiteRT without XNNPACK) the metric drop is "
-                         f"{acc['metric_drop']:.3f}, over the budget {budget}")
+        if r != resolver:
+            notes += [f"with the {r} resolver (a LiteRT without XNNPACK) {metrics.verdict_text(row)}"
+                      for row in metrics.verdicts(acc["outputs"], gates) if not row["passed"]]
     ident = config.identity(target, opts.get("device"))
     ident["platform"] = first.result.get("platform", {})
     if ex.name == "emulated":  # qemu 7.2's linux-user passes the build host's /proc/cpuinfo through
