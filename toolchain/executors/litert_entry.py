@@ -67,7 +67,8 @@ def main(job_path):
     with np.load(job["inputs"]) as z:
         data = {k: z[k] for k in z.files}
     names = job["input_names"]
-    shapes = [tuple(s) for s in job["output_shapes"]]
+    # None: a split artifact (its raw outputs are not the spec's; the build applies the app's post-processing)
+    shapes = [tuple(s) for s in job["output_shapes"]] if job.get("output_shapes") is not None else None
 
     def session(model, resolver):
         return LiteRTSession(job["models"][model], job.get("threads", 1), shapes, job.get("output_names"), names,

@@ -171,16 +171,21 @@ def _route(rewrites, flags, why):
 
 def run(fp32_path, params: dict, out_dir, calibration: dict, spec, target_name, judge=None) -> dict:
     """judge: (evaluation, reference, budget) for the precision plan (convert.precision = "auto")."""
+    if not params.get("split_at"):
+        return _convert(fp32_path, params, out_dir, calibration, spec, target_name, judge, None)
+    # The artifact ends where the app's post-processing starts: convert the graph cut there (a scratch folder a
+    # killed build's successor reclaims).
+    with scratch_dir("toolchain-split") as cut_dir:
+        cut = Path(cut_dir) / "model.split.onnx"
+        split = split_graph(fp32_path, params["split_at"], cut, target_name)
+        split["app_postprocess"] = params["app_postprocess"]
+        return _convert(cut, params, out_dir, calibration, spec, target_name, judge, split)
+
+
+def _convert(fp32_path, params, out_dir, calibration, spec, target_name, judge, split) -> dict:
     import numpy as np
     import onnx
 
-    split = None
-    if params.get("split_at"):  # the artifact ends where the app's post-processing starts
-        cut_dir = tempfile.TemporaryDirectory(prefix="toolchain-split-")
-        cut = Path(cut_dir.name) / "model.split.onnx"
-        split = split_graph(fp32_path, params["split_at"], cut, target_name)
-        split["app_postprocess"] = params["app_postprocess"]
-        fp32_path = cut
     model = onnx.load(str(fp32_path))
     if params.get("routes", "auto") == "auto":
         routes = plan_routes(n.op_type for n in model.graph.node)
@@ -238,7 +243,6 @@ def run(fp32_path, params: dict, out_dir, calibration: dict, spec, target_name, 
         meta["split"] = {**split, "note": "the artifact ends at split_at; the app runs app_postprocess on its "
                                           "outputs (float), and the build judges the artifact through it"}
         meta["route"] += f", ends at {', '.join(split['artifact_outputs'])} (post-processing in the app)"
-        cut_dir.cleanup()
     if len(routes) > 1 or route["rewrites"] or route["flags"]:  # a plain graph's meta is as it always was
         meta.update(route_label=route["label"], route_why=route["why"], onnx2tf_flags=route["flags"],
                     routes_tried=tried, rewrites=check)

@@ -42,6 +42,9 @@ def judge(target, artifact, baseline, evaluation, reference, spec, ref_value, re
             return
         raise StageError("validate", e.one_line(), target.name) from None
     names = [t.name for t in spec.inputs]
+    # A split artifact (convert.split_at): the executor returns its raw outputs and the app's post-processing,
+    # run here on the build host as the app would, turns them into the spec's outputs before they are judged.
+    post = getattr(session, "fn", None) if result.get("app_postprocess") else None
     resolver = opts.get("resolver", "default")
     resolvers = [resolver] + [r for r in opts.get("also_resolvers", []) if r != resolver]
     cores = opts.get("cores") or ["cortex-a76"]
@@ -52,8 +55,8 @@ def judge(target, artifact, baseline, evaluation, reference, spec, ref_value, re
         np.savez(tmp / "inputs.npz", **{n: np.asarray(evaluation[n]) for n in names})
         files = {"artifact.tflite": artifact, "baseline.tflite": baseline, "inputs.npz": tmp / "inputs.npz"}
         job = {"models": {"artifact": "artifact.tflite", "baseline": "baseline.tflite"}, "inputs": "inputs.npz",
-               "input_names": names, "output_names": [o.name for o in spec.outputs],
-               "output_shapes": [list(r.shape[1:]) for r in reference], "threads": target.threads,
+               "input_names": names, "output_names": None if post else [o.name for o in spec.outputs],
+               "output_shapes": None if post else [list(r.shape[1:]) for r in reference], "threads": target.threads,
                "resolvers": resolvers, "outputs": "outputs.npz", "result": "result.json",
                "count": {"models": ["artifact", "baseline"], "resolver": resolver} if can_count else None,
                "latency": ({**{k: target.latency[k] for k in ("warmup", "runs")}, "resolver": resolver}
@@ -73,11 +76,14 @@ def judge(target, artifact, baseline, evaluation, reference, spec, ref_value, re
                 raise StageError("validate", e.one_line(), target.name) from None
         first = done["accuracy"]
         with np.load(first.out_dir / "outputs.npz") as z:
-            outs = {r: [z[f"{r}/{i}"] for i in range(len(spec.outputs))] for r in resolvers}
+            n_out = len(spec.outputs) if post is None else sum(k.startswith(f"{resolver}/") for k in z.files)
+            outs = {r: [z[f"{r}/{i}"] for i in range(n_out)] for r in resolvers}
+        if post is not None:
+            outs = {r: _postprocessed(post, o) for r, o in outs.items()}
         counted = {core: (done[core].counts, done[core].result["count_segments"]) for core in cores if core in done}
     # int8 outputs: differences in quantization steps (LSB); float outputs have none (None)
-    scales = [o["scale"] or None for o in session.io_details()["outputs"]] if hasattr(session, "io_details") \
-        else [None] * len(spec.outputs)
+    scales = [o["scale"] or None for o in session.io_details()["outputs"]] \
+        if hasattr(session, "io_details") and post is None else [None] * len(spec.outputs)
     host = {k: result[k] for k in ("metric", "metric_drop", "agreement", "non_finite_outputs") if k in result}
     host.update(max_lsb_vs_executor=_max_lsb(host_outputs, outs[resolver], scales),
                 max_abs_diff_vs_executor=_max_abs(host_outputs, outs[resolver]),
@@ -178,3 +184,9 @@ def prefer_device_latency(result):
     result.update(latency_ms=dev["latency_ms"], baseline_latency_ms=dev["baseline_latency_ms"],
                   latency_ratio=dev["latency_ratio"], latency_protocol=dev["protocol"])
     result["latency_note"] = "measured on the device: " + dev["protocol"]["measured_on"]
+
+
+def _postprocessed(fn, raw) -> list:
+    """The app's post-processing, applied one sample at a time as the host session does (batch 1 artifacts)."""
+    rows = [[np.asarray(o) for o in fn([r[i:i + 1] for r in raw])] for i in range(len(raw[0]))]
+    return [np.concatenate(parts).astype(np.float32) for parts in zip(*rows)]
