@@ -258,3 +258,15 @@ def test_package_namespace_exports_the_python_api():
 
     assert callable(toolchain.build) and callable(toolchain.validate)
     assert toolchain.package.__module__ == "toolchain.python_api" and callable(toolchain.verify)
+
+
+def test_ship_advice_on_arm_follows_the_arm_cost_model(x86_build):
+    from toolchain.index_report import advice
+
+    t = {"status": "passed", "artifact": "arm64/m.int8.tflite", "baseline": "fp32/m.arm64.fp32.tflite",
+         "latency_ratio": 2.9, "size_ratio": 0.4, "device": "x86 host",
+         "arm_cost": {"cores": {"cortex-a76": {"ratio": 0.58}, "cortex-a53": {"ratio": 1.02}}}}
+    why = advice(x86_build.model_dir, t)["why"]
+    assert "NOT FASTER" in why and "1.02x" in why and "cortex-a53 1.02x" in why and "2.9" not in why
+    t["arm_cost"]["cores"]["cortex-a53"]["ratio"] = 0.9
+    assert advice(x86_build.model_dir, t)["why"].startswith("passed its budget, instructions 0.90x")
