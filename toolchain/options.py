@@ -10,6 +10,8 @@ values allowed, or a Range. A table missing here takes no options. Nothing here 
 from typing import NamedTuple
 
 from .errors import SpecError
+from .formats import FORMATS
+from .runtimes import RUNTIMES
 
 
 class Range(NamedTuple):
@@ -36,11 +38,12 @@ SCHEMAS = {
     # the top level of targets/NAME.toml
     "target": {
         "name": Option("str", None), "description": Option("str", ""),
-        "format": Option("str", None, ("onnx", "tflite")), "precision": Option("str", None, ("fp32", "fp16", "int8")),
-        "runtime": Option("str", None, ("onnxruntime", "litert")),
+        # formats and runtimes come from their registries (formats.py, runtimes/__init__.py)
+        "format": Option("str", None, tuple(FORMATS)), "precision": Option("str", None, ("fp32", "fp16", "int8")),
+        "runtime": Option("str", None, tuple(RUNTIMES)),
         "providers": Option("strs", ["CPUExecutionProvider"]), "threads": Option("int", 1, Range(0, 256)),
         "quantize": Option("table", {}), "fp16": Option("table", {}), "convert": Option("table", {}),
-        "latency": Option("table", {}), "runtime_options": Option("tables", []),
+        "latency": Option("table", {}), "nncf": Option("table", {}), "runtime_options": Option("tables", []),
         # where the artifact is judged (toolchain/executors/config.py checks the executor's own tables)
         "executor": Option("str", "local", ("local", "emulated", "ssh")),
         "emulated": Option("table", {}), "ssh": Option("table", {}),
@@ -81,6 +84,13 @@ SCHEMAS = {
                          ("dynamic_wi8_afp32", "dynamic_legacy_wi8_afp32", "weight_only_wi8_afp32")),
         "timeout_s": Option("number", 900, SECONDS),
         "venv": Option("str", ".venv-litert"),
+    },
+    # NNCF post-training quantization of an OpenVINO IR (stages/openvino_int8.py)
+    "nncf": {
+        "preset": Option("str", "performance", ("performance", "mixed")),
+        "subset_size": Option("int", 300, Range(1, 100_000)),
+        "fast_bias_correction": Option("bool", True),
+        "model_type": Option("str", "default", ("default", "transformer")),
     },
     # the latency protocol (validate/latency.py)
     "latency": {

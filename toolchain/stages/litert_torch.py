@@ -373,3 +373,23 @@ if __name__ == "__main__":
         check(sys.argv[2:])
     else:
         sys.exit("usage: python -m toolchain.stages.litert_torch --check FILE...")
+
+
+# ---- declaration (stages/__init__.py): PyTorch -> TFLite without ONNX (its own venv) -----------------------
+TABLE, SCHEMA = "convert", "convert:litert-torch"  # the target file's other convert options are onnx2tf's
+
+
+def applies(target) -> bool:
+    return target.table(TABLE).get("converter") == "litert-torch"
+
+
+def needs(params) -> tuple:
+    return ("model", "io")  # the model only: this route never reads the traced ONNX
+
+
+def extra_deps(params) -> dict:
+    return {"converter_lock": lock_digest(params)}
+
+
+def build(inp, params, out_dir) -> dict:
+    return run(inp.model, params, out_dir, inp.spec, inp.target_name)

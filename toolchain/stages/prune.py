@@ -497,3 +497,33 @@ def _plainify(v):
 
 def _short(e) -> str:
     return " ".join(str(e).split())[:300]
+
+
+# ---- declaration (stages/__init__.py) ------------------------------------------------------------------------
+def spec_params(spec) -> dict:
+    p = spec.prune
+    params = {k: getattr(p, k) for k in ("method", "ratio", "layer_ratios", "ignore", "importance", "epochs",
+                                         "steps", "lr", "seed", "temperature")}
+    params["inputs"] = [[t.name, list(t.shape), t.dtype] for t in spec.inputs]
+    return params
+
+
+def needs(params) -> tuple:
+    return ("base_model", "evaluation", "train")  # train: the prune.train data, when the spec names it
+
+
+def build(inp, params, out_dir) -> dict:
+    import torch
+
+    from ..validate import metrics
+    from . import trace
+    from .reference import torch_outputs
+
+    s = inp.spec
+    base_ref = torch_outputs(inp.base_model, inp.evaluation, s.inputs)
+
+    def metric_fn(model):
+        return metrics.compute(s.metric, torch_outputs(model, inp.evaluation, s.inputs), inp.evaluation, base_ref, s)
+    example = trace.example_inputs(s.inputs, torch)
+    return run(inp.base_model, s.prune, out_dir, example, inp.train, inp.evaluation, inp.input_names, metric_fn,
+               s.labels_key)

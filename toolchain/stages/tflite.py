@@ -331,3 +331,21 @@ def _cause(log: str) -> str:
     if errors:
         parts.append(errors[-1][:300])
     return "; ".join(parts) or "no error message (see onnx2tf output)"
+
+
+# ---- declaration (stages/__init__.py): the onnx2tf route -----------------------------------------------------
+TABLE = SCHEMA = "convert"
+
+
+def applies(target) -> bool:
+    return target.table(TABLE).get("converter", "onnx2tf") != "litert-torch"
+
+
+def needs(params) -> tuple:
+    plan = ("evaluation", "reference", "budget") if params["precision"] == "auto" else ()  # judged variants
+    return ("fp32", "calibration", *plan)
+
+
+def build(inp, params, out_dir) -> dict:
+    judge = (inp.evaluation, inp.reference, inp.budget) if params["precision"] == "auto" else None
+    return run(inp.fp32, params, out_dir, inp.calibration, inp.spec, inp.target_name, judge=judge)
