@@ -105,6 +105,9 @@ SCHEMAS = {
 }
 # A table's options as a target file may hold them: the convert table serves both routes.
 TABLE_OPTIONS = {**SCHEMAS, "convert": {**SCHEMAS["convert:litert-torch"], **SCHEMAS["convert"]}}
+# The option tables a target file (or a spec's [targets.NAME] override) may hold: quantize, fp16, convert, nncf,
+# latency ... every table of the target schema that has a schema of its own.
+STAGE_TABLES = tuple(k for k, o in SCHEMAS["target"].items() if o.kind == "table" and k in TABLE_OPTIONS)
 
 
 def defaults(schema: str) -> dict:

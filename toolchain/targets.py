@@ -12,12 +12,9 @@ from pathlib import Path
 
 from .errors import SpecError
 from .formats import FORMATS
-from .options import SCHEMAS, TABLE_OPTIONS, check_table, defaults
+from .options import STAGE_TABLES, check_table, defaults
 from .spec import _Table
 
-# The stage option tables a target file may hold (quantize, fp16, convert, nncf, latency ...): every table of the
-# target schema that has a schema of its own.
-STAGE_TABLES = tuple(k for k, o in SCHEMAS["target"].items() if o.kind == "table" and k in TABLE_OPTIONS)
 LATENCY_DEFAULTS = {k: v for k, v in defaults("latency").items() if k != "io_binding"}
 
 
