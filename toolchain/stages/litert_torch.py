@@ -24,14 +24,14 @@ import json
 import keyword
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from ..debris import scratch_dir
 from ..errors import StageError, reraise_write_error
+from ..executors import process
+from ..executors.base import ExecutorError
 from ..options import check_table, defaults
 
 NAME = "litert_torch"
@@ -258,16 +258,16 @@ def _run_worker(python, job, scratch, timeout_s, target_name) -> dict:
     job_path.write_text(json.dumps({**job, "parent_pid": os.getpid()}))
     # -I: isolated (no user site, no PYTHON* variables, and the worker's folder is not put first on sys.path,
     # where toolchain/stages/trace.py would shadow the standard library's trace module).
-    try:
-        proc = subprocess.run([str(python), "-I", str(WORKER), str(job_path)], cwd=scratch, env=env,
-                              capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
+    try:  # the one child-process runner (executors/process.py): time limit, dies with us, group killed
+        proc = process.run_child([str(python), "-I", str(WORKER), str(job_path)], "litert-torch", timeout_s,
+                                 env=env, cwd=scratch)
+    except ExecutorError:
         raise StageError(NAME, f"litert-torch did not finish within {timeout_s} s (convert.timeout_s); killed",
                          target_name) from None
-    log = (proc.stdout or "") + (proc.stderr or "")
+    log = proc.log
     if proc.returncode < 0:
-        sig = signal.Signals(-proc.returncode).name
-        raise StageError(NAME, f"the litert-torch converter process died with {sig}; {_cause(log)}", target_name)
+        raise StageError(NAME, f"the litert-torch converter process died with {proc.signal}; {_cause(log)}",
+                         target_name)
     if proc.returncode == WORKER_FAILED:
         raise StageError(NAME, _cause(log), target_name)
     if proc.returncode != 0:
@@ -302,16 +302,17 @@ def _check_on_litert(paths, timeout_s, target_name) -> dict:
     """Load and run each file once on the project venv's ai-edge-litert, in a child process (a crash of the
     runtime on what a newer converter wrote must not take the build down). Returns the last file's I/O details."""
     try:
-        proc = subprocess.run([sys.executable, "-m", "toolchain.stages.litert_torch", "--check", *map(str, paths)],
-                              cwd=CHECKOUT if CHECKOUT.is_dir() else None, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
+        proc = process.run_child([sys.executable, "-m", "toolchain.stages.litert_torch", "--check",
+                                  *map(str, paths)], "LiteRT check", timeout_s,
+                                 cwd=CHECKOUT if CHECKOUT.is_dir() else None)
+    except ExecutorError:
         raise StageError(NAME, f"the converted model did not run on LiteRT within {int(timeout_s)} s; killed",
                          target_name) from None
-    out = (proc.stdout or "") + (proc.stderr or "")
+    out = proc.log
     if proc.returncode != 0:
         lines = [ln for ln in out.splitlines() if ln.startswith("LITERT_CHECK_FAILED:")]
         msg = (lines[-1].split(":", 1)[1].strip() if lines else
-               f"LiteRT died with {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else _cause(out))
+               f"LiteRT died with {proc.signal}" if proc.returncode < 0 else _cause(out))
         raise StageError(NAME, f"litert-torch converted the model but the result does not run on the project's "
                                f"LiteRT (ai-edge-litert {_litert_version()}): {msg[:600]}", target_name)
     reports = [ln for ln in out.splitlines() if ln.startswith("LITERT_IO:")]
