@@ -75,3 +75,16 @@ def test_value_outside_the_allowed_ones(table, name, value, needle, tmp_path):
         value = float(value)
     doc, key = _place(table, name, value)
     _one_line_error(doc, key, tmp_path, needle)
+
+
+def test_readme_option_reference_is_generated_from_the_schemas():
+    """The README's option reference is the schemas' own rendering: a new or changed option without a regenerated
+    README (python -m toolchain.options_doc README.md) fails here, and every option has its one-line description."""
+    from toolchain import options_doc
+
+    described = {f"{t}.{n}" for t, opts in SCHEMAS.items() for n in opts}
+    assert set(options_doc.DESCRIPTIONS) == described
+    assert set(options_doc.TABLES) == set(SCHEMAS)
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert options_doc.replace_block(text, options_doc.markdown()) == text, \
+        "README option reference is stale: run python -m toolchain.options_doc README.md"
