@@ -70,3 +70,19 @@ def run_child(cmd, what, timeout_s, env=None, cwd=None) -> Finished:
 
 def tail(text, lines=TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
+
+
+def start(cmd, env=None, cwd=None, stderr=None) -> subprocess.Popen:
+    """A long-lived child that answers on stdin/stdout (JSON lines: the TFLite variants server): dies with the
+    parent, in its own process group so stop() takes down whatever it started."""
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
+                            cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent)
+
+
+def stop(proc: subprocess.Popen):
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
