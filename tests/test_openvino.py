@@ -95,3 +95,22 @@ def test_nncf_option_errors_name_the_key(table, message, write_spec, tmp_path):
     with pytest.raises(SpecError) as e:
         Pipeline(spec, tmp_path / "out")
     assert message in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+def test_revalidate_checks_every_file_of_the_ir(built, tmp_path):
+    """`toolchain validate` re-judges the published IR on this machine, and refuses one whose .bin changed."""
+    import shutil
+
+    from toolchain import api
+    from toolchain.errors import ToolchainError
+
+    out = tmp_path / "out"
+    shutil.copytree(built["build"].out, out)
+    report, code = api.validate(built["spec"], out, targets=["openvino_x86"])
+    assert code == 0 and report["targets"]["openvino_x86"]["status"] == "passed"
+    t = report["targets"]["openvino_x86"]
+    (c,) = t["companions"]
+    f = out / "tiny_cnn" / c["path"]
+    f.write_bytes(f.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ToolchainError, match=r"\.bin: sha256 differs"):
+        api.validate(built["spec"], out, targets=["openvino_x86"])

@@ -269,7 +269,8 @@ def validate(spec_path, out_root="build", targets=None, targets_dir=None, progre
                 raise ToolchainError(f"{model_dir / 'report.json'}: target {name!r} has no built artifact")
             target = load_target(name, targets_dir, spec.targets[name].overrides, spec.path)
             artifact, baseline = model_dir / entry["artifact"], model_dir / entry["baseline"]
-            for f, want in ((artifact, entry["sha256"]),):
+            companions = [(model_dir / c["path"], c["sha256"]) for c in entry.get("companions", [])]
+            for f, want in ((artifact, entry["sha256"]), *companions):  # every file of the artifact
                 if sha256_file(f) != want:
                     raise ToolchainError(f"{f}: sha256 differs from report.json; rebuild before validating")
             if progress:
