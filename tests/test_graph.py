@@ -140,3 +140,13 @@ def test_every_sample_spec_explains_its_own_graph(sample, tmp_path):
             assert verdict == "would run: no previous build of this stage is recorded", (label, verdict)
     if "litert_torch[arm64]" in nodes:
         assert dict(lines)["litert_torch[arm64]"] == "would run: no previous build of this stage is recorded"
+
+
+def test_explain_names_libraries_that_left_or_joined_a_key():
+    """A node whose declared libraries changed (validate after this change: only its own runtime's) says which."""
+    from toolchain.explain import _why
+
+    now = {"stage": "validate", "stage_version": 3, "params": {}, "deps": {}, "toolchain": "0.1.0",
+           "libraries": {"numpy": "1.26.4", "onnxruntime": "1.23.0"}}
+    prev = {**now, "libraries": {**now["libraries"], "ai-edge-litert": "2.1.0"}}
+    assert _why(prev, now) == "libraries in its key changed: -ai-edge-litert"

@@ -47,8 +47,12 @@ def _why(prev, now) -> str:
                   if prev.get("deps", {}).get(k) != now["deps"].get(k))
     if deps:
         reasons.append("input changed: " + ", ".join(deps))
-    libs = sorted(f"{k} {prev.get('libraries', {}).get(k)} -> {v}" for k, v in now["libraries"].items()
-                  if prev.get("libraries", {}).get(k) != v)
+    before = prev.get("libraries", {})
+    libs = sorted(f"{k} {before.get(k)} -> {v}" for k, v in now["libraries"].items() if k in before and before[k] != v)
     if libs:
         reasons.append("library version changed: " + ", ".join(libs))
+    moved = sorted([f"+{k}" for k in now["libraries"] if k not in before] + [f"-{k}" for k in before
+                                                                              if k not in now["libraries"]])
+    if moved:  # the stage declares other libraries (validate: only its own runtime's)
+        reasons.append("libraries in its key changed: " + ", ".join(moved))
     return "; ".join(reasons) or "key changed"

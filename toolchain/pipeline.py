@@ -253,14 +253,16 @@ class Pipeline:
         """The node's cache key inputs: data inputs as digests (deps), value inputs as params."""
         inp, deps, params = self.inputs(node), {}, dict(node.params)
         for need in node.needs:
-            kind, digest = INPUTS[need]
+            kind, digest, *as_key = INPUTS[need]
             value = digest(inp)
             if value is None:  # not present in this build (no prune.train data, no unpruned twin)
                 continue
             if kind == "value":
                 params[need] = value
+            elif kind == "params":  # a table of params of its own (the outputs' metrics)
+                params.update(value)
             else:
-                deps[need] = value
+                deps[as_key[0] if as_key else need] = value
         if hasattr(node.module, "extra_deps"):
             deps.update(node.module.extra_deps(node.params))
         return {"stage": node.name, "stage_version": node.module.VERSION, "params": params, "deps": deps,
@@ -390,10 +392,11 @@ def _reference(pipe, target):
     return reference.load(_entry(pipe, "reference").path)
 
 
-# input -> (how it keys a node: "dep" digest or "value" in the params, the digest/value from a NodeInputs)
+# input -> (how it keys a node: "dep" its digest, "value" in the params, "params" a table merged into the params;
+# the digest/value from a NodeInputs[; the dep's name in the key, where it differs])
 INPUTS = {
     "model": ("dep", lambda i: i._pipe.model_digest),
-    "base_model": ("dep", lambda i: i._pipe.base_model_digest),
+    "base_model": ("dep", lambda i: i._pipe.base_model_digest, "model"),  # prune: the model before pruning
     "train": ("dep", lambda i: i._pipe._data_digest(i.spec.prune.train, lambda: i._pipe.train_data)
               if i.spec.prune is not None and i.spec.prune.train else None),
     "fp32": ("dep", lambda i: _entry(i._pipe, "trace").digest("model.fp32.onnx")),
@@ -407,7 +410,7 @@ INPUTS = {
     "budget": ("value", lambda i: i._pipe.gates[i.target_name]),
     "threads": ("value", lambda i: i.target.threads),
     "io": ("value", lambda i: _io(i._pipe)),
-    "metric_params": ("value", lambda i: i._pipe.metric_params),
+    "metric_params": ("params", lambda i: i._pipe.metric_params),
 }
 # input -> its value for build()
 VALUES = {
