@@ -114,3 +114,17 @@ def test_revalidate_checks_every_file_of_the_ir(built, tmp_path):
     f.write_bytes(f.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(ToolchainError, match=r"\.bin: sha256 differs"):
         api.validate(built["spec"], out, targets=["openvino_x86"])
+
+
+def test_a_runtime_that_cannot_run_the_format_names_the_key(tmp_path):
+    """formats.FORMATS says which runtimes judge a format: an OpenVINO IR on onnxruntime is one line naming runtime."""
+    from toolchain.errors import SpecError
+    from toolchain.targets import load_target
+
+    d = tmp_path / "targets"
+    d.mkdir()
+    text = (Path(__file__).resolve().parents[1] / "targets" / "openvino_x86.toml").read_text()
+    (d / "ov.toml").write_text(text.replace('runtime = "openvino"', 'runtime = "onnxruntime"'))
+    with pytest.raises(SpecError) as e:
+        load_target("ov", d)
+    assert str(e.value) == f"{d / 'ov.toml'}: runtime: onnxruntime cannot run format openvino (runs it: openvino)"

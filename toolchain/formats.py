@@ -18,6 +18,7 @@ class Format:
     name: str
     suffix: str  # the main file, e.g. ".onnx"
     stages: dict  # precision -> candidate stage modules (toolchain/stages/NAME.py), in order
+    runtimes: tuple  # the runtimes (runtimes.RUNTIMES) that can judge it
     companions: tuple = ()  # suffixes of the other files that make the artifact (same stem as the main file)
     signature: str = "report_io"  # a reader in SIGNATURES
     own_baseline: bool = False  # the stage writes an fp32 baseline of this format (else: the traced fp32 ONNX)
@@ -30,12 +31,12 @@ class Format:
 
 
 FORMATS = {f.name: f for f in (
-    Format("onnx", ".onnx", {"fp32": (), "int8": ("plan", "quantize"), "fp16": ("fp16",)},
+    Format("onnx", ".onnx", {"fp32": (), "int8": ("plan", "quantize"), "fp16": ("fp16",)}, ("onnxruntime",),
            signature="onnx", description="ONNX graph (one self-contained file)"),
-    Format("tflite", ".tflite", {"int8": ("litert_torch", "tflite")}, own_baseline=True,
+    Format("tflite", ".tflite", {"int8": ("litert_torch", "tflite")}, ("litert",), own_baseline=True,
            description="TFLite flatbuffer (LiteRT)"),
-    Format("openvino", ".xml", {"int8": ("openvino_int8",)}, companions=(".bin",), signature="openvino",
-           own_baseline=True, description="OpenVINO IR: topology (.xml) + weights (.bin)"),
+    Format("openvino", ".xml", {"int8": ("openvino_int8",)}, ("openvino",), companions=(".bin",),
+           signature="openvino", own_baseline=True, description="OpenVINO IR: topology (.xml) + weights (.bin)"),
 )}
 
 

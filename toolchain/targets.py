@@ -106,6 +106,9 @@ def load_target(name: str, targets_dir=None, overrides=None, spec_path=None) -> 
     fmt, precision, runtime = checked["format"], checked["precision"], checked["runtime"]
     if precision not in FORMATS[fmt].stages:
         raise SpecError(path, "precision", f"{precision} is not supported for format {fmt}")
+    if runtime not in FORMATS[fmt].runtimes:
+        raise SpecError(path, "runtime", f"{runtime} cannot run format {fmt} (runs it: "
+                                         f"{', '.join(FORMATS[fmt].runtimes)})")
     providers = checked.get("providers", ["CPUExecutionProvider"])
     if runtime == "onnxruntime":
         check_providers(path, providers)
