@@ -6,7 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
-from . import __version__, debris, stamp
+from . import __version__, debris, formats, stamp
 from .cache import copy_atomic, write_json_atomic
 from .digest import sha256_file
 from .errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_STAGE_FAILED, StageError, ToolchainError
@@ -18,7 +18,6 @@ from .spec import load_spec
 from .stages.reference import OUTPUT as REFERENCE
 from .versions import TRACKED, versions
 
-EXTENSIONS = {"onnx": "onnx", "tflite": "tflite"}
 PREVIOUS = ".previous-report.json"  # the last finished report while a rebuild runs (not a report: no package reads it)
 
 
@@ -147,14 +146,16 @@ def _build_locked(spec, pipe, model_dir, target_files, options):
             gate = {"status": "failed", "reason": f"stage {e.stage} failed: {e.cause}"}
         else:
             gate = judge(name, res["validation"], budget, res.get("transform", {}))
-            ext = EXTENSIONS[res["target"].format]
-            dest = target_dir / f"{spec.name}.{res['target'].precision}.{ext}"
-            _clear_others(target_dir, dest)
-            _publish(res["artifact"], dest)
+            fmt = formats.get(res["target"].format)  # the files that make an artifact of this format
+            dest = target_dir / f"{spec.name}.{res['target'].precision}{fmt.suffix}"
+            _clear_others(target_dir, fmt.files(dest))
+            for src, to in zip(fmt.files(res["artifact"]), fmt.files(dest)):
+                _publish(src, to)
             res["published"], res["sha256"] = dest, sha256_file(dest)
-            if res["baseline"].name != "model.fp32.onnx":  # a baseline of the target's own format
-                base = model_dir / "fp32" / f"{spec.name}.{name}.fp32.{ext}"
-                _publish(res["baseline"], base)
+            if fmt.own_baseline:  # a baseline of the target's own format
+                base = model_dir / "fp32" / f"{spec.name}.{name}.fp32{fmt.suffix}"
+                for src, to in zip(fmt.files(res["baseline"]), fmt.files(base)):
+                    _publish(src, to)
                 res["baseline"] = base
             else:
                 res["baseline"] = fp32_out
@@ -171,6 +172,8 @@ def _build_locked(spec, pipe, model_dir, target_files, options):
         outputs = [fp32_out, model_dir / "fp32" / REFERENCE]
         outputs += [model_dir / t[k] for t in report["targets"].values() for k in ("artifact", "baseline")
                     if k in t]
+        outputs += [model_dir / c["path"] for t in report["targets"].values()
+                    for k in ("companions", "baseline_companions") for c in t.get(k, [])]
         stamp.write(model_dir, spec, target_files, options, outputs + list(staged), pipe.keys, exit_code(report),
                     pending=staged)
         checkpoint("commit")
@@ -266,7 +269,8 @@ def validate(spec_path, out_root="build", targets=None, targets_dir=None, progre
                 raise ToolchainError(f"{model_dir / 'report.json'}: target {name!r} has no built artifact")
             target = load_target(name, targets_dir, spec.targets[name].overrides, spec.path)
             artifact, baseline = model_dir / entry["artifact"], model_dir / entry["baseline"]
-            for f, want in ((artifact, entry["sha256"]),):
+            companions = [(model_dir / c["path"], c["sha256"]) for c in entry.get("companions", [])]
+            for f, want in ((artifact, entry["sha256"]), *companions):  # every file of the artifact
                 if sha256_file(f) != want:
                     raise ToolchainError(f"{f}: sha256 differs from report.json; rebuild before validating")
             if progress:
@@ -343,10 +347,10 @@ def _publish(src, dest: Path):
     copy_atomic(src, dest)
 
 
-def _clear_others(target_dir: Path, keep: Path):
+def _clear_others(target_dir: Path, keep: list):
     if target_dir.is_dir():
         for p in target_dir.iterdir():
-            if p != keep and p.is_file():
+            if p not in keep and p.is_file():
                 p.unlink()
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import __version__
 from .cache import write_json_atomic
 from .digest import sha256_file
-from . import debris
+from . import debris, formats
 from .errors import EXIT_GATE_FAILED, EXIT_VERIFY_FAILED, ToolchainError
 from .provenance import FILES as PROVENANCE_FILES
 from .provenance import model_provenance
@@ -92,12 +92,21 @@ def package(build_dir, version, dist, allow_failed=False, require_all=False, sig
                 rel = Path(model) / name / src.name
                 (staging / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, staging / rel)
-                signature = onnx_signature(src) if t["format"] == "onnx" else t.get("io", {})
+                companions = []  # the other files of a several-file format (formats.FORMATS): OpenVINO's .bin
+                for c in t.get("companions", []):
+                    f = model_dir / c["path"]
+                    if sha256_file(f) != c["sha256"]:
+                        raise ToolchainError(f"{f}: differs from the sha256 in {rp}; rebuild before packaging")
+                    shutil.copyfile(f, staging / rel.parent / f.name)
+                    companions.append({"path": (rel.parent / f.name).as_posix(), "sha256": c["sha256"],
+                                       "size_bytes": c["size_bytes"]})
+                signature = formats.signature(t["format"], src, t)
                 manifest["artifacts"].append({
                     "path": rel.as_posix(), "sha256": t["sha256"], "size_bytes": t["size_bytes"], "model": model,
                     "model_version": report.get("version"), "target": name, "format": t["format"],
                     "precision": t["precision"], "runtime": t["runtime"], "status": t["status"],
                     "signature": signature,
+                    **({"companions": companions} if companions else {}),
                     "validation": {k: t.get(k) for k in ("metric", "metric_drop", "max_metric_drop", "outputs",
                                                           "agreement",
                                                           "latency_ms", "baseline_latency_ms", "latency_ratio",
@@ -108,7 +117,7 @@ def package(build_dir, version, dist, allow_failed=False, require_all=False, sig
                     "build": t.get("build", {}),
                 })
         write_json_atomic(staging / MANIFEST, manifest)
-        sums = "".join(f"{a['sha256']}  {a['path']}\n" for a in manifest["artifacts"])
+        sums = "".join(f"{f['sha256']}  {f['path']}\n" for f in _files(manifest["artifacts"]))
         (staging / SUMS).write_text(sums)
         write_provenance(staging, manifest, (MANIFEST, SUMS), signer)  # in-toto statement, DSSE-signed with a key
         if dist.exists():
@@ -264,6 +273,13 @@ def _check_manifest_types(artifacts, label):
                                   f"{type(v).__name__} {v!r:.80}")
         if not a["path"] or "\0" in a["path"]:
             raise VerifyError(f"{label}: {MANIFEST}: artifacts[{i}].path is not a usable path: {a['path']!r:.80}")
+        if "companions" in a:
+            _check_manifest_types(a["companions"], f"{label}: artifacts[{i}].companions")
+
+
+def _files(artifacts) -> list:
+    """Every file the manifest lists: each artifact's main file and its companions (formats.FORMATS)."""
+    return [f for a in artifacts for f in (a, *(a.get("companions") or []))]
 
 
 def verify_dir(root: Path, label) -> dict:
@@ -274,7 +290,7 @@ def verify_dir(root: Path, label) -> dict:
         raise VerifyError(f"{root / MANIFEST}: missing or unreadable manifest ({e})") from None
     _check_manifest_types(artifacts, label)
     listed = set()
-    for a in artifacts:
+    for a in _files(artifacts):
         p = root / a["path"]
         if ".." in Path(a["path"]).parts or Path(a["path"]).is_absolute():
             raise VerifyError(f"{label}: manifest path {a['path']!r} escapes the bundle")
@@ -292,7 +308,7 @@ def verify_dir(root: Path, label) -> dict:
             sums[path] = digest
     except OSError:
         raise VerifyError(f"{label}: {SUMS} missing") from None
-    if sums != {a["path"]: a["sha256"] for a in artifacts}:
+    if sums != {a["path"]: a["sha256"] for a in _files(artifacts)}:
         raise VerifyError(f"{label}: {SUMS} disagrees with {MANIFEST}")
     for p in root.rglob("*"):
         rel = p.relative_to(root).as_posix()

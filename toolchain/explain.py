@@ -3,54 +3,29 @@ output missing, input changed, params changed, library version changed)."""
 
 import json
 
-from .pipeline import _artifact_files, _label, _needs_ref
+from .digest import sha256_json
 
 
 def explain(pipe, previous: dict) -> list:
-    """(label, verdict) for each stage of the pipe's plan; `previous` holds the key inputs the last build
-    recorded per stage label."""
-    lines = []
-
-    def check(st):
-        label = _label(st)
-        if pipe.cache.get(st.name, st.key) is not None:
+    """(label, verdict) for each node of the pipe's graph (pipe.nodes(), the very nodes a build runs); `previous`
+    holds the key inputs the last build recorded per node label. A node whose input comes from a node that would
+    run is blocked by it (by the first node up its chain that would run)."""
+    lines, blocked_by = [], {}  # label -> the node that reruns upstream of it (itself when it would run)
+    for node in pipe.nodes():
+        label = node.label
+        blocker = next((blocked_by[u] for u in node.upstream() if u in blocked_by), None)
+        if blocker is not None:
+            lines.append((label, f"would run: its input comes from {blocker}, which reruns"))
+            blocked_by[label] = blocker
+            continue
+        key_inputs = node.pipe.key_inputs(node)
+        entry = pipe.cache.get(node.name, sha256_json(key_inputs))
+        if entry is not None:
             lines.append((label, "up to date"))
-            return pipe.cache.get(st.name, st.key, verify=False)
-        lines.append((label, "would run: " + _why(previous.get(label), st.key_inputs)))
-        return None
-
-    def blocked(label, upstream):
-        lines.append((label, f"would run: its input comes from {upstream}, which reruns"))
-
-    if pipe.spec.prune is not None:
-        pruned = check(pipe.prune_stage())
-        if pruned is None:
-            for label in ["trace", "reference"] + [f"{t.transform}[{n}]" for n, t in pipe.targets.items()
-                                                   if t.transform] + [f"validate[{n}]" for n in pipe.targets]:
-                blocked(label, "prune")
-            return lines
-        pipe.__dict__["prune_entry"] = pruned
-    fp32 = check(pipe.trace_stage())
-    ref = pipe.ref_entry = check(pipe.reference_stage(fp32)) if fp32 else blocked("reference", "trace")
-    for name, target in pipe.targets.items():
-        st = pipe.transform_stage(name, target, fp32) if fp32 and (ref or not _needs_ref(pipe, name)) else None
-        if fp32 is None:
-            if target.transform:
-                blocked(f"{target.transform}[{name}]", "trace")
-            blocked(f"validate[{name}]", "trace")
-            continue
-        if st is None and target.transform:  # needs the reference, which reruns
-            blocked(f"{target.transform}[{name}]", "reference")
-            blocked(f"validate[{name}]", "reference")
-            continue
-        entry = check(st) if st else fp32
-        if entry is None:
-            blocked(f"validate[{name}]", _label(st))
-        elif ref is None:
-            blocked(f"validate[{name}]", "reference")
+            pipe.entries[label] = entry
         else:
-            artifact, baseline = _artifact_files(target, entry, fp32)
-            check(pipe.validate_stage(name, target, artifact, baseline, ref))
+            lines.append((label, "would run: " + _why(previous.get(label), key_inputs)))
+            blocked_by[label] = label
     return lines
 
 
@@ -72,8 +47,12 @@ def _why(prev, now) -> str:
                   if prev.get("deps", {}).get(k) != now["deps"].get(k))
     if deps:
         reasons.append("input changed: " + ", ".join(deps))
-    libs = sorted(f"{k} {prev.get('libraries', {}).get(k)} -> {v}" for k, v in now["libraries"].items()
-                  if prev.get("libraries", {}).get(k) != v)
+    before = prev.get("libraries", {})
+    libs = sorted(f"{k} {before.get(k)} -> {v}" for k, v in now["libraries"].items() if k in before and before[k] != v)
     if libs:
         reasons.append("library version changed: " + ", ".join(libs))
+    moved = sorted([f"+{k}" for k in now["libraries"] if k not in before] + [f"-{k}" for k in before
+                                                                              if k not in now["libraries"]])
+    if moved:  # the stage declares other libraries (validate: only its own runtime's)
+        reasons.append("libraries in its key changed: " + ", ".join(moved))
     return "; ".join(reasons) or "key changed"

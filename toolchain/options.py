@@ -10,6 +10,8 @@ values allowed, or a Range. A table missing here takes no options. Nothing here 
 from typing import NamedTuple
 
 from .errors import SpecError
+from .formats import FORMATS
+from .runtimes import RUNTIMES
 
 
 class Range(NamedTuple):
@@ -36,11 +38,12 @@ SCHEMAS = {
     # the top level of targets/NAME.toml
     "target": {
         "name": Option("str", None), "description": Option("str", ""),
-        "format": Option("str", None, ("onnx", "tflite")), "precision": Option("str", None, ("fp32", "fp16", "int8")),
-        "runtime": Option("str", None, ("onnxruntime", "litert")),
+        # formats and runtimes come from their registries (formats.py, runtimes/__init__.py)
+        "format": Option("str", None, tuple(FORMATS)), "precision": Option("str", None, ("fp32", "fp16", "int8")),
+        "runtime": Option("str", None, tuple(RUNTIMES)),
         "providers": Option("strs", ["CPUExecutionProvider"]), "threads": Option("int", 1, Range(0, 256)),
         "quantize": Option("table", {}), "fp16": Option("table", {}), "convert": Option("table", {}),
-        "latency": Option("table", {}), "runtime_options": Option("tables", []),
+        "latency": Option("table", {}), "nncf": Option("table", {}), "runtime_options": Option("tables", []),
         # where the artifact is judged (toolchain/executors/config.py checks the executor's own tables)
         "executor": Option("str", "local", ("local", "emulated", "ssh")),
         "emulated": Option("table", {}), "ssh": Option("table", {}),
@@ -84,6 +87,13 @@ SCHEMAS = {
         "timeout_s": Option("number", 900, SECONDS),
         "venv": Option("str", ".venv-litert"),
     },
+    # NNCF post-training quantization of an OpenVINO IR (stages/openvino_int8.py)
+    "nncf": {
+        "preset": Option("str", "performance", ("performance", "mixed")),
+        "subset_size": Option("int", 300, Range(1, 100_000)),
+        "fast_bias_correction": Option("bool", True),
+        "model_type": Option("str", "default", ("default", "transformer")),
+    },
     # the latency protocol (validation/latency.py)
     "latency": {
         "warmup": Option("int", 20, Range(1, 100_000)), "runs": Option("int", 200, Range(1, 100_000)),
@@ -97,6 +107,9 @@ SCHEMAS = {
 }
 # A table's options as a target file may hold them: the convert table serves both routes.
 TABLE_OPTIONS = {**SCHEMAS, "convert": {**SCHEMAS["convert:litert-torch"], **SCHEMAS["convert"]}}
+# The option tables a target file (or a spec's [targets.NAME] override) may hold: quantize, fp16, convert, nncf,
+# latency ... every table of the target schema that has a schema of its own.
+STAGE_TABLES = tuple(k for k, o in SCHEMAS["target"].items() if o.kind == "table" and k in TABLE_OPTIONS)
 
 
 def defaults(schema: str) -> dict:

@@ -1,14 +1,14 @@
-"""Plans each target's chain of stages, shares the common prefix (trace, reference), and runs every stage
-through the content-addressed cache.
+"""Builds the graph of nodes from the stages' declarations (stages/__init__.py), shares the common prefix
+(trace, reference), and runs every node through the content-addressed cache; `--explain` walks the same nodes.
 
-    [prune] -> trace -> reference -> per target: transform (quantize | fp16 | tflite) -> validate
+    [prune] -> trace -> reference -> per target: the stage that makes its artifact (formats.FORMATS) -> validate
 
-A stage is a pure function of its inputs; its cache key covers the stage name and version, its params, the
-digests of its inputs, and the versions of the libraries it uses. Failures are never cached.
+A node is a pure function of its inputs; its cache key covers the stage name and version, its params, the
+digests of its declared inputs, and the versions of the libraries it declares. Failures are never cached.
 """
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -26,34 +26,36 @@ from .versions import versions
 
 
 @dataclass
-class StageRun:
-    """One stage of the plan: what it is, what it depends on, and how to make its outputs."""
+class Node:
+    """One node of the build graph: a stage module (its declaration, stages/__init__.py) for one target (None: once
+    per build) of one pipeline, with its params. Its key inputs come from its declared inputs when it is reached."""
 
+    pipe: "Pipeline"
     module: object
     params: dict
-    deps: dict
-    produce: object  # callable(out_dir) -> meta
     target: str | None = None
-    name: str = field(init=False)
 
-    def __post_init__(self):
-        self.name = self.module.NAME
+    @property
+    def name(self) -> str:
+        return self.module.NAME
 
-    @cached_property
-    def key_inputs(self) -> dict:
-        return {"stage": self.name, "stage_version": self.module.VERSION, "params": self.params,
-                "deps": self.deps, "libraries": versions(self.module.LIBRARIES),
-                "toolchain": __version__}
+    @property
+    def label(self) -> str:
+        return self.pipe.label_prefix + self.name + (f"[{self.target}]" if self.target else "")
 
     @cached_property
-    def key(self) -> str:
-        return sha256_json(self.key_inputs)
+    def needs(self) -> tuple:
+        return tuple(self.module.needs(self.params))
 
+    @cached_property
+    def libraries(self) -> tuple:
+        if hasattr(self.module, "libraries"):  # validate: the libraries of the target's own runtime
+            return tuple(self.module.libraries(self.pipe.targets[self.target]))
+        return tuple(self.module.LIBRARIES)
 
-class _ValidateStage:
-    NAME = "validate"
-    VERSION = 3  # 2: every output judged (sqnr); 3: int8 ONNX records the optimized graph's op counts
-    LIBRARIES = ("onnxruntime", "onnxruntime-gpu", "ai-edge-litert", "numpy")
+    def upstream(self) -> list:
+        """Labels of the nodes whose outputs this node reads, in the order of its declared inputs."""
+        return [u for u in (self.pipe.upstream_label(n, self.target) for n in self.needs) if u]
 
 
 class Pipeline:
@@ -83,12 +85,14 @@ class Pipeline:
         self.gates = {n: output_gates(spec, n, t.precision) for n, t in self.targets.items()}
         self.ran = []  # (stage, target) of stages that executed (not cached) in this build
         self.keys = {}  # "stage[target]" -> key inputs, recorded in the stamp so --explain can diff them
+        self.entries = {}  # node label -> its cache entry, once run (or found up to date)
         # A pruned build also builds each target unpruned (cached like any stage) to measure the speedup.
         self.unpruned = None
         if spec.prune is not None:
             self.unpruned = Pipeline(replace(spec, prune=None), out_root, cache_dir, only_targets, targets_dir,
                                      self.progress, label_prefix="unpruned ")
             self.unpruned.cache = self.cache
+            self.unpruned.entries, self.unpruned.keys = self.entries, self.keys  # labels carry "unpruned "
 
     @cached_property
     def metric_params(self) -> dict:
@@ -161,83 +165,9 @@ class Pipeline:
 
         return prune.load(self.base_model, self.prune_entry.path)
 
-    @cached_property
+    @property
     def prune_entry(self):
-        return self.run_stage(self.prune_stage())
-
-    # ---- stage plumbing ---------------------------------------------------------------------------------
-    def run_stage(self, st: StageRun):
-        label = self.label_prefix + _label(st)
-        self.keys[label] = st.key_inputs
-        name = self.label_prefix + st.name
-        checkpoint(st.name)
-        entry = self.cache.get(st.name, st.key)
-        if entry is not None:
-            self.progress.line(name, st.target, "cached (remote)" if getattr(entry, "remote", False) else "cached")
-            checkpoint(f"{st.name}.done")
-            return entry
-        self.progress.line(name, st.target, "running")
-        t0 = time.monotonic()
-        try:
-            with self.cache.writer(st.name, st.key) as tmp:
-                meta = st.produce(tmp)
-                checkpoint(f"{st.name}.written")  # outputs in the cache's tmp/, not yet published
-                entry = self.cache.publish(tmp, st.name, st.key, meta, st.key_inputs)
-        except BaseException:
-            self.progress.stop(name, st.target)  # no heartbeat outlives its stage
-            raise
-        self.ran.append((self.label_prefix + st.name, st.target))
-        self.progress.line(name, st.target, "done", time.monotonic() - t0)
-        checkpoint(f"{st.name}.done")
-        return entry
-
-    def _transform_params(self, name, target):
-        """The transform stage's params: the spec's override is checked on its own first, so an error in it
-        names the build spec and its key, not the target file."""
-        if target.transform is None:
-            return {}
-        import importlib
-
-        table = {"quantize": "quantize", "fp16": "fp16", "tflite": "convert"}[target.transform]
-        stage = target.transform
-        if stage == "tflite" and target.table("convert").get("converter") == "litert-torch":
-            stage = "litert_torch"  # the second route: PyTorch -> TFLite without ONNX (its own venv)
-        module = importlib.import_module(f".stages.{stage}", __package__)
-        override = self.spec.targets[name].overrides.get(table)
-        if override:
-            module.params_for(override, self.spec.path, f"targets.{name}.{table}")
-        merged = target.table(table)
-        if stage == "litert_torch":  # the target file's options are onnx2tf's: keep only what this route takes
-            merged = {k: v for k, v in merged.items() if k in module.DEFAULTS}
-        return module.params_for(merged, target.path, table)
-
-    # ---- the plan -----------------------------------------------------------------------------------------
-    def prune_stage(self) -> StageRun:
-        from .stages import prune, trace
-
-        s, p = self.spec, self.spec.prune
-        params = {k: getattr(p, k) for k in ("method", "ratio", "layer_ratios", "ignore", "importance", "epochs",
-                                             "steps", "lr", "seed", "temperature")}
-        params["inputs"] = [[t.name, list(t.shape), t.dtype] for t in s.inputs]
-        deps = {"model": self.base_model_digest, "evaluation": self.evaluation_digest}
-        if p.train:
-            deps["train"] = self._data_digest(p.train, lambda: self.train_data)
-
-        def produce(out):
-            import torch
-
-            from .stages.reference import torch_outputs
-            from .validation import metrics
-
-            base_ref = torch_outputs(self.base_model, self.evaluation, s.inputs)
-
-            def metric_fn(model):
-                return metrics.compute(s.metric, torch_outputs(model, self.evaluation, s.inputs), self.evaluation,
-                                       base_ref, s)
-            example = trace.example_inputs(s.inputs, torch)
-            return prune.run(self.base_model, p, out, example, self.train_data if p.train else None,
-                             self.evaluation, [t.name for t in s.inputs], metric_fn, s.labels_key)
-        return StageRun(prune, params, deps, produce)
+        return self.entries[self.label_prefix + "prune"]
 
     @cached_property
     def train_data(self):
@@ -247,132 +177,169 @@ class Pipeline:
         check_inputs(arrays, self.spec, f"prune.train data ({self.spec.prune.train})")
         return arrays
 
-    def trace_stage(self) -> StageRun:
-        from .stages import trace
+    # ---- the graph --------------------------------------------------------------------------------------
+    def transform_module(self, name):
+        """The stage module that makes target `name`'s artifact (None: the traced fp32 ONNX ships as is)."""
+        return self.targets[name].transform
 
-        s = self.spec
-        params = {"opset": s.opset, "inputs": [[t.name, list(t.shape), t.dtype, t.dynamic_axes] for t in s.inputs],
-                  "outputs": [o.name for o in s.outputs]}
-        return StageRun(trace, params, {"model": self.model_digest},
-                        lambda out: trace.run(self.torch_model, params, out, s.inputs, s.outputs))
+    def _transform_params(self, name, target):
+        """The transform stage's params from the table it declares: the spec's override is checked on its own
+        first, so an error in it names the build spec and its key, not the target file."""
+        module = target.transform
+        if module is None:
+            return {}
+        from .options import SCHEMAS
 
-    def reference_stage(self, fp32) -> StageRun:
-        from .stages import reference
+        table = module.TABLE
+        override = self.spec.targets[name].overrides.get(table)
+        if override:
+            module.params_for(override, self.spec.path, f"targets.{name}.{table}")
+        merged = target.table(table)
+        if module.SCHEMA != table:  # a table shared by routes: keep only what this route takes
+            merged = {k: v for k, v in merged.items() if k in SCHEMAS[module.SCHEMA]}
+        return module.params_for(merged, target.path, table)
 
-        s = self.spec
-        params = {"atol": s.trace_atol, "rtol": s.trace_rtol, "metric": s.metric, "labels_key": s.labels_key,
-                  "also": list(s.extra_metrics), **self.metric_params}
-        deps = {"model": self.model_digest, "fp32": fp32.digest("model.fp32.onnx"),
-                "evaluation": self.evaluation_digest}
-        return StageRun(reference, params, deps,
-                        lambda out: reference.run(self.torch_model, fp32.file("model.fp32.onnx"), params, out,
-                                                  self.evaluation, s))
+    def node(self, module, target=None) -> Node:
+        if target is not None and module is self.transform_module(target):
+            params = self.transform_params[target]
+        else:
+            params = module.spec_params(self.spec)
+            if target is not None and hasattr(module, "target_params"):
+                params = {**params, **module.target_params(self.targets[target], self.spec)}
+        return Node(self, module, params, target)
 
-    def transform_stage(self, name, target, fp32) -> StageRun | None:
-        params = self.transform_params[name]
-        fp32_path, fp32_digest = fp32.file("model.fp32.onnx"), fp32.digest("model.fp32.onnx")
-        names = [t.name for t in self.spec.inputs]
-        if target.transform == "quantize" and params["method"] == "auto":
-            from .stages import plan, reference
+    def nodes(self) -> list:
+        """Every node of the build, in the order they run: the shared prefix, the unpruned twin's nodes (a pruned
+        build also builds each target unpruned to measure the speedup), then each target's transform and
+        validate."""
+        from .stages import prune, reference, trace
+        from .validation import stage as validate
 
-            budget = self.gates[name]
-            ref = self.ref_entry
-            deps = {"fp32": fp32_digest, "calibration": self.calibration_digest, "evaluation": self.evaluation_digest,
-                    "reference": ref.digest(reference.OUTPUT), "host": host_id()}
-            return StageRun(plan, {**params, "budget": budget, "threads": target.threads}, deps,
-                            lambda out: plan.run(fp32_path, params, out, self.calibration, self.evaluation,
-                                                 reference.load(ref.path), self.spec, budget, target.threads), name)
-        if target.transform == "quantize":
-            from .stages import quantize
-            deps = {"fp32": fp32_digest}
-            if params["method"] == "static":
-                deps["calibration"] = self.calibration_digest
-            return StageRun(quantize, params, deps, lambda out: quantize.run(
-                fp32_path, params, out, self.calibration if params["method"] == "static" else None, names), name)
-        if target.transform == "fp16":
-            from .stages import fp16
-            deps = {"fp32": fp32_digest}
-            if params["range_guard"]:
-                deps["calibration"] = self.calibration_digest
-            return StageRun(fp16, params, deps, lambda out: fp16.run(
-                fp32_path, params, out, self.calibration if params["range_guard"] else None, names), name)
-        if target.transform == "tflite" and params.get("converter") == "litert-torch":
-            from .stages import litert_torch
-            deps = {"model": self.model_digest, "converter_lock": litert_torch.lock_digest(params)}
-            io = {"inputs": [[t.name, list(t.shape), t.dtype] for t in self.spec.inputs],
-                  "outputs": [o.name for o in self.spec.outputs]}  # baked into the artifact
-            return StageRun(litert_torch, {**params, "io": io}, deps, lambda out: litert_torch.run(
-                self.torch_model, params, out, self.spec, name), name)
-        if target.transform == "tflite":
-            from .stages import reference, tflite
-            deps = {"fp32": fp32_digest, "calibration": self.calibration_digest}
-            if params["precision"] != "auto":
-                return StageRun(tflite, params, deps, lambda out: tflite.run(
-                    fp32_path, params, out, self.calibration, self.spec, name), name)
-            budget, ref = self.gates[name], self.ref_entry
-            deps.update(evaluation=self.evaluation_digest, reference=ref.digest(reference.OUTPUT))
-            return StageRun(tflite, {**params, "budget": budget}, deps, lambda out: tflite.run(
-                fp32_path, params, out, self.calibration, self.spec, name,
-                judge=(self.evaluation, reference.load(ref.path), budget)), name)
+        out = [self.node(prune)] if self.spec.prune is not None else []
+        out += [self.node(trace), self.node(reference)]
+        u = self.unpruned
+        if u is not None:
+            twins = {n: u.node(m, n) for n in u.targets if (m := u.transform_module(n))}
+            out.append(u.node(trace))
+            if any("reference" in t.needs for t in twins.values()):
+                out.append(u.node(reference))
+        for name in self.targets:
+            if u is not None and name in twins:
+                out.append(twins[name])
+            module = self.transform_module(name)
+            if module is not None:
+                out.append(self.node(module, name))
+            out.append(self.node(validate, name))
+        return out
+
+    def upstream_label(self, need, target):
+        """The label of the node whose output is input `need` (None: not a node's output)."""
+        p = self.label_prefix
+        if need == "model":
+            return p + "prune" if self.spec.prune is not None else None
+        if need in ("fp32", "reference"):
+            return p + {"fp32": "trace", "reference": "reference"}[need]
+        if need in ("artifact", "baseline"):
+            module = self.transform_module(target)
+            return p + (f"{module.NAME}[{target}]" if module else "trace")
+        if need == "unpruned" and self.unpruned is not None:
+            return self.unpruned.upstream_label("artifact", target)
         return None
 
-    def validate_stage(self, name, target, artifact, baseline, ref_entry, unpruned=None) -> StageRun:
-        from .stages import reference
-        from .validation import target as validate_target
+    def inputs(self, node) -> "NodeInputs":
+        return NodeInputs(self, node.target)
 
-        s = self.spec
-        params = {"runtime": target.runtime, "providers": list(target.providers), "threads": target.threads,
-                  "latency": target.latency, "metric": s.metric, "also": list(s.extra_metrics), **self.metric_params,
-                  "runtime_options": target.tables.get("runtime_options", [])}
-        if target.runtime == "litert":  # where it is judged: the executor's identity and runtime versions
-            from .executors import identity
+    def key_inputs(self, node) -> dict:
+        """The node's cache key inputs: data inputs as digests (deps), value inputs as params."""
+        inp, deps, params = self.inputs(node), {}, dict(node.params)
+        for need in node.needs:
+            kind, digest, *as_key = INPUTS[need]
+            value = digest(inp)
+            if value is None:  # not present in this build (no prune.train data, no unpruned twin)
+                continue
+            if kind == "value":
+                params[need] = value
+            elif kind == "params":  # a table of params of its own (the outputs' metrics)
+                params.update(value)
+            else:
+                deps[as_key[0] if as_key else need] = value
+        if hasattr(node.module, "extra_deps"):
+            deps.update(node.module.extra_deps(node.params))
+        return {"stage": node.name, "stage_version": node.module.VERSION, "params": params, "deps": deps,
+                "libraries": versions(node.libraries), "toolchain": __version__}
 
-            params["executor"] = identity(target, (target.tables.get("executor") or {}).get("device"))
-        deps = {"artifact": sha256_file(artifact), "baseline": sha256_file(baseline),
-                "reference": ref_entry.digest(reference.OUTPUT), "evaluation": self.evaluation_digest,
-                "host": host_id()}
-        if unpruned is not None:
-            deps["unpruned"] = sha256_file(unpruned)
-        post = validate_target.app_postprocess(target, s)
-        if post is not None:  # a split artifact is judged through the app's code: its source is an input
-            import inspect
-
-            params["app_postprocess"] = target.table("convert")["app_postprocess"]
-            deps["app_postprocess"] = sha256_file(inspect.getsourcefile(post))
-        ref_value = ref_entry.meta["outputs"]
-        return StageRun(_ValidateStage, params, deps, lambda out: validate_target.run(
-            target, artifact, baseline, self.evaluation, reference.load(ref_entry.path), s, ref_value,
-            unpruned), name)
+    # ---- running the graph ------------------------------------------------------------------------------
+    def run_node(self, node: Node):
+        key_inputs = self.key_inputs(node)
+        key = sha256_json(key_inputs)
+        label, name = node.label, self.label_prefix + node.name
+        self.keys[label] = key_inputs
+        checkpoint(node.name)
+        entry = self.cache.get(node.name, key)
+        if entry is not None:
+            self.progress.line(name, node.target, "cached (remote)" if getattr(entry, "remote", False) else "cached")
+            checkpoint(f"{node.name}.done")
+            return entry
+        self.progress.line(name, node.target, "running")
+        t0 = time.monotonic()
+        try:
+            with self.cache.writer(node.name, key) as tmp:
+                meta = node.module.build(self.inputs(node), node.params, tmp)
+                checkpoint(f"{node.name}.written")  # outputs in the cache's tmp/, not yet published
+                entry = self.cache.publish(tmp, node.name, key, meta, key_inputs)
+        except BaseException:
+            self.progress.stop(name, node.target)  # no heartbeat outlives its stage
+            raise
+        self.ran.append((name, node.target))
+        self.progress.line(name, node.target, "done", time.monotonic() - t0)
+        checkpoint(f"{node.name}.done")
+        return entry
 
     def run(self):
-        """Run every stage; returns (shared results, per-target results). Target failures do not stop others."""
-        fp32 = self.run_stage(self.trace_stage())
-        ref = self.ref_entry = self.run_stage(self.reference_stage(fp32))
-        ufp32 = self.unpruned.run_stage(self.unpruned.trace_stage()) if self.unpruned else None
+        """Run every node; returns (trace entry, reference entry, per-target results). A target's failure stops
+        only that target."""
+        failed = {}
+        for node in self.nodes():
+            if node.target in failed:
+                continue
+            try:
+                self.entries[node.label] = node.pipe.run_node(node)
+            except StageError as e:
+                if node.target is None:
+                    raise
+                if e.target is None:
+                    e.target = node.target
+                self.progress.line(e.stage, node.target, f"FAILED: {e.cause}")
+                failed[node.target] = e
         results = {}
         for name, target in self.targets.items():
-            try:
-                st = self.transform_stage(name, target, fp32)
-                entry = self.run_stage(st) if st else fp32
-                artifact, baseline = _artifact_files(target, entry, fp32)
-                unpruned = self.unpruned.built_artifact(name, target, ufp32) if self.unpruned else None
-                val = self.run_stage(self.validate_stage(name, target, artifact, baseline, ref, unpruned))
-                results[name] = {"target": target, "entry": entry, "artifact": artifact, "baseline": baseline,
-                                 "validation": val.meta, "transform": entry.meta if st else {}}
-            except StageError as e:
-                if e.target is None:
-                    e.target = name
-                self.progress.line(e.stage, name, f"FAILED: {e.cause}")
-                results[name] = {"target": target, "error": e}
-        return fp32, ref, results
+            if name in failed:
+                results[name] = {"target": target, "error": failed[name]}
+                continue
+            module = self.transform_module(name)
+            entry = self.entries[self.upstream_label("artifact", name)]
+            results[name] = {"target": target, "entry": entry, "artifact": self.artifact(name),
+                             "baseline": self.baseline(name), "validation": self.entries[f"validate[{name}]"].meta,
+                             "transform": entry.meta if module else {}}
+        return self.entries["trace"], self.entries["reference"], results
 
+    def artifact(self, name) -> Path:
+        """Target `name`'s artifact (its main file: formats.FORMATS names the others), once its node ran."""
+        from .stages import trace
 
-    def built_artifact(self, name, target, fp32):
-        if _needs_ref(self, name) and getattr(self, "ref_entry", None) is None:
-            self.ref_entry = self.run_stage(self.reference_stage(fp32))
-        st = self.transform_stage(name, target, fp32)
-        entry = self.run_stage(st) if st else fp32
-        return _artifact_files(target, entry, fp32)[0]
+        module = self.transform_module(name)
+        entry = self.entries[self.upstream_label("artifact", name)]
+        return entry.file(module.OUTPUT if module else trace.OUTPUT)
+
+    def baseline(self, name) -> Path:
+        """The fp32 baseline the artifact is timed against on the same runtime: of the artifact's own format
+        where its stage writes one, else the traced fp32 ONNX."""
+        from .stages import trace
+
+        module = self.transform_module(name)
+        if module is not None and getattr(module, "BASELINE", None):
+            return self.entries[self.upstream_label("artifact", name)].file(module.BASELINE)
+        return self.entries[self.label_prefix + "trace"].file(trace.OUTPUT)
 
     def explain(self, previous: dict) -> list:
         """Without building: each stage that would run and why, as (label, verdict) pairs."""
@@ -381,22 +348,77 @@ class Pipeline:
         return explain(self, previous)
 
 
-def _needs_ref(pipe, name):
-    """Precision plans judge their variants against the reference outputs."""
-    params = pipe.transform_params[name]
-    return params.get("method") == "auto" or params.get("precision") == "auto"
+def _files_digest(path: Path) -> str:
+    """One file: its sha256; an artifact of several files (formats.FORMATS): the digest of theirs."""
+    from .formats import FORMATS
+
+    for fmt in FORMATS.values():
+        if fmt.companions and path.suffix == fmt.suffix and all(f.is_file() for f in fmt.files(path)):
+            return sha256_json([sha256_file(f) for f in fmt.files(path)])
+    return sha256_file(path)
 
 
-def _label(st):
-    return st.name + (f"[{st.target}]" if st.target else "")
+class NodeInputs:
+    """What a stage's build() reads, by the names it declared (stages/__init__.py); loaded on first use."""
+
+    def __init__(self, pipe, target):
+        self._pipe, self.target_name = pipe, target
+        self.spec = pipe.spec
+        self.target = pipe.targets[target] if target else None
+        self.input_names = [t.name for t in pipe.spec.inputs]
+
+    def __getattr__(self, name):
+        if name not in VALUES:
+            raise AttributeError(name)
+        return VALUES[name](self._pipe, self.target_name)
 
 
-def _artifact_files(target, entry, fp32):
-    """The artifact file and its fp32 baseline on the same runtime."""
-    if target.transform == "tflite":  # both TFLite routes name their files alike
-        from .stages import tflite
-        return entry.file(tflite.OUTPUT), entry.file(tflite.BASELINE)
-    if target.transform is None:
-        return fp32.file("model.fp32.onnx"), fp32.file("model.fp32.onnx")
-    (name,) = [n for n in entry.record["files"] if n.endswith(".onnx")]
-    return entry.file(name), fp32.file("model.fp32.onnx")
+def _entry(pipe, label):
+    return pipe.entries[pipe.label_prefix + label]
+
+
+def _io(pipe):
+    return {"inputs": [[t.name, list(t.shape), t.dtype] for t in pipe.spec.inputs],
+            "outputs": [o.name for o in pipe.spec.outputs]}  # baked into the artifact
+
+
+def _unpruned(pipe, target):
+    return pipe.unpruned.artifact(target) if pipe.unpruned is not None else None
+
+
+def _reference(pipe, target):
+    from .stages import reference
+
+    return reference.load(_entry(pipe, "reference").path)
+
+
+# input -> (how it keys a node: "dep" its digest, "value" in the params, "params" a table merged into the params;
+# the digest/value from a NodeInputs[; the dep's name in the key, where it differs])
+INPUTS = {
+    "model": ("dep", lambda i: i._pipe.model_digest),
+    "base_model": ("dep", lambda i: i._pipe.base_model_digest, "model"),  # prune: the model before pruning
+    "train": ("dep", lambda i: i._pipe._data_digest(i.spec.prune.train, lambda: i._pipe.train_data)
+              if i.spec.prune is not None and i.spec.prune.train else None),
+    "fp32": ("dep", lambda i: _entry(i._pipe, "trace").digest("model.fp32.onnx")),
+    "reference": ("dep", lambda i: _entry(i._pipe, "reference").digest("reference.npz")),
+    "calibration": ("dep", lambda i: i._pipe.calibration_digest),
+    "evaluation": ("dep", lambda i: i._pipe.evaluation_digest),
+    "host": ("dep", lambda i: host_id()),  # timing decisions and figures depend on the machine
+    "artifact": ("dep", lambda i: _files_digest(i._pipe.artifact(i.target_name))),
+    "baseline": ("dep", lambda i: _files_digest(i._pipe.baseline(i.target_name))),
+    "unpruned": ("dep", lambda i: _files_digest(u) if (u := _unpruned(i._pipe, i.target_name)) else None),
+    "budget": ("value", lambda i: i._pipe.gates[i.target_name]),
+    "threads": ("value", lambda i: i.target.threads),
+    "io": ("value", lambda i: _io(i._pipe)),
+    "metric_params": ("params", lambda i: i._pipe.metric_params),
+}
+# input -> its value for build()
+VALUES = {
+    "model": lambda p, t: p.torch_model, "base_model": lambda p, t: p.base_model,
+    "train": lambda p, t: p.train_data if p.spec.prune.train else None,
+    "fp32": lambda p, t: _entry(p, "trace").file("model.fp32.onnx"),
+    "reference": _reference, "reference_entry": lambda p, t: _entry(p, "reference"),
+    "calibration": lambda p, t: p.calibration, "evaluation": lambda p, t: p.evaluation,
+    "artifact": lambda p, t: p.artifact(t), "baseline": lambda p, t: p.baseline(t), "unpruned": _unpruned,
+    "budget": lambda p, t: p.gates[t], "threads": lambda p, t: p.targets[t].threads,
+}

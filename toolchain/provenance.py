@@ -69,7 +69,8 @@ def source_revision(spec: Path, spec_sha256=None):
 # ---- the statement ----------------------------------------------------------------------------------------------
 def statement(root: Path, manifest: dict, meta_files) -> dict:
     """The in-toto statement of the bundle in root: every artifact and each meta file is a subject."""
-    subjects = [{"name": a["path"], "digest": {"sha256": a["sha256"]}} for a in manifest["artifacts"]]
+    subjects = [{"name": f["path"], "digest": {"sha256": f["sha256"]}} for a in manifest["artifacts"]
+                for f in (a, *(a.get("companions") or []))]  # an artifact's companion files (OpenVINO's .bin)
     subjects += [{"name": m, "digest": {"sha256": sha256_file(root / m)}} for m in meta_files]
     deps, libraries, models, byproducts = [], {}, {}, []
     for name, m in sorted(manifest["models"].items()):

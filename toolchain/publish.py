@@ -279,6 +279,9 @@ def _layers(root: Path, manifest: dict) -> list:
     for a in manifest["artifacts"]:
         out.append((root / a["path"], a["path"], MEDIA_TYPES.get(a.get("format"), "application/octet-stream"),
                     {f"toolchain.{k}": str(a.get(k)) for k in ("model", "target", "precision", "runtime")}))
+        for c in a.get("companions") or []:  # the other files of a several-file format (OpenVINO's .bin)
+            out.append((root / c["path"], c["path"], "application/octet-stream",
+                        {f"toolchain.{k}": str(a.get(k)) for k in ("model", "target", "precision", "runtime")}))
     for name, media_type in META_TYPES.items():
         if (root / name).is_file():
             out.append((root / name, name, media_type, {}))

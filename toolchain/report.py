@@ -3,6 +3,9 @@
 import math
 import os
 
+from .digest import sha256_file
+from .formats import FORMATS
+
 
 def target_entry(name, res, gate, model_dir, budget) -> dict:
     """`budget`: the target's gates, one per output (metrics.output_gates). `max_metric_drop` stays the first
@@ -23,7 +26,16 @@ def target_entry(name, res, gate, model_dir, budget) -> dict:
         entry["size_bytes"] = os.path.getsize(res["published"])
         entry["baseline"] = os.path.relpath(res["baseline"], model_dir)
         entry["baseline_size_bytes"] = os.path.getsize(res["baseline"])
-        entry["size_ratio"] = entry["size_bytes"] / entry["baseline_size_bytes"]
+        # An artifact of several files (formats.FORMATS, e.g. OpenVINO .xml + .bin): the others, each checked
+        fmt = FORMATS[t.format]
+        base_files = fmt.files(res["baseline"]) if fmt.own_baseline else [res["baseline"]]
+        for key, files in (("companions", fmt.files(res["published"])[1:]), ("baseline_companions", base_files[1:])):
+            if files:
+                entry[key] = [{"path": os.path.relpath(f, model_dir), "sha256": sha256_file(f),
+                               "size_bytes": os.path.getsize(f)} for f in files]
+        whole = entry["size_bytes"] + sum(c["size_bytes"] for c in entry.get("companions", []))
+        base_whole = entry["baseline_size_bytes"] + sum(c["size_bytes"] for c in entry.get("baseline_companions", []))
+        entry["size_ratio"] = whole / base_whole
     if "error" in res:
         e = res["error"]
         entry["failed_stage"] = e.stage

@@ -305,9 +305,11 @@ def parse_spec(path: Path, raw: dict, need_weights=True) -> BuildSpec:
     targets = {}
     for tname in targets_t.data:
         t = targets_t.table(tname)
-        t.reject_unknown({*BUDGET_KEYS, "outputs", "quantize", "fp16", "convert", "latency"})
+        from .options import STAGE_TABLES  # the stage option tables a target may override (options.SCHEMAS)
+
+        t.reject_unknown({*BUDGET_KEYS, "outputs", *STAGE_TABLES})
         budgets = _budgets(path, t)
-        overrides = {k: t.get(k, (dict,)) for k in ("quantize", "fp16", "convert", "latency") if k in t.data}
+        overrides = {k: t.get(k, (dict,)) for k in STAGE_TABLES if k in t.data}
         per_output = _output_budgets(path, t, outputs)
         targets[tname] = TargetRequest(tname, budgets.get("max_metric_drop"), overrides, budgets, per_output)
 

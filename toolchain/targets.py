@@ -1,7 +1,8 @@
 """Targets are data: targets/NAME.toml says what artifact to make and which runtime proves it.
 
-Adding a target is adding a file (plus, at most, a runtime module). The (format, precision) pair picks
-the stage that makes the artifact from the traced fp32 ONNX; see TRANSFORMS.
+Adding a target is adding a file (plus, at most, a stage module, a runtime module and their registry rows). The
+(format, precision) pair and the target's options pick the stage that makes the artifact (formats.FORMATS lists
+the candidates; each stage module's `applies` decides).
 """
 
 import os
@@ -10,17 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SpecError
-from .options import check_table, defaults
+from .formats import FORMATS
+from .options import STAGE_TABLES, check_table, defaults
 from .spec import _Table
 
-# (format, precision) -> the stage that turns the fp32 ONNX graph into the artifact (None: ship fp32 as is).
-TRANSFORMS = {
-    ("onnx", "fp32"): None,
-    ("onnx", "int8"): "quantize",
-    ("onnx", "fp16"): "fp16",
-    ("tflite", "int8"): "tflite",
-}
-RUNTIMES = ("onnxruntime", "litert")
 LATENCY_DEFAULTS = {k: v for k, v in defaults("latency").items() if k != "io_binding"}
 
 
@@ -34,11 +28,18 @@ class Target:
     runtime: str
     providers: tuple
     threads: int
-    tables: dict  # quantize / fp16 / convert / latency tables, after the spec's overrides
+    tables: dict  # quantize / fp16 / convert / nncf / latency tables, after the spec's overrides
 
     @property
     def transform(self):
-        return TRANSFORMS[(self.format, self.precision)]
+        """The stage module that makes this target's artifact (None: the traced fp32 ONNX ships as is)."""
+        import importlib
+
+        for name in FORMATS[self.format].stages[self.precision]:
+            module = importlib.import_module(f".stages.{name}", __package__)
+            if module.applies(self):
+                return module
+        return None
 
     def table(self, name) -> dict:
         return dict(self.tables.get(name, {}))
@@ -103,8 +104,11 @@ def load_target(name: str, targets_dir=None, overrides=None, spec_path=None) -> 
     checked = check_table(path, "", raw, "target", required=("format", "precision", "runtime"))
     t = _Table(path, "", raw)
     fmt, precision, runtime = checked["format"], checked["precision"], checked["runtime"]
-    if (fmt, precision) not in TRANSFORMS:
+    if precision not in FORMATS[fmt].stages:
         raise SpecError(path, "precision", f"{precision} is not supported for format {fmt}")
+    if runtime not in FORMATS[fmt].runtimes:
+        raise SpecError(path, "runtime", f"{runtime} cannot run format {fmt} (runs it: "
+                                         f"{', '.join(FORMATS[fmt].runtimes)})")
     providers = checked.get("providers", ["CPUExecutionProvider"])
     if runtime == "onnxruntime":
         check_providers(path, providers)
@@ -112,7 +116,7 @@ def load_target(name: str, targets_dir=None, overrides=None, spec_path=None) -> 
     tables = {}
     # Every option of every table, the target file's and the spec's overrides, typed and checked here, before
     # any stage runs (an error in an override names the spec and its key).
-    for k in ("quantize", "fp16", "convert", "latency"):
+    for k in STAGE_TABLES:
         own, over = raw.get(k, {}), (overrides or {}).get(k, {})
         check_table(path, k, own, "convert" if k == "convert" else k)
         if over:

@@ -147,3 +147,13 @@ class LiteRTSession:
             return {"name": d["onnx_name"], "tflite_name": d["name"], "shape": [int(x) for x in d["shape"]],
                     "dtype": np.dtype(d["dtype"]).name, "scale": scale, "zero_point": zero}
         return {"inputs": [describe(d) for d in self.inputs], "outputs": [describe(d) for d in self.outputs]}
+
+
+def open_session(target, path, providers, output_shapes, output_names, input_names, options) -> LiteRTSession:
+    return LiteRTSession(path, target.threads, output_shapes, output_names, input_names)
+
+
+def session_device(session) -> str:
+    from ..hostinfo import cpu_name
+
+    return cpu_name()

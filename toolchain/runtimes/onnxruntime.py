@@ -120,3 +120,14 @@ def optimized_op_counts(path, graph_optimization="all", threads=1) -> dict:
         ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         graph = onnx.load(str(out), load_external_data=False).graph
     return dict(sorted(collections.Counter(n.op_type for n in graph.node).items()))
+
+
+def open_session(target, path, providers, output_shapes, output_names, input_names, options) -> OrtSession:
+    return OrtSession(path, providers or target.providers, target.threads,
+                      provider_options=options.get("provider_options"),
+                      io_binding=bool(target.latency.get("io_binding")),
+                      graph_optimization=options.get("graph_optimization", "all"))
+
+
+def session_device(session) -> str:
+    return device_name(session.device)

@@ -1,0 +1,20 @@
+"""Stage modules. Each declares itself and the pipeline builds one node per stage and target from the
+declarations with one generic mechanism (pipeline.py); `--explain` walks the very same nodes.
+
+A stage module declares:
+    NAME, VERSION       the stage (its cache directory) and the version of its code in the key
+    LIBRARIES           distributions whose versions key its outputs
+    OUTPUT              the file it writes (the artifact's main file, for a target stage)
+    BASELINE            (optional) the fp32 baseline of the artifact's own format, when it writes one
+    needs(params)       the inputs it reads, from pipeline.INPUTS: data ("model", "fp32", "calibration",
+                        "evaluation", "reference", "host" ...) keys the node as a digest; values ("budget",
+                        "threads", "io") key it as params
+    build(inp, params, out_dir) -> meta   makes its outputs; `inp` hands out the declared inputs by name
+A model stage (run once per build: prune, trace, reference) also declares spec_params(spec). A target stage
+(it makes an artifact) also declares
+    TABLE, SCHEMA       the target table it reads and its schema in options.SCHEMAS (types, defaults, values)
+    params_for(table, path, prefix) -> params   the table checked against SCHEMA, defaults filled in
+    applies(target)     whether it makes this target's artifact; formats.FORMATS lists the candidates per
+                        (format, precision), the first that applies wins
+and may declare extra_deps(params) -> dict for key inputs of its own (a side venv's lock).
+"""

@@ -187,3 +187,19 @@ def _rewrite_for_ort(model, calibration, input_names):
         raise StageError(NAME, f"fp16 graph rewrite failed: {e}") from None
     model.CopyFrom(rewritten)
     return {"applied": records, "check": check}
+
+
+# ---- declaration (stages/__init__.py) ------------------------------------------------------------------------
+TABLE = SCHEMA = "fp16"
+
+
+def applies(target) -> bool:
+    return True
+
+
+def needs(params) -> tuple:
+    return ("fp32", "calibration") if params["range_guard"] else ("fp32",)
+
+
+def build(inp, params, out_dir) -> dict:
+    return run(inp.fp32, params, out_dir, inp.calibration if params["range_guard"] else None, inp.input_names)

@@ -24,15 +24,17 @@ import json
 import keyword
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from ..debris import scratch_dir
 from ..errors import StageError, reraise_write_error
+from ..executors import process
+from ..executors.base import ExecutorError
 from ..options import check_table, defaults
+from .litert_side_venv import CHECKOUT, lock_digest, side_python, side_versions, venv_dir  # noqa: F401
+from .litert_side_venv import _public
 
 NAME = "litert_torch"
 VERSION = 1
@@ -48,11 +50,8 @@ RECIPES = {
     "weight_only_wi8_afp32": "weight-only int8: int8 weights dequantized to float, float compute",
 }
 # The side venv's distributions that can change an artifact: part of the stage's cache key (side_versions).
-SIDE_DISTRIBUTIONS = ("litert-torch", "ai-edge-quantizer", "ai-edge-litert", "litert-converter", "torch", "numpy")
-CHECKOUT = Path(__file__).resolve().parents[2]  # the project checkout, when running from one
 WORKER = Path(__file__).with_name("litert_torch_worker.py")
 WORKER_FAILED = 3  # litert_torch_worker.FAILED (not imported: the worker module belongs to the side venv)
-CHECK_FAILED = 3
 
 
 def params_for(table: dict, path, prefix="convert") -> dict:
@@ -77,66 +76,6 @@ def params_for(table: dict, path, prefix="convert") -> dict:
     if not isinstance(v, str) or not v.strip():
         raise SpecError(path, f"{prefix}.venv", f"must be a non-empty path to the side venv, got {v!r}")
     return params
-
-
-def venv_dir(params) -> Path:
-    """The side venv: convert.venv if absolute; else TOOLCHAIN_LITERT_VENV; else relative to the project checkout
-    when running from one (`make venv-litert` puts it there), else relative to the working directory (an
-    installed wheel has no checkout)."""
-    p = Path(params["venv"]).expanduser()
-    if p.is_absolute():
-        return p
-    if os.environ.get("TOOLCHAIN_LITERT_VENV"):
-        return Path(os.environ["TOOLCHAIN_LITERT_VENV"]).expanduser()
-    in_checkout = CHECKOUT / p
-    return in_checkout if (CHECKOUT / "pyproject.toml").is_file() else Path.cwd() / p
-
-
-def side_python(params, target_name=None) -> Path:
-    """The side venv's python, or a StageError saying how to create the venv."""
-    venv = venv_dir(params)
-    python = venv / "bin" / "python"
-    if not (python.is_file() and os.access(python, os.X_OK)):
-        raise StageError(NAME, f"the litert-torch side venv {venv} does not exist (no {python}); `make venv-litert` "
-                               "creates it (convert.venv names another)", target_name)
-    if not (venv / ".installed").is_file():
-        raise StageError(NAME, f"the litert-torch side venv {venv} is incomplete (no .installed stamp: its install "
-                               "did not finish); `make venv-litert` completes it", target_name)
-    return python
-
-
-def side_versions(params) -> dict:
-    """Versions of the side venv's converter libraries, read from its package metadata (no process started).
-    For the cache key: a new litert-torch or quantizer there must rebuild the artifact. {} when there is no venv."""
-    from importlib import metadata
-
-    site = sorted(venv_dir(params).glob("lib/python3*/site-packages"))
-    found = {d: None for d in SIDE_DISTRIBUTIONS}
-    if not site:
-        return {}
-    norm = {d.replace("-", "_").lower(): d for d in SIDE_DISTRIBUTIONS}
-    for dist in metadata.distributions(path=[str(s) for s in site]):
-        key = (dist.metadata["Name"] or "").replace("-", "_").replace(".", "_").lower()
-        if key in norm:
-            found[norm[key]] = dist.version
-    return found
-
-
-LOCK = CHECKOUT / "requirements-litert.lock"  # absent in an installed wheel: the venv versions still key
-
-
-def lock_digest(params=None) -> str:
-    """The cache key's word on the converter: the side venv's lock file and the converter versions installed in
-    the venv (side_versions), hashed. Cheap (no process started); a venv not yet made hashes as such, so making it
-    rebuilds. The worker and the check are part of the stage (VERSION), the model of deps["model"]."""
-    from ..digest import sha256_file, sha256_json
-
-    return sha256_json({"lock": sha256_file(LOCK) if LOCK.is_file() else None,
-                        "side": side_versions(params or DEFAULTS)})
-
-
-def _public(v):
-    return (v or "").split("+")[0]
 
 
 def run(model, params: dict, out_dir, spec, target_name) -> dict:
@@ -258,16 +197,16 @@ def _run_worker(python, job, scratch, timeout_s, target_name) -> dict:
     job_path.write_text(json.dumps({**job, "parent_pid": os.getpid()}))
     # -I: isolated (no user site, no PYTHON* variables, and the worker's folder is not put first on sys.path,
     # where toolchain/stages/trace.py would shadow the standard library's trace module).
-    try:
-        proc = subprocess.run([str(python), "-I", str(WORKER), str(job_path)], cwd=scratch, env=env,
-                              capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
+    try:  # the one child-process runner (executors/process.py): time limit, dies with us, group killed
+        proc = process.run_child([str(python), "-I", str(WORKER), str(job_path)], "litert-torch", timeout_s,
+                                 env=env, cwd=scratch)
+    except ExecutorError:
         raise StageError(NAME, f"litert-torch did not finish within {timeout_s} s (convert.timeout_s); killed",
                          target_name) from None
-    log = (proc.stdout or "") + (proc.stderr or "")
+    log = proc.log
     if proc.returncode < 0:
-        sig = signal.Signals(-proc.returncode).name
-        raise StageError(NAME, f"the litert-torch converter process died with {sig}; {_cause(log)}", target_name)
+        raise StageError(NAME, f"the litert-torch converter process died with {proc.signal}; {_cause(log)}",
+                         target_name)
     if proc.returncode == WORKER_FAILED:
         raise StageError(NAME, _cause(log), target_name)
     if proc.returncode != 0:
@@ -302,16 +241,17 @@ def _check_on_litert(paths, timeout_s, target_name) -> dict:
     """Load and run each file once on the project venv's ai-edge-litert, in a child process (a crash of the
     runtime on what a newer converter wrote must not take the build down). Returns the last file's I/O details."""
     try:
-        proc = subprocess.run([sys.executable, "-m", "toolchain.stages.litert_torch", "--check", *map(str, paths)],
-                              cwd=CHECKOUT if CHECKOUT.is_dir() else None, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
+        proc = process.run_child([sys.executable, "-m", "toolchain.stages.litert_check", "--check",
+                                  *map(str, paths)], "LiteRT check", timeout_s,
+                                 cwd=CHECKOUT if CHECKOUT.is_dir() else None)
+    except ExecutorError:
         raise StageError(NAME, f"the converted model did not run on LiteRT within {int(timeout_s)} s; killed",
                          target_name) from None
-    out = (proc.stdout or "") + (proc.stderr or "")
+    out = proc.log
     if proc.returncode != 0:
         lines = [ln for ln in out.splitlines() if ln.startswith("LITERT_CHECK_FAILED:")]
         msg = (lines[-1].split(":", 1)[1].strip() if lines else
-               f"LiteRT died with {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else _cause(out))
+               f"LiteRT died with {proc.signal}" if proc.returncode < 0 else _cause(out))
         raise StageError(NAME, f"litert-torch converted the model but the result does not run on the project's "
                                f"LiteRT (ai-edge-litert {_litert_version()}): {msg[:600]}", target_name)
     reports = [ln for ln in out.splitlines() if ln.startswith("LITERT_IO:")]
@@ -324,52 +264,21 @@ def _litert_version():
     return version_of("ai-edge-litert")
 
 
-def check(paths):
-    """`python -m toolchain.stages.litert_torch --check FILE...` (project venv): load, allocate and invoke each
-    file once on deterministic inputs of its own dtypes; prints LITERT_IO:<json> of the last file, or one
-    LITERT_CHECK_FAILED line and exits 3."""
-    import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
-
-    io = None
-    for path in paths:
-        try:
-            names = {}
-            signed = Interpreter(model_path=str(path), num_threads=1)  # its own instance: the signature runner
-            if len(signed.get_signature_list()) == 1:                   # holds views of the tensors it allocates
-                runner = signed.get_signature_runner()
-                names = {d["index"]: n for n, d in runner.get_input_details().items()}
-                names.update({d["index"]: n for n, d in runner.get_output_details().items()})
-            del signed
-            interp = Interpreter(model_path=str(path), num_threads=1)
-            interp.allocate_tensors()
-            for d in interp.get_input_details():
-                shape = tuple(int(x) for x in d["shape"])
-                if np.issubdtype(d["dtype"], np.floating):
-                    a = np.random.default_rng(0).standard_normal(shape)
-                else:
-                    a = np.ones(shape)
-                interp.set_tensor(d["index"], a.astype(d["dtype"]))
-            interp.invoke()
-            outs = interp.get_output_details()
-            for d in outs:
-                y = interp.get_tensor(d["index"])
-                if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
-                    raise ValueError(f"output {d['name']} is not finite on the example input")
-
-            def describe(d):
-                return {"name": names.get(d["index"], d["name"]), "tflite_name": d["name"],
-                        "shape": [int(x) for x in d["shape"]], "dtype": np.dtype(d["dtype"]).name}
-            io = {"inputs": [describe(d) for d in interp.get_input_details()],
-                  "outputs": [describe(d) for d in outs]}
-        except Exception as e:  # noqa: BLE001 - any refusal of the runtime is the answer
-            print(f"LITERT_CHECK_FAILED: {Path(path).name}: {_short(e, 1000)}", file=sys.stderr, flush=True)
-            sys.exit(CHECK_FAILED)
-    print("LITERT_IO:" + json.dumps(io), flush=True)
+# ---- declaration (stages/__init__.py): PyTorch -> TFLite without ONNX (its own venv) -----------------------
+TABLE, SCHEMA = "convert", "convert:litert-torch"  # the target file's other convert options are onnx2tf's
 
 
-if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "--check":
-        check(sys.argv[2:])
-    else:
-        sys.exit("usage: python -m toolchain.stages.litert_torch --check FILE...")
+def applies(target) -> bool:
+    return target.table(TABLE).get("converter") == "litert-torch"
+
+
+def needs(params) -> tuple:
+    return ("model", "io")  # the model only: this route never reads the traced ONNX
+
+
+def extra_deps(params) -> dict:
+    return {"converter_lock": lock_digest(params)}
+
+
+def build(inp, params, out_dir) -> dict:
+    return run(inp.model, params, out_dir, inp.spec, inp.target_name)

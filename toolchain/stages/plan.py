@@ -221,3 +221,27 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                                  "CPU may choose differently",
         },
     }
+
+
+# ---- declaration (stages/__init__.py): quantize.method = "auto" --------------------------------------------
+TABLE = SCHEMA = "quantize"
+
+
+def applies(target) -> bool:
+    return target.table(TABLE).get("method") == "auto"
+
+
+def params_for(table, path, prefix="quantize") -> dict:
+    from .quantize import params_for as quantize_params
+
+    return quantize_params(table, path, prefix)
+
+
+def needs(params) -> tuple:
+    # timing decisions depend on the host; the budget and thread count decide what is kept float
+    return ("fp32", "calibration", "evaluation", "reference", "host", "budget", "threads")
+
+
+def build(inp, params, out_dir) -> dict:
+    return run(inp.fp32, params, out_dir, inp.calibration, inp.evaluation, inp.reference, inp.spec, inp.budget,
+               inp.threads)

@@ -10,31 +10,26 @@ to the nearest multiple of 8 (see ROUND_TO).
 method "unstructured": zero the smallest-magnitude weights of each conv/linear layer (torch.nn.utils.prune,
 l1_unstructured). Shapes do not change, so dense ONNX / TFLite artifacts are neither smaller nor faster.
 
-Recovery (`epochs` or `steps`): deterministic fine-tuning with knowledge distillation from the unpruned model.
-
-The result is saved as plain tensors and plain Python values (`torch.load(weights_only=True)` reads it; no
-pickled code): the pruned state_dict plus, per module, the attributes pruning changed (in/out channels, ...).
-`load()` rebuilds the pruned model from a freshly built unpruned one. torch-pruning's own `tp.state_dict` is
-not used: it pickles whole module objects (`module.__dict__`) and cannot be read with weights_only=True.
+Recovery (`epochs` or `steps`): deterministic fine-tuning with knowledge distillation from the unpruned model
+(prune_recover.py). The result is saved as plain tensors and values (prune_io.py).
 """
 
 import copy
 import difflib
-import math
 import time
 from pathlib import Path
 
 from ..errors import StageError, reraise_write_error
+from . import prune_io
+from .prune_io import load, save  # noqa: F401 - the saved pruned model (prune_io.py)
+from .prune_recover import recover, tensors
 
 NAME = "prune"
 VERSION = 1
 LIBRARIES = ("torch", "torch-pruning")
-OUTPUT = "pruned.pt"
+OUTPUT = prune_io.OUTPUT
+FORMAT = prune_io.FORMAT
 
-FORMAT = "toolchain.prune/1"
-BATCH = 64
-LR_SCHEDULE = "cosine"  # Adam at prune.lr, annealed to 0 over the recovery steps ("constant": no annealing)
-KD_WEIGHT = 0.5  # loss = KD_WEIGHT * KL(T) * T^2 + (1 - KD_WEIGHT) * CE(labels); KL only when there are no labels
 # Kept channel counts are rounded to the nearest multiple of 8 (layers narrower than 8 are left unrounded).
 # int8 / fp32 conv kernels (ONNX Runtime MLAS on x86, XNNPACK / LiteRT on ARM) work on channel blocks of 8 or
 # 16 and pad a partial block, so a 60-channel layer costs about what a 64-channel one does: rounding keeps the
@@ -75,7 +70,7 @@ def run(model, prune, out_dir: Path, example_inputs: tuple, train: dict | None, 
                                f"{_short(e)})") from None
     with torch.no_grad():
         try:
-            reference = _tensors(teacher(*example_inputs))
+            reference = tensors(teacher(*example_inputs))
         except Exception as e:  # noqa: BLE001 - the user's forward
             reraise_write_error(e)
             raise StageError(NAME, f"the model's forward failed on example inputs: {type(e).__name__}: {e}") from None
@@ -98,7 +93,7 @@ def run(model, prune, out_dir: Path, example_inputs: tuple, train: dict | None, 
     metric_after_recovery, recovery_info = None, None
     if recovery_asked:
         with torch.enable_grad():
-            recovery_info = _recover(student, teacher, train, input_names, labels_key, prune)
+            recovery_info = recover(student, teacher, train, input_names, labels_key, prune)
     if prune.method == "unstructured":
         _unstructured_finish(student)
     student.eval()
@@ -140,88 +135,6 @@ def run(model, prune, out_dir: Path, example_inputs: tuple, train: dict | None, 
         meta["sparsity"] = _sparsity(student)
     return meta
 
-
-def save(pruned, unpruned, path, config: dict | None = None) -> Path:
-    """Write `pruned` as {state_dict, per-module changed attributes}: plain tensors and values only."""
-    import torch
-
-    path = Path(path)
-    structure = _structure_diff(unpruned, pruned)
-    state = {k: v.detach().clone().contiguous() for k, v in pruned.state_dict().items()}
-    torch.save({"format": FORMAT, "config": config or {}, "structure": structure, "state_dict": state}, path)
-    return path
-
-
-def load(unpruned_model, out_dir_or_file):
-    """The pruned model in eval mode, rebuilt from a fresh unpruned model (not modified) and the saved file.
-
-    The file is read with torch.load(weights_only=True): it can hold tensors and plain values, never code.
-    """
-    import torch
-
-    path = Path(out_dir_or_file)
-    if path.is_dir():
-        path = path / OUTPUT
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, OSError, ...
-        reraise_write_error(e)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise StageError(NAME, f"{path}: cannot read the pruned model ({first})") from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise StageError(NAME, f"{path}: not a {FORMAT} file")
-    model = copy.deepcopy(unpruned_model)
-    modules = dict(model.named_modules())
-    for name, attrs in obj["structure"].items():
-        if name not in modules:
-            raise StageError(NAME, f"{path}: the saved pruned model has a module {name!r} the model lacks "
-                                   "(was it pruned from a different model?)")
-        for attr, value in attrs.items():
-            setattr(modules[name], attr, value)
-    state = obj["state_dict"]
-    replaced = {}  # id(old tensor) -> new, so tied parameters stay tied
-    for key, tensor in state.items():
-        owner, _, attr = key.rpartition(".")
-        module = modules.get(owner)
-        if module is None:
-            continue  # load_state_dict below names the mismatch
-        if module._parameters.get(attr) is not None:
-            old = module._parameters[attr]
-            if old.shape != tensor.shape:
-                if id(old) not in replaced:
-                    replaced[id(old)] = torch.nn.Parameter(torch.empty(tensor.shape, dtype=tensor.dtype),
-                                                           requires_grad=old.requires_grad)
-                module._parameters[attr] = replaced[id(old)]
-        elif module._buffers.get(attr) is not None:
-            old = module._buffers[attr]
-            if old.shape != tensor.shape:
-                if id(old) not in replaced:
-                    replaced[id(old)] = torch.empty(tensor.shape, dtype=tensor.dtype)
-                module._buffers[attr] = replaced[id(old)]
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        msg = " ".join(str(e).split())[:300]
-        raise StageError(NAME, f"{path}: the saved pruned weights do not fit the model: {msg}") from None
-    return model.eval()
-
-
-def _structure_diff(before, after) -> dict:
-    """{module name: {attribute: value}} for the plain (JSON-like) public attributes that differ."""
-    old = dict(before.named_modules())
-    out = {}
-    for name, m in after.named_modules():
-        prev = vars(old[name]) if name in old else {}
-        changed = {}
-        for k, v in vars(m).items():
-            if k.startswith("_") or k == "training" or not _plain(v):
-                continue
-            v = _plainify(v)
-            if k not in prev or _plainify(prev[k]) != v:
-                changed[k] = v
-        if changed:
-            out[name] = changed
-    return out
 
 
 def _params_equal(a, b) -> bool:
@@ -276,7 +189,7 @@ def _check_forward(student, example_inputs, reference, original):
 
     with torch.no_grad():
         try:
-            got = _tensors(student.eval()(*example_inputs))
+            got = tensors(student.eval()(*example_inputs))
         except Exception as e:  # noqa: BLE001
             reraise_write_error(e)
             raise StageError(NAME, f"the pruned model's forward fails ({type(e).__name__}: {_short(e)}): "
@@ -339,78 +252,6 @@ def _sparsity(model) -> float:
     return round(zeros / total, 4) if total else 0.0
 
 
-# ---- recovery -------------------------------------------------------------------------------------------------
-def _recover(student, teacher, train, input_names, labels_key, prune) -> dict:
-    """Knowledge-distillation fine-tuning, deterministic for a given seed. Leaves `student` in eval mode."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    for n in input_names:
-        if n not in train:
-            raise StageError(NAME, f"training data has no array named {n!r} (has {', '.join(sorted(train))})")
-    xs = [torch.from_numpy(np.ascontiguousarray(train[n])) for n in input_names]
-    n = len(xs[0])
-    labels = None
-    if labels_key in train:
-        labels = torch.from_numpy(np.ascontiguousarray(train[labels_key])).long()
-        if len(labels) != n:
-            raise StageError(NAME, f"training data: {len(labels)} labels for {n} samples")
-    temp = float(prune.temperature)
-    with torch.no_grad():
-        teacher.eval()
-        soft = torch.cat([_tensors(teacher(*[x[i:i + BATCH] for x in xs]))[0] for i in range(0, n, BATCH)])
-    if soft.dim() < 2 or not soft.is_floating_point():
-        raise StageError(NAME, f"recovery distils the model's first output over axis 1, which needs [N, classes, "
-                               f"...] float logits; it has shape {list(soft.shape)} ({soft.dtype})")
-    use_ce = labels is not None and soft.dim() == 2
-    steps_per_epoch = math.ceil(n / BATCH)
-    total = int(prune.steps) if prune.steps else int(prune.epochs) * steps_per_epoch
-
-    was_det = torch.are_deterministic_algorithms_enabled()
-    was_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    t0 = time.perf_counter()
-    losses = []
-    with torch.random.fork_rng(devices=[]):  # seed locally: the caller's RNG state is left as it was
-        torch.manual_seed(prune.seed)
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        try:
-            gen = torch.Generator().manual_seed(prune.seed)
-            params = [p for p in student.parameters() if p.requires_grad]
-            opt = torch.optim.Adam(params, lr=float(prune.lr))
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total, 1)) \
-                if LR_SCHEDULE == "cosine" else None
-            student.train()
-            step = 0
-            while step < total:
-                perm = torch.randperm(n, generator=gen)
-                for i in range(0, n, BATCH):
-                    if step >= total:
-                        break
-                    idx = perm[i:i + BATCH]
-                    if len(idx) < 2 and n > 1:
-                        continue  # a batch of one breaks BatchNorm statistics
-                    out = _tensors(student(*[x[idx] for x in xs]))[0]
-                    t = soft[idx]
-                    kd = F.kl_div(F.log_softmax(out / temp, dim=1), F.log_softmax(t / temp, dim=1),
-                                  reduction="batchmean", log_target=True) * temp * temp
-                    loss = KD_WEIGHT * kd + (1 - KD_WEIGHT) * F.cross_entropy(out, labels[idx]) if use_ce else kd
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    if sched is not None:
-                        sched.step()
-                    losses.append(float(loss.detach()))
-                    step += 1
-        finally:
-            torch.use_deterministic_algorithms(was_det, warn_only=was_warn)
-            student.eval()
-    return {"optimizer_steps": total, "batch": BATCH, "samples": n, "optimizer": "Adam", "lr_schedule": LR_SCHEDULE,
-            "loss": "KL(T)*T^2" + (f" * {KD_WEIGHT} + CE(labels) * {1 - KD_WEIGHT}" if use_ce else ""),
-            "loss_first": round(losses[0], 5) if losses else None,
-            "loss_last": round(losses[-1], 5) if losses else None,
-            "train_seconds": round(time.perf_counter() - t0, 2)}
-
 
 # ---- helpers --------------------------------------------------------------------------------------------------
 def _check_names(model, names, key):
@@ -449,15 +290,6 @@ def _metric(metric_fn, model):
     return None if value is None else float(value)
 
 
-def _tensors(result):
-    import torch
-
-    if isinstance(result, torch.Tensor):
-        return [result]
-    if isinstance(result, dict):
-        result = list(result.values())
-    return [r for r in result if isinstance(r, torch.Tensor)]
-
 
 def _last_layer(model):
     import torch
@@ -481,19 +313,36 @@ def _most_specific(name, ratios: dict, default):
     return float(best)
 
 
-def _plain(v) -> bool:
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return True
-    if isinstance(v, (tuple, list)):
-        return all(_plain(x) for x in v)
-    return False
-
-
-def _plainify(v):
-    if isinstance(v, (tuple, list)):
-        return type(v)(_plainify(x) for x in v) if type(v) in (tuple, list) else tuple(_plainify(x) for x in v)
-    return v
-
 
 def _short(e) -> str:
     return " ".join(str(e).split())[:300]
+
+
+# ---- declaration (stages/__init__.py) ------------------------------------------------------------------------
+def spec_params(spec) -> dict:
+    p = spec.prune
+    params = {k: getattr(p, k) for k in ("method", "ratio", "layer_ratios", "ignore", "importance", "epochs",
+                                         "steps", "lr", "seed", "temperature")}
+    params["inputs"] = [[t.name, list(t.shape), t.dtype] for t in spec.inputs]
+    return params
+
+
+def needs(params) -> tuple:
+    return ("base_model", "evaluation", "train")  # train: the prune.train data, when the spec names it
+
+
+def build(inp, params, out_dir) -> dict:
+    import torch
+
+    from ..validation import metrics
+    from . import trace
+    from .reference import torch_outputs
+
+    s = inp.spec
+    base_ref = torch_outputs(inp.base_model, inp.evaluation, s.inputs)
+
+    def metric_fn(model):
+        return metrics.compute(s.metric, torch_outputs(model, inp.evaluation, s.inputs), inp.evaluation, base_ref, s)
+    example = trace.example_inputs(s.inputs, torch)
+    return run(inp.base_model, s.prune, out_dir, example, inp.train, inp.evaluation, inp.input_names, metric_fn,
+               s.labels_key)

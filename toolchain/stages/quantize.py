@@ -118,3 +118,20 @@ def run(fp32_path, params: dict, out_dir, calibration: dict, input_names) -> dic
             "calibration_samples": len(calibration[input_names[0]]) if calibration else 0,
             "quantized_nodes": counts.get("QuantizeLinear", 0) + counts.get("DynamicQuantizeLinear", 0),
             "op_counts": counts}
+
+
+# ---- declaration (stages/__init__.py) ------------------------------------------------------------------------
+TABLE = SCHEMA = "quantize"
+
+
+def applies(target) -> bool:
+    return target.table(TABLE).get("method", DEFAULTS["method"]) != "auto"  # "auto": the precision plan
+
+
+def needs(params) -> tuple:
+    return ("fp32", "calibration") if params["method"] == "static" else ("fp32",)
+
+
+def build(inp, params, out_dir) -> dict:
+    return run(inp.fp32, params, out_dir, inp.calibration if params["method"] == "static" else None,
+               inp.input_names)

@@ -61,3 +61,17 @@ def load(entry_path) -> list:
 
     with np.load(entry_path / OUTPUT, allow_pickle=False) as z:
         return [z[f"out{i}"] for i in range(len(z.files))]
+
+
+# ---- declaration (stages/__init__.py) ------------------------------------------------------------------------
+def spec_params(spec) -> dict:
+    return {"atol": spec.trace_atol, "rtol": spec.trace_rtol, "metric": spec.metric, "labels_key": spec.labels_key,
+            "also": list(spec.extra_metrics)}  # + the outputs' metrics (the pipeline's metric_params)
+
+
+def needs(params) -> tuple:
+    return ("model", "fp32", "evaluation", "metric_params")
+
+
+def build(inp, params, out_dir) -> dict:
+    return run(inp.model, inp.fp32, params, out_dir, inp.evaluation, inp.spec)

@@ -20,14 +20,14 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from ..debris import scratch_dir
 from ..errors import StageError
+from ..executors import process
+from ..executors.base import ExecutorError
 from ..options import SCHEMAS, check_table, defaults
 from . import tflite_plan
 from .tflite_worker import FP32_MISMATCH, LITERT_FAILED  # the --check child's verdicts
@@ -344,35 +344,34 @@ def _run_worker(job, scratch, timeout_s, target_name) -> str:
     job_path = scratch / "job.json"
     job_path.write_text(json.dumps({**job, "parent_pid": os.getpid()}))
     started = time.monotonic()
-    try:
-        proc = subprocess.run([sys.executable, "-m", "toolchain.stages.tflite_worker", str(job_path)], cwd=scratch,
-                              env=env, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
+    try:  # the one child-process runner (executors/process.py): time limit, dies with us, group killed
+        proc = process.run_child([sys.executable, "-m", "toolchain.stages.tflite_worker", str(job_path)],
+                                 "onnx2tf", timeout_s, env=env, cwd=scratch)
+    except ExecutorError:
         raise StageError(NAME, f"onnx2tf did not finish within {timeout_s} s (convert.timeout_s); killed",
                          target_name) from None
-    log = (proc.stdout or "") + (proc.stderr or "")
+    log = proc.log
     op, node = _where(log)
     if proc.returncode < 0:
-        sig = signal.Signals(-proc.returncode).name
-        raise _RouteFailed(f"the onnx2tf converter process died with {sig}; {_cause(log)}", op, node)
+        raise _RouteFailed(f"the onnx2tf converter process died with {proc.signal}; {_cause(log)}", op, node)
     if proc.returncode != 0:
         raise _RouteFailed(f"onnx2tf failed: {_cause(log)}", op, node)
     # What onnx2tf wrote must load and run on LiteRT, in a process without TensorFlow (see tflite_worker).
     left = max(timeout_s - (time.monotonic() - started), 1)
     try:
-        chk = subprocess.run([sys.executable, "-m", "toolchain.stages.tflite_worker", "--check", str(job_path)],
-                             cwd=scratch, env=env, capture_output=True, text=True, timeout=left)
-    except subprocess.TimeoutExpired:
+        chk = process.run_child([sys.executable, "-m", "toolchain.stages.tflite_worker", "--check", str(job_path)],
+                                "LiteRT check", left, env=env, cwd=scratch)
+    except ExecutorError:
         raise StageError(NAME, f"onnx2tf did not finish within {timeout_s} s (convert.timeout_s); killed while "
                          "running the converted model on LiteRT", target_name) from None
     if chk.returncode == FP32_MISMATCH:
-        line = [ln for ln in (chk.stderr or "").splitlines() if ln.startswith("FP32_MISMATCH")][-1]
+        line = [ln for ln in chk.log.splitlines() if ln.startswith("FP32_MISMATCH")][-1]
         raise _RouteFailed("the converted float32 model does not compute what the ONNX graph computes ("
                            + line.split(":", 1)[1].strip() + "): onnx2tf mistranslated the graph", advice=MISMATCH)
     if chk.returncode != 0:
-        out = (chk.stdout or "") + (chk.stderr or "")
+        out = chk.log
         msg = (_litert_error(out) if chk.returncode == LITERT_FAILED else
-               f"LiteRT died with {signal.Signals(-chk.returncode).name}" if chk.returncode < 0 else _cause(out))
+               f"LiteRT died with {chk.signal}" if chk.returncode < 0 else _cause(out))
         flex = re.search(r"\((Flex\w+)\)", msg)
         raise _RouteFailed(f"the converted model does not run on LiteRT: {_litert_summary(msg)}",
                            flex.group(1) if flex else None)
@@ -408,3 +407,21 @@ def _cause(log: str) -> str:
     if errors:
         parts.append(errors[-1][:300])
     return "; ".join(parts) or "no error message (see onnx2tf output)"
+
+
+# ---- declaration (stages/__init__.py): the onnx2tf route -----------------------------------------------------
+TABLE = SCHEMA = "convert"
+
+
+def applies(target) -> bool:
+    return target.table(TABLE).get("converter", "onnx2tf") != "litert-torch"
+
+
+def needs(params) -> tuple:
+    plan = ("evaluation", "reference", "budget") if params["precision"] == "auto" else ()  # judged variants
+    return ("fp32", "calibration", *plan)
+
+
+def build(inp, params, out_dir) -> dict:
+    judge = (inp.evaluation, inp.reference, inp.budget) if params["precision"] == "auto" else None
+    return run(inp.fp32, params, out_dir, inp.calibration, inp.spec, inp.target_name, judge=judge)

@@ -15,12 +15,12 @@ Speed is not searched here: this host is not the target CPU, and LiteRT's x86 ke
 import json
 import os
 import selectors
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from ..errors import StageError
+from ..executors import process
 from ..options import defaults
 
 DEFAULTS = {k: v for k, v in defaults("convert").items()
@@ -43,9 +43,9 @@ class VariantServer:
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         self.log = open(scratch / "variants.log", "w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "toolchain.stages.tflite_variants", str(job_path)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     cwd=scratch, env=env)
+        # the one child-process runner (executors/process.py): dies with us, its process group stopped
+        self.proc = process.start([sys.executable, "-m", "toolchain.stages.tflite_variants", str(job_path)],
+                                  env=env, cwd=scratch, stderr=self.log)
         self.ops = self._read()["ops"]
 
     def _read(self) -> dict:
@@ -73,9 +73,7 @@ class VariantServer:
         return Path(path)
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+        process.stop(self.proc)
         self.log.close()
 
 

@@ -94,3 +94,17 @@ def run(model, params: dict, out_dir, inputs, outputs) -> dict:
         "op_types": sorted({n.op_type for n in model_proto.graph.node}),
         "tracer_warnings": tracer_warnings,
     }
+
+
+# ---- declaration (stages/__init__.py) ------------------------------------------------------------------------
+def spec_params(spec) -> dict:
+    return {"opset": spec.opset, "inputs": [[t.name, list(t.shape), t.dtype, t.dynamic_axes] for t in spec.inputs],
+            "outputs": [o.name for o in spec.outputs]}
+
+
+def needs(params) -> tuple:
+    return ("model",)
+
+
+def build(inp, params, out_dir) -> dict:
+    return run(inp.model, params, out_dir, inp.spec.inputs, inp.spec.outputs)

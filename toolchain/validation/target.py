@@ -5,7 +5,7 @@ import numpy as np
 
 from ..data import batches
 from ..hostinfo import host
-from ..runtimes import RuntimeFellBack, RuntimeUnavailable, open_artifact
+from ..runtimes import RuntimeFellBack, RuntimeUnavailable, open_artifact, runtime
 from . import latency, metrics
 
 EVAL_BATCH = 64
@@ -110,7 +110,7 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
     if target.runtime == "litert" and result["host"]["arch"] not in ("aarch64", "arm64"):
         result["latency_note"] = (f"measured with LiteRT's {result['host']['arch']} kernels on this host, "
                                   "not on an ARM device")
-    if target.runtime == "litert":  # judged where it will run (toolchain/executors): emulated aarch64, a device
+    if runtime(target.runtime).judged_on_executor:  # judged where it will run (toolchain/executors)
         from .on_executor import judge
 
         judge(target, artifact, baseline, evaluation, reference, spec, ref_value, result, host_outputs, session,
@@ -157,13 +157,9 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
 
 
 def _device(target, session):
-    if target.runtime == "onnxruntime":
-        from ..runtimes.onnxruntime import device_name
+    from ..runtimes import device_name
 
-        return device_name(session.device)
-    from ..hostinfo import cpu_name
-
-    return cpu_name()
+    return device_name(target, session)
 
 
 def search_options(target, artifact, feed, opener):
