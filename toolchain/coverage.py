@@ -15,11 +15,11 @@ the table says so. The table is written to DIR/coverage.md (and coverage.json); 
 block between the coverage markers in README.md.
 """
 
-import json
 import time
 from pathlib import Path
 
 from .coverage_table import END, START, markdown, replace_block, row_for, route_of, write_outputs  # noqa: F401
+from .toml_write import toml_value
 
 TARGETS = ("x86_64", "arm64", "cuda")
 # the lowest SQNR (dB) each output may have, per target (metrics.DEFAULT_MIN_SQNR_DB for int8 / fp16)
@@ -36,31 +36,17 @@ def patterns() -> dict:
     return dict(coverage_models.PATTERNS)
 
 
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(f"cannot write {type(v).__name__} as TOML")
-
-
 def spec_text(pattern: str, inputs, outputs, targets) -> str:
     """The build spec a user would write for one pattern (paths relative to the spec)."""
     lines = ["[model]", f'name = "{pattern}"', 'version = "1.0.0"', f'factory = "{MODULE}:{patterns()[pattern][0]}"',
              'weights = "weights.safetensors"', 'python_path = [".."]', ""]
     for name, shape in inputs:
-        lines += ["[[inputs]]", f'name = "{name}"', f"shape = {_toml_value(list(shape))}", ""]
+        lines += ["[[inputs]]", f'name = "{name}"', f"shape = {toml_value(list(shape))}", ""]
     for name in outputs:
         lines += ["[[outputs]]", f'name = "{name}"', ""]
     lines += ["[data]", 'calibration = "calibration.npz"', 'evaluation = "eval.npz"', ""]
     for t in targets:
-        lines += [f"[targets.{t}]", f"min_sqnr_db = {MIN_SQNR_DB.get(t, 15.0)!r}", f"latency = {_toml_value(LATENCY)}",
+        lines += [f"[targets.{t}]", f"min_sqnr_db = {MIN_SQNR_DB.get(t, 15.0)!r}", f"latency = {toml_value(LATENCY)}",
                   ""]
     return "\n".join(lines)
 
