@@ -175,3 +175,17 @@ def test_executor_needs_a_litert_target(tmp_path):
     (tmp_path / "x86_64.toml").write_text('executor = "emulated"\n' + text)  # a top-level key: before any table
     with pytest.raises(SpecError, match=r"x86_64.toml: executor: 'emulated' needs runtime = \"litert\""):
         load_target("x86_64", tmp_path)
+
+
+def test_arm_cost_counts_each_labelled_model_deterministically(tiny_tflite):
+    """stages/arm_cost.count (what the arm64 plan's speed search and the bench use): any number of labelled
+    models counted in one emulated process, the same figures on a second run, int8 cheaper than fp32."""
+    from toolchain.stages import arm_cost
+
+    with np.load(tiny_tflite["inputs.npz"]) as z:
+        inputs = {"input": z["input"]}
+    models = {"int8 artifact": tiny_tflite["artifact.tflite"], "fp32 baseline": tiny_tflite["baseline.tflite"]}
+    first = arm_cost.count(models, inputs, ["input"], ["logits"], [(10,)], core="cortex-a76")
+    assert set(first) == set(models) and all(isinstance(v, int) and v > 0 for v in first.values())
+    assert arm_cost.count(models, inputs, ["input"], ["logits"], [(10,)], core="cortex-a76") == first
+    assert first["int8 artifact"] < first["fp32 baseline"]

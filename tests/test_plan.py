@@ -128,7 +128,8 @@ def test_unknown_override_name_is_a_stage_error_naming_it(planted, tmp_path):
 
 
 def test_arm64_plan_keeps_the_planted_ops_float_and_says_it_is_not_full_integer(planted, tmp_path):
-    s = spec(planted, tmp_path / "s", None, arm64={"precision": "auto", "force_float": ["FULLY_CONNECTED"]})
+    s = spec(planted, tmp_path / "s", None, arm64={"precision": "auto", "force_float": ["FULLY_CONNECTED"],
+                                                  "speed_search": False})
     b = run_build(s, tmp_path / "out")
     t = b.report["targets"]["arm64"]
     assert b.code == 0 and t["status"] == "passed", t.get("reason")
@@ -145,7 +146,7 @@ def test_arm64_plan_keeps_the_planted_ops_float_and_says_it_is_not_full_integer(
     # The two planted convs are the most sensitive ops, and the search measured every op.
     top = plan["sensitivity_top"]
     assert {r["kind"] for r in top[:2]} == {"CONV_2D"} and top[0]["cosine"] < top[-1]["cosine"]
-    assert "not an ARM CPU" in plan["speed"]
+    assert plan["speed"] == "not searched: convert.speed_search = false"
     # The artifact is the plan: the kept ops run on float tensors, the rest on int8, and its I/O is still int8.
     from ai_edge_litert.interpreter import Interpreter
 
@@ -167,3 +168,27 @@ def test_arm64_plan_that_cannot_meet_the_budget_fails_the_stage(planted, tmp_pat
     t = b.report["targets"]["arm64"]
     assert b.code == 4 and t["status"] == "failed" and t["failed_stage"] == "tflite"
     assert "no int8 plan meets the budget" in t["reason"]
+
+
+@pytest.mark.slow
+def test_arm64_plan_searches_speed_on_the_arm_cost_model_and_rebuilds_byte_identically(planted, tmp_path):
+    """With the emulator set up (make arm-emulator), the arm64 plan counts ARM instructions of the accuracy plan,
+    of onnx2tf's full-integer model and of the plan with each int8 op kind kept float, on cortex-a76; it keeps
+    only what is cheaper and holds the budget, records every count, and (counts being deterministic) a rebuild
+    from a cold cache ships the same bytes."""
+    s = spec(planted, tmp_path / "s", None, arm64={"precision": "auto"})
+    builds = [run_build(s, tmp_path / f"out{i}", cache_dir=tmp_path / f"cache{i}") for i in range(2)]
+    t = builds[0].report["targets"]["arm64"]
+    assert builds[0].code == 0 and t["status"] == "passed", t.get("reason")
+    speed = t["build"]["plan"]["speed"]
+    assert isinstance(speed, dict) and speed["core"] == "cortex-a76", speed
+    counts = speed["counts"]
+    assert counts["accuracy plan"] > 0 and speed["chosen"] in counts
+    assert speed["onnx2tf_full_integer_instructions"] == \
+        counts["onnx2tf full integer (misses the budget; counted for comparison)"] > 0
+    assert any(k.endswith(" kept float") for k in counts)  # every int8 kind was tried
+    assert speed["chosen_instructions"] == min(counts[k] for k in counts if k == speed["chosen"])
+    assert speed["chosen_instructions"] <= counts["accuracy plan"]
+    for k in t["build"]["plan"]["kept_float"]:
+        assert k["reason"].startswith(("accuracy", "speed: ")), k
+    assert builds[1].report["targets"]["arm64"]["sha256"] == t["sha256"]

@@ -73,6 +73,7 @@ SCHEMAS = {
         "precision": Option("str", "full_integer", ("full_integer", "auto")),
         "force_float": Option("strs", []), "force_int8": Option("strs", []),
         "plan_time_budget_s": Option("number", 600, SECONDS),
+        "speed_search": Option("bool", True),  # arm64 plan: search speed on the ARM cost model where it exists
     },
     # the TFLite conversion, litert-torch route (stages/litert_torch.py): convert.converter = "litert-torch"
     "convert:litert-torch": {

@@ -311,6 +311,9 @@ class Pipeline:
                     fp32_path, params, out, self.calibration, self.spec, name), name)
             budget, ref = self.gates[name], self.ref_entry
             deps.update(evaluation=self.evaluation_digest, reference=ref.digest(reference.OUTPUT))
+            if params["speed_search"]:  # the ARM cost model decides speed: its identity is part of the key
+                from .stages import arm_cost
+                params = {**params, "arm_cost": arm_cost.model_for(target)}
             return StageRun(tflite, {**params, "budget": budget}, deps, lambda out: tflite.run(
                 fp32_path, params, out, self.calibration, self.spec, name,
                 judge=(self.evaluation, reference.load(ref.path), budget)), name)

@@ -33,7 +33,7 @@ from . import tflite_plan
 from .tflite_worker import FP32_MISMATCH, LITERT_FAILED  # the --check child's verdicts
 
 NAME = "tflite"
-VERSION = 4
+VERSION = 5
 LIBRARIES = ("onnx2tf", "tensorflow", "onnx", "onnxsim", "numpy")
 OUTPUT = "model.int8.tflite"
 BASELINE = "model.fp32.tflite"
