@@ -2,7 +2,10 @@
 50% between runs on small shared machines, so every comparison is interleaved in one process and quoted as
 a ratio.
 
-    python -m toolchain.bench [--build-dir build] [--no-build] [--only x86_64,arm64,plans,prune,cuda,make]
+    python -m toolchain.bench [--build-dir build] [--no-build] [--only x86_64,arm64,plans,prune,cuda,make,suite]
+                              [--suite mobilenet_v3_small,resnet18,unet_small,minilm_seq128] [--suite-no-arm]
+
+`suite`: the real-size models side by side with the peers (bench_suite.py), built into BUILD/bench-suite.
 """
 
 import argparse
@@ -15,6 +18,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("digits_cnn", "digits_resnet", "digits_mobilenet")
 OPTIONAL = ("digits_resnet_pruned", "minilm")  # benched when built
+SUITE_MODELS = ("mobilenet_v3_small", "resnet18", "unet_small", "minilm_seq128")  # bench_models.SUITE
 
 
 def _spec(model):
@@ -210,7 +214,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--build-dir", default=str(REPO / "build"))
     ap.add_argument("--no-build", action="store_true", help="use the artifacts already in the build dir")
-    ap.add_argument("--only", default="x86_64,arm64,plans,prune,cuda,make")
+    ap.add_argument("--only", default="x86_64,arm64,plans,prune,cuda,make,suite")
+    ap.add_argument("--suite", default=",".join(SUITE_MODELS), help="suite models to bench")
+    ap.add_argument("--suite-no-arm", action="store_true", help="x86 only for the suite (no arm64 builds)")
+    ap.add_argument("--suite-runs", type=int, default=200)
     args = ap.parse_args(argv)
     only = args.only.split(",")
     if not args.no_build:
@@ -228,6 +235,11 @@ def main(argv=None):
         bench_prune(args.build_dir)
     if "cuda" in only:
         bench_cuda(args.build_dir)
+    if "suite" in only:
+        from . import bench_suite
+
+        bench_suite.bench(Path(args.build_dir) / "bench-suite", [m for m in args.suite.split(",") if m],
+                          runs=args.suite_runs, arm=not args.suite_no_arm)
     if "make" in only:
         bench_make()
     return 0
