@@ -104,6 +104,22 @@ def test_plan_finds_the_planted_layers_and_meets_the_budget(planted, tmp_path):
     assert json.loads((b.model_dir / "report.json").read_text())["targets"]["x86_64"]["build"]["plan"] == plan
 
 
+def test_plan_measures_the_other_weight_granularity_and_records_the_decision(planted, tmp_path):
+    """After choosing a scheme, the plan times its choice with per-tensor weights (interleaved, twice) and keeps
+    that only if faster both times and within the budget; the decision and its figures are in the report, and
+    the shipped scheme says which granularity it has."""
+    b = run_build(spec(planted, tmp_path / "s", {"method": "auto", "schemes": ["static_u8s8"]}), tmp_path / "out")
+    t = b.report["targets"]["x86_64"]
+    assert b.code == 0 and t["status"] == "passed", t.get("reason")
+    g = t["build"]["plan"]["weight_granularity"]
+    assert g["tried"] == "per-tensor weights" and g["of"] == "per-channel"
+    assert len(g["p50_ms"]["current"]) == len(g["p50_ms"]["trial"]) == 2
+    assert all(v > 0 for v in g["p50_ms"]["current"] + g["p50_ms"]["trial"])
+    kept = bool(g.get("kept"))
+    assert g["decision"].startswith("per-tensor weights: faster" if kept else "kept the current granularity")
+    assert t["build"]["scheme"]["per_channel"] is (not kept)
+
+
 def test_force_float_override_is_obeyed_and_named(planted, tmp_path):
     b = run_build(spec(planted, tmp_path / "s", {"method": "auto", "schemes": ["static_u8s8"], "speed_search": False,
                                                  "force_float": ["Gemm"]}), tmp_path / "out")
