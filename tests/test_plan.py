@@ -208,3 +208,65 @@ def test_arm64_plan_searches_speed_on_the_arm_cost_model_and_rebuilds_byte_ident
     for k in t["build"]["plan"]["kept_float"]:
         assert k["reason"].startswith(("accuracy", "speed: ")), k
     assert builds[1].report["targets"]["arm64"]["sha256"] == t["sha256"]
+
+
+GLUE_TRAP = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+
+    class GlueTrap(nn.Module):
+        """A residual-style Add whose output carries one channel 1000x larger than the rest (subtracted again
+        after): a per-tensor int8 scale at that Add wipes out the other channels, whatever the convs do."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+            self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+            self.classifier = nn.Linear(8 * 4, 10)
+            offset = torch.zeros(1, 8, 1, 1)
+            offset[0, 0] = 1000.0
+            self.register_buffer("offset", offset)
+
+        def forward(self, x):
+            a = torch.relu(self.conv1(x))
+            b = a + self.offset
+            c = torch.relu(self.conv2(b - self.offset))
+            return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(c, 2), 1))
+
+
+    def glue_trap():
+        return GlueTrap()
+''')
+
+
+def test_static_plan_searches_glue_ops_as_units_when_the_glue_loses_the_signal(tmp_path):
+    """Keeping every compute node float cannot save this model (the signal dies in the Add's int8 output);
+    the plan's static schemes also rank the glue ops, one unit per op type, and keep the Add float."""
+    import torch
+    from safetensors.torch import save_file
+
+    factory = write_module(tmp_path, "glue_trap_models", GLUE_TRAP, "glue_trap")
+    torch.manual_seed(0)
+    m = factory().eval()
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    x = np.random.default_rng(1).random((96, 1, 8, 8), dtype=np.float32)
+    np.savez(tmp_path / "eval.npz", input=x[:64])
+    np.savez(tmp_path / "cal.npz", input=x[64:])
+    doc = {"model": {"name": "glue_trap", "factory": "glue_trap_models:glue_trap",
+                     "weights": str(tmp_path / "w.safetensors"), "python_path": [str(tmp_path)]},
+           "inputs": [{"name": "input", "shape": [1, 1, 8, 8]}], "outputs": [{"name": "logits"}],
+           "data": {"calibration": str(tmp_path / "cal.npz"), "evaluation": str(tmp_path / "eval.npz")},
+           "metric": {"name": "cosine"},
+           "targets": {"x86_64": {"max_metric_drop": 0.002, "latency": {"warmup": 2, "runs": 20},
+                                  "quantize": {"method": "auto", "schemes": ["static_u8s8"], "speed_search": False}}}}
+    (tmp_path / "build.toml").write_text(dumps_toml(doc))
+    b = run_build(tmp_path / "build.toml", tmp_path / "out")
+    t = b.report["targets"]["x86_64"]
+    assert b.code == 0 and t["status"] == "passed", t.get("reason")
+    plan = t["build"]["plan"]
+    assert plan["before"]["metric_drop"] > 0.002 >= plan["after"]["metric_drop"]
+    assert any(r["node"] == "Add (every one)" for r in plan["sensitivity_top"])
+    kept = {k["node"]: k for k in plan["kept_float"]}
+    adds = [k for k in kept.values() if k["kind"] == "Add"]
+    assert adds and all("glue ops as a unit" in k["reason"] for k in adds)

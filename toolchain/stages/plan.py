@@ -21,7 +21,8 @@ import time
 from ..errors import StageError, reraise_write_error
 
 NAME = "plan"
-VERSION = 9
+VERSION = 10
+GLUE = " (every one)"  # a search unit standing for every quantizable glue op of one type
 LIBRARIES = ("onnxruntime", "onnx", "numpy")
 OUTPUT = "model.int8.onnx"
 SPEED_MARGIN = 0.95  # a kind is kept float only if that makes the model at least 5% faster
@@ -54,8 +55,19 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     shutil.copyfile(fp32_path, raw)
 
     calibs = {}
+    # Static schemes search over the compute nodes and, as one unit per op type, the quantizable glue (Add, Mul,
+    # HardSigmoid, pooling...): each glue op brings its own Q/DQ pair, and where the glue loses the signal
+    # (squeeze-excite gates, residual adds) keeping every compute node float cannot meet the budget.
+    glue_units = {}
+    for n, t in precision.other_quantizable(model, precision.Calibration.op_types_static()):
+        kind_of.setdefault(n, t)
+        glue_units.setdefault(t + GLUE, []).append(n)
+
+    def expand(names):
+        return set().union(*(glue_units.get(n, [n]) for n in names)) if names else set()
 
     def make(scheme, exclude=(), only=None, per_channel=None):
+        exclude, only = expand(exclude), (sorted(expand(only)) if only is not None else None)
         method, act, weight = precision.SCHEMES[scheme]
         per_channel = params["per_channel"] if per_channel is None else per_channel
         counter[0] += 1
@@ -140,14 +152,21 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             reraise_write_error(e)
             steps.append(f"{scheme}: ONNX Runtime cannot run it ({str(e).splitlines()[0][:160]}); dropped")
             continue
-        found = plan_search.meet_budget(backend, scheme, nodes, forced_float, forced_int8, deadline, steps, first)
+        units = nodes
+        if precision.SCHEMES[scheme][0] == "static":
+            units = nodes + [(u, "glue: " + u[:-len(GLUE)]) for u in sorted(glue_units)
+                             if not set(glue_units[u]) & forced_int8]
+        found = plan_search.meet_budget(backend, scheme, units, forced_float, forced_int8, deadline, steps, first)
         if found["table"]:
             tables[scheme] = found["table"]
         if not found["ok"]:
             continue
-        exclude, path, judged = found["exclude"], found["path"], found["judged"]
+        exclude, path, judged = expand(found["exclude"]), found["path"], found["judged"]
         reasons = {n: "forced float by the spec" for n in forced_float}
-        reasons.update({n: "accuracy: among the most sensitive nodes" for n in exclude - forced_float})
+        for u in found["exclude"] - forced_float:
+            why = ("accuracy: among the most sensitive nodes" if u not in glue_units else
+                   f"accuracy: the {u[:-len(GLUE)]} glue ops as a unit are among the most sensitive")
+            reasons.update({n: why for n in expand([u])})
         # Kinds of compute node, plus the quantizable glue (Add, Mul, activations, pooling): in static schemes
         # each glue op brings its own Q/DQ pairs, which can cost more than its int8 form saves.
         groups = {}
@@ -156,8 +175,8 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                 groups.setdefault(k, set()).add(n)
         if precision.SCHEMES[scheme][0] == "static":
             glue = {n for n, _ in precision.other_quantizable(model, precision.Calibration.op_types_static())}
-            if glue - forced_int8:
-                groups["other ops (Add, Mul, activations, pooling)"] = glue - forced_int8
+            if glue - forced_int8 - exclude:
+                groups["other ops (Add, Mul, activations, pooling)"] = glue - forced_int8 - exclude
         for kind in (sorted(groups) if params["speed_search"] else []):
             if time.monotonic() > deadline:
                 break
