@@ -179,9 +179,9 @@ def bench(build_dir, models=bench_models.SUITE, runs=200, arm=True) -> dict:
     print("\n== side by side on real-size models (make bench; not part of make build) ==")
     print("   1 thread, batch 1, interleaved in one process; timings on these shared 2-core machines drift up to 50% "
           "between runs and other agents load the cores: only the ratios within a table mean anything")
-    built = build_suite(build_dir, models, arm=arm)
     results = {}
-    for name, (spec_path, report, code) in built.items():
+    for name in models:  # build, then measure, one model at a time: a long suite prints as it goes
+        spec_path, report, code = build_suite(build_dir, [name], arm=arm)[name]
         spec = load_spec(spec_path)
         model_dir = build_dir / name
         src = spec_path.parent
