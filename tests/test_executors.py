@@ -189,3 +189,15 @@ def test_arm_cost_counts_each_labelled_model_deterministically(tiny_tflite):
     assert set(first) == set(models) and all(isinstance(v, int) and v > 0 for v in first.values())
     assert arm_cost.count(models, inputs, ["input"], ["logits"], [(10,)], core="cortex-a76") == first
     assert first["int8 artifact"] < first["fp32 baseline"]
+
+
+def test_report_lines_of_an_sqnr_judged_target_have_no_drop():
+    """A target judged by a floor (sqnr) has no metric_drop per resolver: report.md must still be written."""
+    from toolchain.executors.report_lines import lines
+
+    t = {"executor": {"name": "emulated", "qemu": "7.2", "cores": ["cortex-a76"], "runtime_versions": {}},
+         "resolver": "default",
+         "resolvers": {"default": {"metric": 21.5, "max_lsb_vs_default": 0.0},
+                       "builtin_without_default_delegates": {"metric": 20.9, "max_lsb_vs_default": 3.0}}}
+    text = "\n".join(lines("arm64", t))
+    assert "metric 21.500, outputs differ" in text and "metric 20.900, outputs differ by at most 3 LSB" in text

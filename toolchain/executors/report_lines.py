@@ -11,7 +11,8 @@ def lines(name, t) -> list:
     out = [f"- **{name}** accuracy on {where}, LiteRT {rv.get('ai-edge-litert', '?')}, {t.get('resolver')} resolver"]
     for r, acc in (t.get("resolvers") or {}).items():
         diff = _diff(acc, "_vs_" + str(t.get("resolver")))
-        out.append(f"  - resolver {r}: metric {acc['metric']:.3f} (drop {acc['metric_drop']:.3f}), outputs differ "
+        drop = f" (drop {acc['metric_drop']:.3f})" if acc.get("metric_drop") is not None else ""  # none for a floor
+        out.append(f"  - resolver {r}: metric {acc['metric']:.3f}{drop}, outputs differ "
                    f"by at most {diff} from the {t.get('resolver')} resolver")
     host = t.get("host_litert")
     if host:
