@@ -289,3 +289,22 @@ def write_sources(name, root: Path, x86_plan_s=240, arm_plan_s=600, arm=True) ->
         lines.append("")
     put("build.toml", "\n".join(lines).encode())
     return src / "build.toml"
+
+
+def write_targets(root: Path) -> Path:
+    """ROOT/targets/arm64.toml: the built-in arm64 target judged on one pinned core (cortex-a76, where the goals
+    are) with XNNPACK only: LiteRT's reference kernels on a 224x224 model under qemu take minutes per inference.
+    Returns the directory to pass as targets_dir."""
+    import re
+
+    from .targets import builtin_targets_dir
+
+    text = (builtin_targets_dir() / "arm64.toml").read_text()
+    text = re.sub(r"(?m)^cores = .*$", 'cores = ["cortex-a76"]', text)
+    text = re.sub(r"(?m)^also_resolvers = .*$", "also_resolvers = []", text)
+    d = Path(root) / "targets"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "arm64.toml"
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
+    return d

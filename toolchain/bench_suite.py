@@ -40,9 +40,10 @@ def build_suite(build_dir: Path, models, arm=True) -> dict:
     from .progress import Progress
 
     out = {}
+    targets_dir = bench_models.write_targets(Path(build_dir) / ".bench-sources")
     for name in models:
         spec = bench_models.write_sources(name, Path(build_dir) / ".bench-sources", arm=arm)
-        report, code = build(spec, build_dir, progress=Progress(name))
+        report, code = build(spec, build_dir, targets_dir=targets_dir, progress=Progress(name))
         out[name] = (spec, report, code)
     return out
 
