@@ -72,21 +72,23 @@ def side_by_side_x86(name, model_dir: Path, t: dict, calibration, evaluation, na
                             lambda data: bench_peers._loop(s.run, data, s.input_names))
     rows = [bench_peers.ort_fp32(fp32_path), ours]
     missing = []
-    makers = [lambda: bench_peers.ort_recipe(fp32_path, calibration, names, work, transformer)]
+    makers = [("ORT recipe (static QDQ u8s8 per-channel)",
+               lambda: bench_peers.ort_recipe(fp32_path, calibration, names, work, transformer))]
     if transformer:
-        makers.append(lambda: bench_peers.ort_dynamic(fp32_path, work))
+        makers.append(("ORT recipe (dynamic int8 per-channel)", lambda: bench_peers.ort_dynamic(fp32_path, work)))
     why = bench_peers.openvino_available()
     if why:
         missing += [bench_peers.Missing("OpenVINO fp32", "fp32", why),
                     bench_peers.Missing("OpenVINO + NNCF int8", "int8", why)]
     else:
-        makers += [lambda: bench_peers.openvino_fp32(fp32_path, names),
-                   lambda: bench_peers.openvino_nncf(fp32_path, calibration, names, transformer)]
-    for make in makers:
+        makers += [("OpenVINO fp32", lambda: bench_peers.openvino_fp32(fp32_path, names)),
+                   ("OpenVINO + NNCF int8",
+                    lambda: bench_peers.openvino_nncf(fp32_path, calibration, names, transformer))]
+    for label, make in makers:
         try:
             rows.append(make())
         except Exception as e:  # noqa: BLE001 - a peer that cannot make its model is a row saying so
-            missing.append(bench_peers.Missing(getattr(make, "__name__", "peer"), "int8",
+            missing.append(bench_peers.Missing(label, "int8",
                                                f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"))
     ref = rows[0].outputs(evaluation)
     acc = {r.name: _figures(r.outputs(evaluation), ref) for r in rows}
