@@ -175,3 +175,29 @@ def test_executor_needs_a_litert_target(tmp_path):
     (tmp_path / "x86_64.toml").write_text('executor = "emulated"\n' + text)  # a top-level key: before any table
     with pytest.raises(SpecError, match=r"x86_64.toml: executor: 'emulated' needs runtime = \"litert\""):
         load_target("x86_64", tmp_path)
+
+
+def test_arm_cost_counts_each_labelled_model_deterministically(tiny_tflite):
+    """stages/arm_cost.count (what the arm64 plan's speed search and the bench use): any number of labelled
+    models counted in one emulated process, the same figures on a second run, int8 cheaper than fp32."""
+    from toolchain.stages import arm_cost
+
+    with np.load(tiny_tflite["inputs.npz"]) as z:
+        inputs = {"input": z["input"]}
+    models = {"int8 artifact": tiny_tflite["artifact.tflite"], "fp32 baseline": tiny_tflite["baseline.tflite"]}
+    first = arm_cost.count(models, inputs, ["input"], ["logits"], [(10,)], core="cortex-a76")
+    assert set(first) == set(models) and all(isinstance(v, int) and v > 0 for v in first.values())
+    assert arm_cost.count(models, inputs, ["input"], ["logits"], [(10,)], core="cortex-a76") == first
+    assert first["int8 artifact"] < first["fp32 baseline"]
+
+
+def test_report_lines_of_an_sqnr_judged_target_have_no_drop():
+    """A target judged by a floor (sqnr) has no metric_drop per resolver: report.md must still be written."""
+    from toolchain.executors.report_lines import lines
+
+    t = {"executor": {"name": "emulated", "qemu": "7.2", "cores": ["cortex-a76"], "runtime_versions": {}},
+         "resolver": "default",
+         "resolvers": {"default": {"metric": 21.5, "max_lsb_vs_default": 0.0},
+                       "builtin_without_default_delegates": {"metric": 20.9, "max_lsb_vs_default": 3.0}}}
+    text = "\n".join(lines("arm64", t))
+    assert "metric 21.500, outputs differ" in text and "metric 20.900, outputs differ by at most 3 LSB" in text

@@ -104,6 +104,22 @@ def test_plan_finds_the_planted_layers_and_meets_the_budget(planted, tmp_path):
     assert json.loads((b.model_dir / "report.json").read_text())["targets"]["x86_64"]["build"]["plan"] == plan
 
 
+def test_plan_measures_the_other_weight_granularity_and_records_the_decision(planted, tmp_path):
+    """After choosing a scheme, the plan times its choice with per-tensor weights (interleaved, twice) and keeps
+    that only if faster both times and within the budget; the decision and its figures are in the report, and
+    the shipped scheme says which granularity it has."""
+    b = run_build(spec(planted, tmp_path / "s", {"method": "auto", "schemes": ["static_u8s8"]}), tmp_path / "out")
+    t = b.report["targets"]["x86_64"]
+    assert b.code == 0 and t["status"] == "passed", t.get("reason")
+    g = t["build"]["plan"]["weight_granularity"]
+    assert g["tried"] == "per-tensor weights" and g["of"] == "per-channel"
+    assert len(g["p50_ms"]["current"]) == len(g["p50_ms"]["trial"]) == 2
+    assert all(v > 0 for v in g["p50_ms"]["current"] + g["p50_ms"]["trial"])
+    kept = bool(g.get("kept"))
+    assert g["decision"].startswith("per-tensor weights: faster" if kept else "kept the current granularity")
+    assert t["build"]["scheme"]["per_channel"] is (not kept)
+
+
 def test_force_float_override_is_obeyed_and_named(planted, tmp_path):
     b = run_build(spec(planted, tmp_path / "s", {"method": "auto", "schemes": ["static_u8s8"], "speed_search": False,
                                                  "force_float": ["Gemm"]}), tmp_path / "out")
@@ -128,7 +144,8 @@ def test_unknown_override_name_is_a_stage_error_naming_it(planted, tmp_path):
 
 
 def test_arm64_plan_keeps_the_planted_ops_float_and_says_it_is_not_full_integer(planted, tmp_path):
-    s = spec(planted, tmp_path / "s", None, arm64={"precision": "auto", "force_float": ["FULLY_CONNECTED"]})
+    s = spec(planted, tmp_path / "s", None, arm64={"precision": "auto", "force_float": ["FULLY_CONNECTED"],
+                                                  "speed_search": False})
     b = run_build(s, tmp_path / "out")
     t = b.report["targets"]["arm64"]
     assert b.code == 0 and t["status"] == "passed", t.get("reason")
@@ -145,7 +162,7 @@ def test_arm64_plan_keeps_the_planted_ops_float_and_says_it_is_not_full_integer(
     # The two planted convs are the most sensitive ops, and the search measured every op.
     top = plan["sensitivity_top"]
     assert {r["kind"] for r in top[:2]} == {"CONV_2D"} and top[0]["cosine"] < top[-1]["cosine"]
-    assert "not an ARM CPU" in plan["speed"]
+    assert plan["speed"] == "not searched: convert.speed_search = false"
     # The artifact is the plan: the kept ops run on float tensors, the rest on int8, and its I/O is still int8.
     from ai_edge_litert.interpreter import Interpreter
 
@@ -167,3 +184,89 @@ def test_arm64_plan_that_cannot_meet_the_budget_fails_the_stage(planted, tmp_pat
     t = b.report["targets"]["arm64"]
     assert b.code == 4 and t["status"] == "failed" and t["failed_stage"] == "tflite"
     assert "no int8 plan meets the budget" in t["reason"]
+
+
+@pytest.mark.slow
+def test_arm64_plan_searches_speed_on_the_arm_cost_model_and_rebuilds_byte_identically(planted, tmp_path):
+    """With the emulator set up (make arm-emulator), the arm64 plan counts ARM instructions of the accuracy plan,
+    of onnx2tf's full-integer model and of the plan with each int8 op kind kept float, on cortex-a76; it keeps
+    only what is cheaper and holds the budget, records every count, and (counts being deterministic) a rebuild
+    from a cold cache ships the same bytes."""
+    s = spec(planted, tmp_path / "s", None, arm64={"precision": "auto"})
+    builds = [run_build(s, tmp_path / f"out{i}", cache_dir=tmp_path / f"cache{i}") for i in range(2)]
+    t = builds[0].report["targets"]["arm64"]
+    assert builds[0].code == 0 and t["status"] == "passed", t.get("reason")
+    speed = t["build"]["plan"]["speed"]
+    assert isinstance(speed, dict) and speed["core"] == "cortex-a76", speed
+    counts = speed["counts"]
+    assert counts["accuracy plan"] > 0 and speed["chosen"] in counts
+    assert speed["onnx2tf_full_integer_instructions"] == \
+        counts["onnx2tf full integer (misses the budget; counted for comparison)"] > 0
+    assert any(k.endswith(" kept float") for k in counts)  # every int8 kind was tried
+    assert speed["chosen_instructions"] == min(counts[k] for k in counts if k == speed["chosen"])
+    assert speed["chosen_instructions"] <= counts["accuracy plan"]
+    for k in t["build"]["plan"]["kept_float"]:
+        assert k["reason"].startswith(("accuracy", "speed: ")), k
+    assert builds[1].report["targets"]["arm64"]["sha256"] == t["sha256"]
+
+
+GLUE_TRAP = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+
+    class GlueTrap(nn.Module):
+        """A residual-style Add whose output carries one channel 1000x larger than the rest (subtracted again
+        after): a per-tensor int8 scale at that Add wipes out the other channels, whatever the convs do."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+            self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+            self.classifier = nn.Linear(8 * 4, 10)
+            offset = torch.zeros(1, 8, 1, 1)
+            offset[0, 0] = 1000.0
+            self.register_buffer("offset", offset)
+
+        def forward(self, x):
+            a = torch.relu(self.conv1(x))
+            b = a + self.offset
+            c = torch.relu(self.conv2(b - self.offset))
+            return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(c, 2), 1))
+
+
+    def glue_trap():
+        return GlueTrap()
+''')
+
+
+def test_static_plan_searches_glue_ops_as_units_when_the_glue_loses_the_signal(tmp_path):
+    """Keeping every compute node float cannot save this model (the signal dies in the Add's int8 output);
+    the plan's static schemes also rank the glue ops, one unit per op type, and keep the Add float."""
+    import torch
+    from safetensors.torch import save_file
+
+    factory = write_module(tmp_path, "glue_trap_models", GLUE_TRAP, "glue_trap")
+    torch.manual_seed(0)
+    m = factory().eval()
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    x = np.random.default_rng(1).random((96, 1, 8, 8), dtype=np.float32)
+    np.savez(tmp_path / "eval.npz", input=x[:64])
+    np.savez(tmp_path / "cal.npz", input=x[64:])
+    doc = {"model": {"name": "glue_trap", "factory": "glue_trap_models:glue_trap",
+                     "weights": str(tmp_path / "w.safetensors"), "python_path": [str(tmp_path)]},
+           "inputs": [{"name": "input", "shape": [1, 1, 8, 8]}], "outputs": [{"name": "logits"}],
+           "data": {"calibration": str(tmp_path / "cal.npz"), "evaluation": str(tmp_path / "eval.npz")},
+           "metric": {"name": "cosine"},
+           "targets": {"x86_64": {"max_metric_drop": 0.002, "latency": {"warmup": 2, "runs": 20},
+                                  "quantize": {"method": "auto", "schemes": ["static_u8s8"], "speed_search": False}}}}
+    (tmp_path / "build.toml").write_text(dumps_toml(doc))
+    b = run_build(tmp_path / "build.toml", tmp_path / "out")
+    t = b.report["targets"]["x86_64"]
+    assert b.code == 0 and t["status"] == "passed", t.get("reason")
+    plan = t["build"]["plan"]
+    assert plan["before"]["metric_drop"] > 0.002 >= plan["after"]["metric_drop"]
+    assert any(r["node"] == "Add (every one)" for r in plan["sensitivity_top"])
+    kept = {k["node"]: k for k in plan["kept_float"]}
+    adds = [k for k in kept.values() if k["kind"] == "Add"]
+    assert adds and all("glue ops as a unit" in k["reason"] for k in adds)

@@ -2,11 +2,15 @@
 50% between runs on small shared machines, so every comparison is interleaved in one process and quoted as
 a ratio.
 
-    python -m toolchain.bench [--build-dir build] [--no-build] [--only x86_64,arm64,plans,prune,cuda,make]
+    python -m toolchain.bench [--build-dir build] [--no-build] [--only x86_64,arm64,plans,prune,cuda,make,suite]
+                              [--suite mobilenet_v3_small,resnet18,unet_small,minilm_seq128] [--suite-no-arm]
+
+`suite`: the real-size models side by side with the peers (bench_suite.py), built into BUILD/bench-suite.
 """
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -15,6 +19,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("digits_cnn", "digits_resnet", "digits_mobilenet")
 OPTIONAL = ("digits_resnet_pruned", "minilm")  # benched when built
+SUITE_MODELS = ("mobilenet_v3_small", "resnet18", "unet_small", "minilm_seq128")  # bench_models.SUITE
 
 
 def _spec(model):
@@ -174,9 +179,25 @@ def bench_prune(build_dir, model="digits_resnet_pruned"):
             _line(f"{t} int8 p50 pruned / unpruned", f"{1 / s:.3f}x", "<= 0.6x", 1 / s <= 0.6)
 
 
-def bench_make(models=MODELS):
-    """Cold build of the sample models for all targets (fresh cache), then no-op builds (median of 10), and
-    the peak memory of the build processes (converter children included)."""
+STAGE_DONE = re.compile(r"^\[(?P<model>[^\]]+)\] (?P<stage>[a-z_0-9]+)(?:\[(?P<target>[^\]]+)\])?\s+done\s+"
+                        r"(?P<s>[0-9.]+)s")
+
+
+def stage_times(progress_text: str) -> list:
+    """(model, stage, target, seconds) for each stage a build ran, from its progress lines (cached stages and
+    heartbeats say no `done`)."""
+    out = []
+    for line in progress_text.splitlines():
+        m = STAGE_DONE.match(line)
+        if m:
+            out.append((m["model"], m["stage"], m["target"], float(m["s"])))
+    return out
+
+
+def bench_make(models=MODELS + OPTIONAL, jobs=2):
+    """Cold build of every sample for all targets (fresh cache, no shared cache), `jobs` models at a time (what
+    `make -j2 build` does on a 2-core machine), where its time goes per stage (from the builds' progress lines),
+    then no-op builds (median of 10) and the peak memory of the build processes (converter children included)."""
     import resource
     import shutil
     import subprocess
@@ -184,21 +205,49 @@ def bench_make(models=MODELS):
     import time
 
     exe = [sys.executable, "-m", "toolchain.cli", "build"]
-    print("\n== make manners (fresh cache, all targets) ==")
+    print(f"\n== make manners (fresh cache, all targets, {jobs} models at a time) ==")
     tmp = Path(tempfile.mkdtemp(prefix="toolchain-bench-"))
     try:
         t0 = time.perf_counter()
-        for m in models:
-            subprocess.run([*exe, str(_spec(m)), "-o", str(tmp), "-q"], check=False, capture_output=True)
+        queue, running, logs, walls, codes = list(models), {}, {}, {}, {}
+        while queue or running:
+            while queue and len(running) < jobs:
+                m = queue.pop(0)
+                logs[m] = open(tmp / f"{m}.progress", "w+")
+                running[m] = (subprocess.Popen([*exe, str(_spec(m)), "-o", str(tmp / "out"), "--cache", ""],
+                                               stdout=subprocess.DEVNULL, stderr=logs[m]), time.perf_counter())
+            time.sleep(0.5)
+            for m, (proc, started) in list(running.items()):
+                if proc.poll() is not None:
+                    walls[m], codes[m] = time.perf_counter() - started, proc.returncode
+                    del running[m]
         cold = time.perf_counter() - t0
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        _line(f"cold build, {len(models)} models x all targets", f"{cold:.1f} s")
+        _line(f"cold build, {len(models)} samples x all targets", f"{cold:.1f} s wall on {jobs} parallel builds",
+              "<= 240 s", cold <= 240)
         _line("peak RSS of one build process (incl. children)", f"{peak_mb:.0f} MiB")
+        rows = []
+        for m in models:
+            logs[m].seek(0)
+            rows += stage_times(logs[m].read())
+            logs[m].close()
+            _line(f"  {m}", f"{walls[m]:.1f} s (exit {codes[m]})")
+        by_stage = {}
+        for _, stage, _, sec in rows:
+            by_stage[stage] = by_stage.get(stage, 0.0) + sec
+        total = sum(by_stage.values()) or 1.0
+        print("  where the time goes (stage seconds summed over models and targets; stages of parallel builds "
+              "overlap, so the sum exceeds the wall time):")
+        for stage, sec in sorted(by_stage.items(), key=lambda kv: -kv[1]):
+            print(f"    {stage:<16} {sec:7.1f} s  {sec / total:5.1%}")
+        print("  longest stages: " + ", ".join(f"{m}/{st}{'[' + t + ']' if t else ''} {sec:.0f} s"
+                                              for m, st, t, sec in sorted(rows, key=lambda r: -r[3])[:6]))
         for m in models:
             times = []
             for _ in range(10):
                 t0 = time.perf_counter()
-                subprocess.run([*exe, str(_spec(m)), "-o", str(tmp), "-q"], check=False, capture_output=True)
+                subprocess.run([*exe, str(_spec(m)), "-o", str(tmp / "out"), "-q", "--cache", ""], check=False,
+                               capture_output=True)
                 times.append(time.perf_counter() - t0)
             med = float(np.median(times))
             _line(f"no-op build {m} (median of 10, wall)", f"{med:.3f} s", "<= 0.5 s", med <= 0.5)
@@ -210,7 +259,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--build-dir", default=str(REPO / "build"))
     ap.add_argument("--no-build", action="store_true", help="use the artifacts already in the build dir")
-    ap.add_argument("--only", default="x86_64,arm64,plans,prune,cuda,make")
+    ap.add_argument("--only", default="x86_64,arm64,plans,prune,cuda,make,suite")
+    ap.add_argument("--suite", default=",".join(SUITE_MODELS), help="suite models to bench")
+    ap.add_argument("--suite-no-arm", action="store_true", help="x86 only for the suite (no arm64 builds)")
+    ap.add_argument("--suite-runs", type=int, default=200)
     args = ap.parse_args(argv)
     only = args.only.split(",")
     if not args.no_build:
@@ -228,6 +280,11 @@ def main(argv=None):
         bench_prune(args.build_dir)
     if "cuda" in only:
         bench_cuda(args.build_dir)
+    if "suite" in only:
+        from . import bench_suite
+
+        bench_suite.bench(Path(args.build_dir) / "bench-suite", [m for m in args.suite.split(",") if m],
+                          runs=args.suite_runs, arm=not args.suite_no_arm)
     if "make" in only:
         bench_make()
     return 0

@@ -78,6 +78,7 @@ SCHEMAS = {
         "plan_time_budget_s": Option("number", 600, SECONDS),
         # a split artifact: it ends at these ONNX tensors and the app's function runs the rest (stages/tflite.py)
         "split_at": Option("strs", []), "app_postprocess": Option("str", ""),
+        "speed_search": Option("bool", True),  # arm64 plan: search speed on the ARM cost model where it exists
     },
     # the TFLite conversion, litert-torch route (stages/litert_torch.py): convert.converter = "litert-torch"
     "convert:litert-torch": {

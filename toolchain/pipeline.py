@@ -411,6 +411,8 @@ INPUTS = {
     "threads": ("value", lambda i: i.target.threads),
     "io": ("value", lambda i: _io(i._pipe)),
     "metric_params": ("params", lambda i: i._pipe.metric_params),
+    # the ARM cost model the arm64 plan searches speed on (its emulator's identity): None where none is set up
+    "arm_cost": ("value", lambda i: _arm_cost(i.target)),
 }
 # input -> its value for build()
 VALUES = {
@@ -421,4 +423,11 @@ VALUES = {
     "calibration": lambda p, t: p.calibration, "evaluation": lambda p, t: p.evaluation,
     "artifact": lambda p, t: p.artifact(t), "baseline": lambda p, t: p.baseline(t), "unpruned": _unpruned,
     "budget": lambda p, t: p.gates[t], "threads": lambda p, t: p.targets[t].threads,
+    "arm_cost": lambda p, t: _arm_cost(p.targets[t]),
 }
+
+
+def _arm_cost(target):
+    from .stages import arm_cost
+
+    return arm_cost.model_for(target)

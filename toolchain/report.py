@@ -192,8 +192,14 @@ def _plan_line(plan) -> str:
             f"after: {figures(plan['after'])}"
     if "fp32_p50_ms" in plan:
         text += f"; fp32 p50 {plan['fp32_p50_ms']:.4f} ms"
-    if plan.get("speed"):
-        text += f". Speed: {plan['speed']}"
+    speed = plan.get("speed")
+    if isinstance(speed, dict):  # the arm64 plan's search on the ARM cost model
+        raw = speed.get("onnx2tf_full_integer_instructions")
+        text += (f". Speed (ARM cost model, {speed.get('core')}): {speed.get('chosen')}, "
+                 f"{speed.get('chosen_instructions')} instructions per inference"
+                 + (f" (onnx2tf full integer: {raw})" if raw else "") + f"; {len(speed.get('counts', {}))} variants counted")
+    elif speed:
+        text += f". Speed: {speed}"
     return text + (f". Most sensitive: {top}" if top else "")
 
 

@@ -9,7 +9,8 @@ For each candidate scheme (static uint8/int8 activations with int8 per-channel w
      the model with that kind kept float against the current plan, interleaved; keep it float if that is
      >= 5% faster and the budget still holds;
 (static_u8s8_by_resolution instead times bands of feature-map sizes against fp32: see by_resolution),
-then ship the fastest scheme that meets the budget. Every step, the sensitivity table and the timings go
+then take the fastest scheme that meets the budget, and try it with the other weight granularity (per-tensor for
+per-channel), kept only if faster twice and within the budget (weight_granularity). Every step, the sensitivity table and the timings go
 into the stage's meta (and so into report.json). The search stops at its time budget with the best plan
 so far. Timing decisions depend on the host, so the host is part of the stage's cache key.
 """
@@ -20,7 +21,8 @@ import time
 from ..errors import StageError, reraise_write_error
 
 NAME = "plan"
-VERSION = 8
+VERSION = 10
+GLUE = " (every one)"  # a search unit standing for every quantizable glue op of one type
 LIBRARIES = ("onnxruntime", "onnx", "numpy")
 OUTPUT = "model.int8.onnx"
 POST_REASON = ("post-processing after the last compute nodes (decode, NMS, top-K): int8 would round results such "
@@ -59,9 +61,21 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     shutil.copyfile(fp32_path, raw)
 
     calibs = {}
+    # Static schemes search over the compute nodes and, as one unit per op type, the quantizable glue (Add, Mul,
+    # HardSigmoid, pooling...): each glue op brings its own Q/DQ pair, and where the glue loses the signal
+    # (squeeze-excite gates, residual adds) keeping every compute node float cannot meet the budget.
+    glue_units = {}
+    for n, t in precision.other_quantizable(model, precision.Calibration.op_types_static()):
+        kind_of.setdefault(n, t)
+        glue_units.setdefault(t + GLUE, []).append(n)
 
-    def make(scheme, exclude=(), only=None):
+    def expand(names):
+        return set().union(*(glue_units.get(n, [n]) for n in names)) if names else set()
+
+    def make(scheme, exclude=(), only=None, per_channel=None):
+        exclude, only = expand(exclude), (sorted(expand(only)) if only is not None else None)
         method, act, weight = precision.SCHEMES[scheme]
+        per_channel = params["per_channel"] if per_channel is None else per_channel
         counter[0] += 1
         path = out_dir / f"variant{counter[0]}.onnx"
         if method == "static":
@@ -70,9 +84,9 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             base = raw if scheme in precision.TIERED else prep
             if base not in calibs:
                 calibs[base] = precision.Calibration(base, calibration, names, params["calibrate_method"])
-            onnx.save(calibs[base].static(act, weight, params["per_channel"], only, exclude), str(path))
+            onnx.save(calibs[base].static(act, weight, per_channel, only, exclude), str(path))
         else:
-            precision.dynamic(prep, path, weight, params["per_channel"], only, exclude)
+            precision.dynamic(prep, path, weight, per_channel, only, exclude)
         return path
 
     class OrtBackend(plan_search.Backend):
@@ -121,7 +135,8 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                 reasons = {n: (POST_REASON if n in post else "forced float by the spec") if n in forced_float else
                            f"speed: outside the fastest resolution tier ({label}, p50 {lat[label]:.4f} ms vs "
                            f"fp32 {lat['fp32']:.4f} ms)" for n in kept}
-                return {"path": paths[label], "exclude": kept, "judged": judged, "reasons": reasons}
+                return {"path": paths[label], "exclude": kept, "judged": judged, "reasons": reasons,
+                        "args": (scheme, (), sorted(tiers[label]))}
         steps.append(f"{scheme}: no tier meets the budget; dropped")
         return None
 
@@ -143,14 +158,21 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             reraise_write_error(e)
             steps.append(f"{scheme}: ONNX Runtime cannot run it ({str(e).splitlines()[0][:160]}); dropped")
             continue
-        found = plan_search.meet_budget(backend, scheme, nodes, forced_float, forced_int8, deadline, steps, first)
+        units = nodes
+        if precision.SCHEMES[scheme][0] == "static":
+            units = nodes + [(u, "glue: " + u[:-len(GLUE)]) for u in sorted(glue_units)
+                             if not set(glue_units[u]) & forced_int8]
+        found = plan_search.meet_budget(backend, scheme, units, forced_float, forced_int8, deadline, steps, first)
         if found["table"]:
             tables[scheme] = found["table"]
         if not found["ok"]:
             continue
-        exclude, path, judged = found["exclude"], found["path"], found["judged"]
+        exclude, path, judged = expand(found["exclude"]), found["path"], found["judged"]
         reasons = {n: POST_REASON if n in post else "forced float by the spec" for n in forced_float}
-        reasons.update({n: "accuracy: among the most sensitive nodes" for n in exclude - forced_float})
+        for u in found["exclude"] - forced_float:
+            why = ("accuracy: among the most sensitive nodes" if u not in glue_units else
+                   f"accuracy: the {u[:-len(GLUE)]} glue ops as a unit are among the most sensitive")
+            reasons.update({n: why for n in expand([u])})
         # Kinds of compute node, plus the quantizable glue (Add, Mul, activations, pooling): in static schemes
         # each glue op brings its own Q/DQ pairs, which can cost more than its int8 form saves.
         groups = {}
@@ -159,8 +181,8 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                 groups.setdefault(k, set()).add(n)
         if precision.SCHEMES[scheme][0] == "static":
             glue = {n for n, _ in precision.other_quantizable(model, precision.Calibration.op_types_static())}
-            if glue - forced_int8:
-                groups["other ops (Add, Mul, activations, pooling)"] = glue - forced_int8
+            if glue - forced_int8 - exclude:
+                groups["other ops (Add, Mul, activations, pooling)"] = glue - forced_int8 - exclude
         for kind in (sorted(groups) if params["speed_search"] else []):
             if time.monotonic() > deadline:
                 break
@@ -181,7 +203,8 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                     reasons[n] = (f"speed: int8 {kind} is slower here (whole-model A/B p50 {lat['current']:.4f} -> "
                                   f"{lat['trial']:.4f} ms with it float)")
                 exclude, path, judged = trial, tpath, tj
-        candidates[scheme] = {"path": path, "exclude": exclude, "judged": judged, "reasons": reasons}
+        candidates[scheme] = {"path": path, "exclude": exclude, "judged": judged, "reasons": reasons,
+                              "args": (scheme, sorted(exclude), None)}
 
     if not candidates:
         raise StageError(NAME, f"no int8 plan meets the budget ({plan_search.budget_text(budget)}): "
@@ -191,6 +214,9 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                             "fp32": fp32_path}, feed, runs=300, warmup=30)
     best = min(candidates, key=lambda s: timed[s])
     chosen = candidates[best]
+    granularity = weight_granularity(chosen, make, runner, feed, OrtBackend(best), params, deadline)
+    if granularity.get("kept"):
+        chosen = {**chosen, "path": granularity.pop("path"), "judged": granularity.pop("judged")}
     shutil.copyfile(chosen["path"], out_dir / OUTPUT)
     before_judged = OrtBackend(params['schemes'][0]).judge(before)
     for p in out_dir.glob("*.onnx"):
@@ -198,9 +224,10 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             p.unlink()
     method, act, weight = precision.SCHEMES[best]
     top = next(iter(tables.values()), None) or []
+    per_channel = params["per_channel"] != bool(granularity.get("kept"))
     return {
         "scheme": {"method": method, "activation_type": act, "weight_type": weight,
-                   "per_channel": params["per_channel"], "calibrate_method": params["calibrate_method"]},
+                   "per_channel": per_channel, "calibrate_method": params["calibrate_method"]},
         "plan": {
             "chosen": best,
             "kept_float": [{"node": n, "kind": kind_of.get(n, "?"), "reason": chosen["reasons"].get(n, "")}
@@ -214,6 +241,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                                        p50_ms=timed["all_int8"]),
             "after": plan_search.side(best, chosen["judged"], p50_ms=timed[best]),
             "fp32_p50_ms": timed["fp32"],
+            "weight_granularity": granularity,
             "sensitivity_top": top[:10],
             "steps": steps,
             "search_seconds": round(time.monotonic() - t0, 1),
@@ -221,6 +249,37 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                                  "CPU may choose differently",
         },
     }
+
+
+def weight_granularity(chosen, make, runner, feed, backend, params, deadline) -> dict:
+    """The chosen plan with the other weight granularity (per-tensor for per-channel and back), timed interleaved
+    against it twice (noise must not decide) and judged: kept only if >= 5% faster both times and the budget holds.
+    Returns the decision with its measurements (and, when kept, the variant's path and judgement)."""
+    scheme, exclude, only = chosen["args"]
+    other = not params["per_channel"]
+    label = "per-channel" if other else "per-tensor"
+    record = {"tried": f"{label} weights", "of": "per-channel" if params["per_channel"] else "per-tensor"}
+    if not params["speed_search"]:
+        return {**record, "decision": "not tried (quantize.speed_search = false)"}
+    if time.monotonic() > deadline:
+        return {**record, "decision": "not tried (time budget spent)"}
+    try:
+        path = make(scheme, exclude, only, per_channel=other)
+        first = runner.latency({"current": chosen["path"], "trial": path}, feed)
+        again = runner.latency({"trial": path, "current": chosen["path"]}, feed)
+    except Exception as e:  # noqa: BLE001 - a variant ORT cannot run is a decision, not a failed build
+        reraise_write_error(e)
+        return {**record, "decision": f"ONNX Runtime cannot run it ({str(e).splitlines()[0][:160]})"}
+    record["p50_ms"] = {"current": [first["current"], again["current"]], "trial": [first["trial"], again["trial"]]}
+    faster = all(t < c * SPEED_MARGIN for t, c in zip(record["p50_ms"]["trial"], record["p50_ms"]["current"]))
+    if not faster:
+        return {**record, "decision": "kept the current granularity (the other is not >= 5% faster twice)"}
+    judged = backend.judge(path)
+    record["judged_text"] = judged.text
+    if not judged.ok:
+        return {**record, "decision": "kept the current granularity (the faster one misses the budget)"}
+    return {**record, "decision": f"{label} weights: faster twice and within the budget", "kept": True,
+            "path": path, "judged": judged}
 
 
 # ---- declaration (stages/__init__.py): quantize.method = "auto" --------------------------------------------

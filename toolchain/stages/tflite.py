@@ -33,7 +33,7 @@ from . import tflite_plan
 from .tflite_worker import FP32_MISMATCH, LITERT_FAILED  # the --check child's verdicts
 
 NAME = "tflite"
-VERSION = 4
+VERSION = 5
 LIBRARIES = ("onnx2tf", "tensorflow", "onnx", "onnxsim", "numpy")
 OUTPUT = "model.int8.tflite"
 BASELINE = "model.fp32.tflite"
@@ -419,9 +419,13 @@ def applies(target) -> bool:
 
 def needs(params) -> tuple:
     plan = ("evaluation", "reference", "budget") if params["precision"] == "auto" else ()  # judged variants
+    if plan and params.get("speed_search", True):  # speed is searched on the ARM cost model: its identity keys it
+        plan += ("arm_cost",)
     return ("fp32", "calibration", *plan)
 
 
 def build(inp, params, out_dir) -> dict:
     judge = (inp.evaluation, inp.reference, inp.budget) if params["precision"] == "auto" else None
+    if judge is not None and params.get("speed_search", True):
+        params = {**params, "arm_cost": inp.arm_cost}
     return run(inp.fp32, params, out_dir, inp.calibration, inp.spec, inp.target_name, judge=judge)
