@@ -2,7 +2,7 @@
 real-size suite (bench_models.py) and the samples, one table per model.
 
 Protocol: one process, ONNX Runtime / OpenVINO with 1 thread, batch 1, every row of a table timed interleaved
-with the others (validate/latency.interleaved); ratios only, since absolute timings drift up to 50% between runs
+with the others (validation/latency.interleaved); ratios only, since absolute timings drift up to 50% between runs
 on these shared 2-core machines (other agents load the cores: quote any figure with that). Accuracy: every row's
 outputs on the model's evaluation set against ORT fp32's (the fp32 graph the build exported; it matches PyTorch
 to ~1e-5), by SQNR (the gate's metric, dB) and mean cosine. "At the same budget" means a peer's int8 holds the
