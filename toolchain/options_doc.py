@@ -64,6 +64,7 @@ DESCRIPTIONS = {
     "convert.force_float": "plan: op patterns always kept float",
     "convert.force_int8": "plan: op patterns never kept float",
     "convert.plan_time_budget_s": "plan: seconds before it ships the best plan so far",
+    "convert.speed_search": "arm64 plan: search speed on the ARM cost model (instruction counts) where it exists",
     "convert.split_at": "ONNX tensors where a split artifact ends (a detector's raw heads); the app runs the rest",
     "convert.app_postprocess": "`module:function` the app runs on a split artifact's outputs; the build judges "
                                "the artifact through it",
