@@ -150,13 +150,9 @@ def _one_line(text: str, limit=600) -> str:
 
 def replace_block(text: str, table: str) -> str:
     """README text with the block between the coverage markers replaced by `table`."""
-    from .errors import ToolchainError
+    from .markdown_block import replace_between
 
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        raise ToolchainError(f"README: needs exactly one {START} ... {END} block for the coverage table")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{table.rstrip()}\n{END}{tail}"
+    return replace_between(text, START, END, table, "the coverage table")
 
 
 def write_outputs(rows, out_dir, readme=None, targets=None) -> str:

@@ -121,11 +121,9 @@ def markdown() -> str:
 
 
 def replace_block(text: str, block: str) -> str:
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        raise ValueError(f"README: needs exactly one {START} ... {END} block")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{block.rstrip()}\n{END}{tail}"
+    from .markdown_block import replace_between
+
+    return replace_between(text, START, END, block, "the option reference")
 
 
 def main(argv):
