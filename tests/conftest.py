@@ -339,3 +339,15 @@ def toolchain_exe() -> str:
     if not exe.exists():
         pytest.skip(f"the toolchain console script is not installed in {VENV_BIN}")
     return str(exe)
+
+
+def one_error_line(result, code=2, *needles) -> str:
+    """A click result that ended as a user error: exit `code`, no traceback, one `error:` line holding needles."""
+    assert result.exit_code == code, (result.exit_code, result.output[-3000:], result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception  # not an internal error
+    assert "Traceback" not in result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]

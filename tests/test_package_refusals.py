@@ -10,24 +10,13 @@ import stat
 import pytest
 from click.testing import CliRunner
 
-from conftest import run_build
+from conftest import one_error_line, run_build
 
 
 def cli(*args):
     from toolchain.cli import main
 
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_error_line(result, code, *needles) -> str:
-    assert result.exit_code == code, (result.exit_code, result.output[-3000:], result.exception)
-    assert isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import REPO, copy_model, parse_progress
+from conftest import REPO, copy_model, one_error_line, parse_progress
 
 from toolchain.errors import SpecError
 from toolchain.options import KINDS, SCHEMAS
@@ -23,17 +23,6 @@ def cli(*args):
     from toolchain.cli import main
 
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_error_line(result, code=2, *needles) -> str:
-    assert result.exit_code == code, (result.exit_code, result.output[-3000:], result.exception)
-    assert isinstance(result.exception, SystemExit), result.exception  # not an internal error
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 def build(spec, out, *extra):
