@@ -1,6 +1,7 @@
-"""A device over ssh: copy the entry point (with the few project files it imports), the artifact, its baseline and
-the inputs into a fresh remote work directory (scp: OpenSSH's sftp subsystem), run the entry point with the
-device's python under `timeout`, fetch result.json and outputs.npz, remove the directory.
+"""A device over ssh: copy the runtime's entry point (litert_entry.py or onnxruntime_entry.py, with the few project
+files it imports), the artifact, its baseline and the inputs into a fresh remote work directory (scp: OpenSSH's
+sftp subsystem), run the entry point with the device's python under `timeout`, fetch result.json and outputs.npz,
+remove the directory. The validate key holds the device's runtime versions and machine identity (probe()).
 
 ssh://USER@HOST:PORT?key=PATH&python=PATH&workdir=DIR&known_hosts=PATH (or the target file's [ssh] table).
 Key-only (BatchMode): a password prompt would hang a build.
@@ -17,10 +18,32 @@ from . import process
 from .base import Executor, ExecutorError, ExecutorUnavailable, RunResult
 
 PACKAGE = Path(__file__).resolve().parents[1]
-# What litert_entry.py imports, relative to the directory holding the toolchain package.
-PAYLOAD = ("toolchain/__init__.py", "toolchain/runtimes/__init__.py", "toolchain/runtimes/base.py",
-           "toolchain/runtimes/litert.py", "toolchain/executors/litert_entry.py", "toolchain/validation/__init__.py",
-           "toolchain/validation/latency.py")
+# Each runtime's entry point and the project files it imports, relative to the directory holding the package.
+# The package's own __init__.py is not shipped (it imports the Python API): an empty one stands in for it.
+ENTRIES = {
+    "litert": ("toolchain/executors/litert_entry.py",
+               ("toolchain/runtimes/__init__.py", "toolchain/runtimes/base.py", "toolchain/runtimes/litert.py",
+                "toolchain/validation/__init__.py", "toolchain/validation/latency.py")),
+    "onnxruntime": ("toolchain/executors/onnxruntime_entry.py",
+                    ("toolchain/runtimes/__init__.py", "toolchain/runtimes/base.py",
+                     "toolchain/runtimes/onnxruntime.py", "toolchain/validation/__init__.py",
+                     "toolchain/validation/latency.py")),
+}
+# Run by the device's python for the validate key: its runtime versions and which machine answers at the address.
+PROBE = """import json, platform, sys
+from importlib import metadata
+def v(d):
+    try:
+        return metadata.version(d)
+    except Exception:
+        return None
+try:
+    mid = open("/etc/machine-id").read().strip()
+except OSError:
+    mid = ""
+print(json.dumps({"versions": {d: v(d) for d in sys.argv[1:]}, "host": [platform.node(), platform.machine(), mid]}))
+"""
+_PROBED = {}  # (address, python, libraries) -> probe result, once per process
 CONNECT_TIMEOUT_S = 10
 
 
@@ -57,6 +80,23 @@ class SshExecutor(Executor):
     def identity(self) -> dict:  # the device itself (uname, cpuinfo) is recorded from the run's result
         return {"name": "ssh", "device": self.address, "python": self.python}
 
+    def probe(self, libraries) -> dict:
+        """The device's versions of `libraries` and its identity (hostname, machine, machine-id): one ssh call,
+        once per process. Raises ExecutorUnavailable when the device does not answer."""
+        key = (self.address, self.python, tuple(libraries))
+        if key not in _PROBED:
+            q = shlex.quote
+            try:
+                out = self._ssh(f"{q(self.python)} -c {q(PROBE)} " + " ".join(q(d) for d in libraries),
+                                CONNECT_TIMEOUT_S + 30, "versions")
+                _PROBED[key] = json.loads(out.strip().splitlines()[-1])
+            except (ExecutorError, ValueError, IndexError) as e:
+                _PROBED[key] = ExecutorUnavailable(f"ssh device {self.address}", "unreachable",
+                                                   log_tail=getattr(e, "log_tail", str(e)))
+        if isinstance(_PROBED[key], ExecutorUnavailable):
+            raise _PROBED[key]
+        return _PROBED[key]
+
     def _opts(self) -> list:
         o = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}", "-o", "LogLevel=ERROR"]
         if self.key:
@@ -73,7 +113,7 @@ class SshExecutor(Executor):
                            f"ssh device {self.address} ({what})", timeout_s)
 
     def _scp(self, sources, target, timeout_s, what):
-        return process.run(["scp", "-q", *self._opts(), "-P", str(self.port), *sources, target],
+        return process.run(["scp", "-q", "-r", *self._opts(), "-P", str(self.port), *sources, target],
                            f"ssh device {self.address} ({what})", timeout_s)
 
     def check(self):
@@ -89,27 +129,37 @@ class SshExecutor(Executor):
         (out_dir / "job.json").write_text(json.dumps({**job, "count": None}))  # no cost plugin on a device
         remote = f"{self.workdir.rstrip('/')}/{uuid.uuid4().hex}"
         q = shlex.quote
-        dirs = sorted({str(Path(p).parent) for p in PAYLOAD})
-        self._ssh("mkdir -p " + " ".join(q(f"{remote}/{d}") for d in dirs), 60, "prepare")
+        entry, payload = ENTRIES[job.get("runtime", "litert")]
+        staged = [str(self._stage_payload(out_dir / "payload", [entry, *payload])), str(out_dir / "job.json")]
+        for name, path in files.items():  # under the job's names: scp keeps the source's base name
+            link = out_dir / name
+            if not link.exists():
+                link.symlink_to(Path(path).resolve())
+            staged.append(str(link))
+        self._ssh(f"mkdir -p {q(remote)}", 60, "prepare")
         try:
-            for d in dirs:
-                self._scp([str(PACKAGE.parent / p) for p in PAYLOAD if str(Path(p).parent) == d],
-                          f"{self._dest()}:{remote}/{d}/", 120, "copy the entry point")
-            staged = [str(out_dir / "job.json")]
-            for name, path in files.items():  # under the job's names: scp keeps the source's base name
-                link = out_dir / name
-                if not link.exists():
-                    link.symlink_to(Path(path).resolve())
-                staged.append(str(link))
-            self._scp(staged, f"{self._dest()}:{remote}/", 600, "copy the artifact and inputs")
-            self._ssh(f"cd {q(remote)} && timeout -s KILL {int(timeout_s)} {q(self.python)} "
-                      f"toolchain/executors/litert_entry.py job.json", timeout_s + 30, "validation entry point")
+            self._scp(staged, f"{self._dest()}:{remote}/", 600, "copy the entry point, artifact and inputs")
+            self._ssh(f"cd {q(remote)} && timeout -s KILL {int(timeout_s)} {q(self.python)} {q(entry)} job.json",
+                      timeout_s + 30, "validation entry point")
             fetch = [job["result"]] + ([job["outputs"]] if job.get("outputs") else [])
-            for name in fetch:
-                self._scp([f"{self._dest()}:{remote}/{name}"], str(out_dir / name), 600, "fetch results")
+            self._scp([f"{self._dest()}:{remote}/{name}" for name in fetch], f"{out_dir}/", 600, "fetch results")
         finally:
             try:
                 self._ssh(f"rm -rf {q(remote)}", 60, "clean up")
             except (ExecutorError, subprocess.SubprocessError):
                 pass
         return RunResult(json.loads((out_dir / job["result"]).read_text()), out_dir)
+
+    @staticmethod
+    def _stage_payload(root, files) -> Path:
+        """root/toolchain/...: the entry point and what it imports, with an empty package __init__.py."""
+        import shutil
+
+        for p in files:
+            (root / p).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(PACKAGE.parent / p, root / p)
+        for d in {Path(p).parent for p in files} | {Path("toolchain")}:
+            init = root / d / "__init__.py"
+            if not init.exists():
+                init.write_text("")
+        return root / "toolchain"
