@@ -104,10 +104,27 @@ def identity(target, device=None) -> dict:
         from .base import ExecutorUnavailable
 
         try:
-            ident["remote"] = ex.probe(runtime(target.runtime).libraries)
+            got = ex.probe()
+            ident["remote"] = {"versions": {d: got["versions"].get(d) for d in runtime(target.runtime).libraries},
+                               "host": got["host"]}
         except ExecutorUnavailable:  # validate runs and names the device (exit 4); no stored result matches
             ident["remote"] = {"unreachable": _UNREACHABLE}
     return ident
+
+
+def devices_stamp(names) -> dict:
+    """For the build's no-op stamp: each --device of these targets with what its device answers now, so pointing
+    a target at a device (or away), or a device's runtime upgrade, is never `up to date`."""
+    from .base import ExecutorUnavailable
+    from .ssh import SshExecutor
+
+    out = {}
+    for name in sorted(n for n in DEVICES if n in names):
+        try:
+            out[name] = {"url": DEVICES[name], "remote": SshExecutor.from_url(DEVICES[name]).probe()}
+        except (ExecutorUnavailable, ValueError):
+            out[name] = {"url": DEVICES[name], "remote": {"unreachable": _UNREACHABLE}}
+    return out
 
 
 def off_host(target) -> bool:

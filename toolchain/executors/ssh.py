@@ -43,7 +43,7 @@ except OSError:
     mid = ""
 print(json.dumps({"versions": {d: v(d) for d in sys.argv[1:]}, "host": [platform.node(), platform.machine(), mid]}))
 """
-_PROBED = {}  # (address, python, libraries) -> probe result, once per process
+_PROBED = {}  # (address, python) -> probe result, once per process
 CONNECT_TIMEOUT_S = 10
 
 
@@ -80,14 +80,17 @@ class SshExecutor(Executor):
     def identity(self) -> dict:  # the device itself (uname, cpuinfo) is recorded from the run's result
         return {"name": "ssh", "device": self.address, "python": self.python}
 
-    def probe(self, libraries) -> dict:
-        """The device's versions of `libraries` and its identity (hostname, machine, machine-id): one ssh call,
-        once per process. Raises ExecutorUnavailable when the device does not answer."""
-        key = (self.address, self.python, tuple(libraries))
+    def probe(self) -> dict:
+        """The device's versions of every runtime's libraries and its identity (hostname, machine, machine-id):
+        one ssh call, once per process. Raises ExecutorUnavailable when the device does not answer."""
+        from ..runtimes import RUNTIMES
+
+        key = (self.address, self.python)
         if key not in _PROBED:
             q = shlex.quote
+            dists = sorted({d for r in RUNTIMES.values() for d in r.libraries})
             try:
-                out = self._ssh(f"{q(self.python)} -c {q(PROBE)} " + " ".join(q(d) for d in libraries),
+                out = self._ssh(f"{q(self.python)} -c {q(PROBE)} " + " ".join(q(d) for d in dists),
                                 CONNECT_TIMEOUT_S + 30, "versions")
                 _PROBED[key] = json.loads(out.strip().splitlines()[-1])
             except (ExecutorError, ValueError, IndexError) as e:
