@@ -15,8 +15,13 @@ from sshd_fixture import _free_port, _url, sshd  # noqa: F401 - the fixture, by 
 from toolchain.executors import config
 from toolchain.executors.ssh import SshExecutor
 
-pytestmark = pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(),
-                                reason="this machine has CUDA: the cuda-without-CUDA checks need a host without it")
+HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One stage cache for the module: the tiny CNN is traced and quantized once; each test's validate differs."""
+    return tmp_path_factory.mktemp("ssh onnxruntime cache")
 
 
 @pytest.fixture(autouse=True)
@@ -35,12 +40,11 @@ def _report(out, target):
     return json.loads((out / "tiny_cnn" / "report.json").read_text())["targets"][target]
 
 
-def test_x86_64_validated_on_the_ssh_device(sshd, write_spec, tmp_path):
+def test_x86_64_validated_on_the_ssh_device(sshd, write_spec, tmp_path, cache):
     """The device's ONNX Runtime judges the artifact: gates, interleaved latency, providers, node placement and
     the device record in report.json; the same outputs (same CPU, same onnxruntime) as the host's validation;
     the validate key holds the device's identity and versions (cached on a rebuild, not shared with the host)."""
     spec = write_spec(tmp_path / "spec")
-    cache = tmp_path / "cache"
     dev = _build(spec, tmp_path / "dev", cache, "--device", f"x86_64={_url(sshd)}")
     assert dev.exit_code == 0, dev.output
     t = _report(tmp_path / "dev", "x86_64")
@@ -75,12 +79,45 @@ def test_x86_64_validated_on_the_ssh_device(sshd, write_spec, tmp_path):
         assert h[k] == t[k], k
 
 
-def test_cuda_on_a_device_without_cuda_is_never_passed(sshd, write_spec, tmp_path):
+def test_the_target_file_can_name_the_device(sshd, write_spec, tmp_path, cache):
+    """executor = "ssh" with an [ssh] table in a target file of one's own routes that target to the device."""
+    from conftest import REPO
+
+    d = tmp_path / "targets"
+    d.mkdir()
+    text = (REPO / "targets" / "x86_64.toml").read_text()
+    (d / "x86_64.toml").write_text('executor = "ssh"\n' + text + f'\n[ssh]\nurl = "{_url(sshd)}"\ntimeout_s = 300\n')
+    spec = write_spec(tmp_path / "spec")
+    r = _build(spec, tmp_path / "out", cache, "--targets-dir", str(d))
+    assert r.exit_code == 0, r.output
+    t = _report(tmp_path / "out", "x86_64")
+    assert t["status"] == "passed" and t["executor"]["device"] == f"{sshd['user']}@127.0.0.1:{sshd['port']}"
+    assert t["latency_note"].startswith("measured on the device: ssh device ")
+
+
+@pytest.mark.gpu
+def test_cuda_passes_on_a_gpu_device(sshd, write_spec, tmp_path, cache):
+    """Where this machine has CUDA (the fixture's "device" is this machine): the cuda target is judged there,
+    on CUDAExecutionProvider with every non-shape node on it, and the device record names the GPU."""
+    if not HAS_CUDA:
+        pytest.skip(f"onnxruntime {ort.__version__} has no CUDAExecutionProvider here "
+                    f"(available: {', '.join(ort.get_available_providers())})")
+    spec = write_spec(tmp_path / "spec", targets={"x86_64": None, "cuda": {"max_metric_drop": 1.0}})
+    r = _build(spec, tmp_path / "out", cache, "--device", f"cuda={_url(sshd)}")
+    t = _report(tmp_path / "out", "cuda")
+    assert r.exit_code == 0 and t["status"] == "passed", (r.output, t.get("reason"))
+    assert t["providers"][0] == "CUDAExecutionProvider" and t["executor"]["placement"]["off_provider"] == []
+    assert t["executor"]["platform"]["gpus"] and t["device"] in t["executor"]["platform"]["gpus"][0]
+    assert t["latency_protocol"]["timing"].startswith("io_binding")
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA: see test_cuda_passes_on_a_gpu_device")
+def test_cuda_on_a_device_without_cuda_is_never_passed(sshd, write_spec, tmp_path, cache):
     """The device's onnxruntime has no CUDAExecutionProvider: as on a build host without it the target is
     skipped (not validated) with one reason naming the device and the provider."""
     spec = write_spec(tmp_path / "spec", targets={"x86_64": None, "cuda": {"max_metric_drop": 1.0}})
     addr = f"{sshd['user']}@127.0.0.1:{sshd['port']}"
-    r = _build(spec, tmp_path / "out", tmp_path / "cache", "--device", f"cuda={_url(sshd)}")
+    r = _build(spec, tmp_path / "out", cache, "--device", f"cuda={_url(sshd)}")
     t = _report(tmp_path / "out", "cuda")
     have = ", ".join(ort.get_available_providers())
     reason = (f"ssh device {addr}: CUDAExecutionProvider not available in onnxruntime {ort.__version__} there "
@@ -114,10 +151,10 @@ def test_nodes_off_the_requested_provider_fail(sshd, tmp_path, x86_build, models
     assert got["placement"]["nodes"]["CPUExecutionProvider"] == len(got["placement"]["off_provider"]) > 0
 
 
-def test_unreachable_gpu_host_exits_4_in_one_line(sshd, write_spec, tmp_path):
+def test_unreachable_gpu_host_exits_4_in_one_line(sshd, write_spec, tmp_path, cache):
     spec = write_spec(tmp_path / "spec", targets={"x86_64": None, "cuda": {"max_metric_drop": 1.0}})
     dead = _free_port()
-    r = _build(spec, tmp_path / "out", tmp_path / "cache", "--device", f"cuda={_url(sshd, dead)}")
+    r = _build(spec, tmp_path / "out", cache, "--device", f"cuda={_url(sshd, dead)}")
     assert r.exit_code == 4, r.output
     named = [ln for ln in r.output.splitlines() if f"127.0.0.1:{dead}" in ln]
     assert named == [f"tiny_cnn cuda: failed: stage validate failed: ssh device {sshd['user']}@127.0.0.1:{dead}: "
