@@ -1,7 +1,7 @@
 """An OpenSSH sshd on 127.0.0.1 for the ssh executor's tests: a high port, its own config, throwaway keys,
-key-only, `UsePAM no`, own PidFile, the sftp subsystem scp needs; started by a module fixture and stopped by its
-PID. `make arm-emulator` installs openssh-server. The "device" runs entry points with this venv's python.
-Import `sshd` (and `_url`, `_free_port`) into a test module to use it."""
+key-only, `UsePAM no`, own PidFile, no sftp subsystem (the executor needs none); started by a module fixture and
+stopped by its PID. `make arm-emulator` installs openssh-server. The "device" runs entry points with this venv's
+python. Import `sshd` (and `_url`, `_free_port`) into a test module to use it."""
 
 import getpass
 import os
@@ -15,7 +15,6 @@ import time
 import pytest
 
 SSHD = "/usr/sbin/sshd"
-SFTP = "/usr/lib/openssh/sftp-server"
 
 
 def _free_port():
@@ -26,7 +25,7 @@ def _free_port():
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    if not (os.path.exists(SSHD) and os.path.exists(SFTP) and shutil.which("ssh")):
+    if not (os.path.exists(SSHD) and shutil.which("ssh")):
         pytest.fail("openssh-server / openssh-client are not installed (make arm-emulator installs them)")
     d = tmp_path_factory.mktemp("sshd")
     for name in ("host_key", "client_key"):
@@ -45,7 +44,6 @@ KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 UsePAM no
 StrictModes no
-Subsystem sftp {SFTP}
 LogLevel ERROR
 """)
     os.makedirs("/run/sshd", exist_ok=True)  # the privilege-separation directory sshd insists on

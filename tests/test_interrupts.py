@@ -2,8 +2,9 @@
 
 Property: a seeded good build of the tiny CNN (x86_64), then new inputs (the weights change), then a rebuild with a
 fault injected at each stage boundary (toolchain/faults.py: TOOLCHAIN_FAULT_AT, a test hook): an exception (a bug,
-exit 1), SIGINT (Ctrl-C, exit 130, one line), SIGTERM (handled like Ctrl-C, exit 143, one line) or SIGKILL. After each: no report says `passed` for the new inputs,
-`package` refuses, and the next clean build succeeds for the new inputs and leaves no debris."""
+exit 1), SIGINT (Ctrl-C, exit 130, one line), SIGTERM (handled like Ctrl-C, exit 143, one line) or SIGKILL. After
+each: no report says `passed` for the new inputs, `package` refuses, and the next clean build succeeds for the new
+inputs and leaves no debris."""
 
 import json
 import os
@@ -21,7 +22,8 @@ from toolchain import debris, faults
 
 STAGES = ("trace", "reference", "quantize", "validate")
 POINTS = faults.stage_points(STAGES)
-# The signal kinds run the command line in a child process (~4 s each): two points by default, all with -m slow.
+# The signal kinds run the command line in a child process (~4 s each): one point each by default, all with
+# -m slow.
 DEFAULT_SIGNAL_POINTS = {"sigint": "validate", "sigterm": "quantize.written", "sigkill": "quantize.written"}
 
 

@@ -1,5 +1,5 @@
 """The ssh executor against a real OpenSSH sshd on 127.0.0.1 (a high port, its own config, throwaway keys,
-key-only, `UsePAM no`, own PidFile, the sftp subsystem scp needs), started by a fixture and stopped by its PID.
+key-only, `UsePAM no`, own PidFile), started by a fixture and stopped by its PID.
 (tests/sshd_fixture.py). The "device" runs the entry point with this venv's python."""
 
 import json
