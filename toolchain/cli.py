@@ -37,8 +37,8 @@ class _Group(click.Group):
         import signal
         import threading
 
-        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
-            signal.signal(signal.SIGTERM, _terminated)
+        main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread
+        before = signal.signal(signal.SIGTERM, _terminated) if main else None
         try:
             return super().invoke(ctx)
         except Terminated:
@@ -49,6 +49,9 @@ class _Group(click.Group):
             click.echo("error: interrupted (Ctrl-C): temp files removed; an unfinished build leaves its report "
                        "marked stale", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        finally:
+            if main:  # as it was (a process that embeds the CLI keeps its own handler)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
 
 def _emit_json(doc, code=0):
