@@ -128,6 +128,8 @@ def test_cuda_on_a_device_without_cuda_is_never_passed(sshd, write_spec, tmp_pat
         f"tiny_cnn cuda: skipped: {reason}"], r.output
     assert "latency_ms" not in t and t["executor"]["available_providers"] == ort.get_available_providers()
     assert "not a pass" in t["cpu_check"]["note"] and t["cpu_check"]["agreement"]["0"]["top1_agreement"] == 100.0
+    md = (tmp_path / "out" / "tiny_cnn" / "report.md").read_text()
+    assert f"- **cuda** NOT judged on ssh device {addr} (onnxruntime {ort.__version__}, available providers" in md
 
 
 def test_nodes_off_the_requested_provider_fail(sshd, tmp_path, x86_build, models):

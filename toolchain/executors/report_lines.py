@@ -38,8 +38,12 @@ def _onnxruntime_lines(name, t, ex) -> list:
     rv = ex.get("runtime_versions", {})
     ort = next((f"{d} {rv[d]}" for d in ("onnxruntime-gpu", "onnxruntime") if d in rv), "onnxruntime ?")
     p = ex.get("platform", {})
-    out = [f"- **{name}** judged on {ex['name']} device {ex.get('device', '')} with {ort}, providers "
-           f"{', '.join(t.get('providers') or []) or '-'}"]
+    where = f"{ex['name']} device {ex.get('device', '')}"
+    if "latency_ms" in t:
+        out = [f"- **{name}** judged on {where} with {ort}, providers {', '.join(t.get('providers') or [])}"]
+    else:  # the provider was missing there, or the run fell back: the reason line above says which
+        out = [f"- **{name}** NOT judged on {where} ({ort}, available providers: "
+               f"{', '.join(ex.get('available_providers') or []) or '-'})"]
     out.append(f"  - device: {p.get('uname', '?')}; CPU {p.get('cpu', '?')}; GPU "
                f"{'; '.join(p.get('gpus') or []) or 'none (no nvidia-smi)'}")
     nodes = (ex.get("placement") or {}).get("nodes")
