@@ -113,8 +113,9 @@ def test_cuda_passes_on_a_gpu_device(sshd, write_spec, tmp_path, cache):
 
 @pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA: see test_cuda_passes_on_a_gpu_device")
 def test_cuda_on_a_device_without_cuda_is_never_passed(sshd, write_spec, tmp_path, cache):
-    """The device's onnxruntime has no CUDAExecutionProvider: as on a build host without it the target is
-    skipped (not validated) with one reason naming the device and the provider."""
+    """The device's onnxruntime has no CUDAExecutionProvider: the user named this device to prove the artifact
+    there, so the target fails (exit 3) with one reason naming the device and the provider; a build host without
+    a GPU skips cuda, a named device that cannot run it does not."""
     spec = write_spec(tmp_path / "spec", targets={"x86_64": None, "cuda": {"max_metric_drop": 1.0}})
     addr = f"{sshd['user']}@127.0.0.1:{sshd['port']}"
     r = _build(spec, tmp_path / "out", cache, "--device", f"cuda={_url(sshd)}")
@@ -122,10 +123,10 @@ def test_cuda_on_a_device_without_cuda_is_never_passed(sshd, write_spec, tmp_pat
     have = ", ".join(ort.get_available_providers())
     reason = (f"ssh device {addr}: CUDAExecutionProvider not available in onnxruntime {ort.__version__} there "
               f"(available: {have})")
-    assert t["status"] == "skipped" and t["reason"] == reason
-    assert r.exit_code == 0, r.output
+    assert t["status"] == "failed" and t["reason"] == reason
+    assert r.exit_code == 3, r.output
     assert [ln for ln in r.output.splitlines() if "CUDAExecutionProvider" in ln] == [
-        f"tiny_cnn cuda: skipped: {reason}"], r.output
+        f"tiny_cnn cuda: failed: {reason}"], r.output
     assert "latency_ms" not in t and t["executor"]["available_providers"] == ort.get_available_providers()
     assert "not a pass" in t["cpu_check"]["note"] and t["cpu_check"]["agreement"]["0"]["top1_agreement"] == 100.0
     md = (tmp_path / "out" / "tiny_cnn" / "report.md").read_text()

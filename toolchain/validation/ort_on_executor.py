@@ -7,8 +7,10 @@ interleaved latency against the fp32 baseline (the host's protocol, validation/l
 session really uses and where ONNX Runtime placed each node (its profile), the device record (uname, CPU,
 nvidia-smi's GPUs) and the device's onnxruntime version (a version other than the lock's is noted in the report).
 
-No silent fallback: a device whose onnxruntime lacks the provider leaves the target `skipped` with that reason
-(as on a build host without the provider; the agreement on this host's CPU provider is recorded, never a pass);
+No silent fallback: a device whose onnxruntime lacks the provider fails the target with that reason. Unlike a
+build host without a GPU (where cuda is `skipped`), the user named this device to have the artifact proved there,
+so a device that cannot run it is a failed build, not exit 0 (the agreement on this host's CPU provider is recorded
+as information);
 a session or a node that runs off the provider fails the target. A device that does not answer is a stage error
 naming it (exit 4).
 """
@@ -65,9 +67,9 @@ def judge(target, artifact, baseline, evaluation, reference, spec, ref_value, un
                  available_providers=r.get("available_providers", []))
     notes = _version_notes(ident)
     result["executor"], result["executor_notes"] = ident, notes
-    if r.get("unavailable"):  # as on a build host without the provider: not validated, never a pass
+    if r.get("unavailable"):  # a device named to prove the artifact that cannot run it: a failed build
         missing = [p for p in target.providers if p not in ident["available_providers"]]
-        result.update(status="skipped", reason=f"{where}: {', '.join(missing) or r['unavailable']} not available "
+        result.update(status="failed", reason=f"{where}: {', '.join(missing) or r['unavailable']} not available "
                                                f"in {_ort(ident)} there (available: "
                                                f"{', '.join(ident['available_providers'])})")
         result["cpu_check"] = cpu_check(target, artifact, evaluation, reference, spec, ref_value)
