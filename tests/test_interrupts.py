@@ -2,8 +2,9 @@
 
 Property: a seeded good build of the tiny CNN (x86_64), then new inputs (the weights change), then a rebuild with a
 fault injected at each stage boundary (toolchain/faults.py: TOOLCHAIN_FAULT_AT, a test hook): an exception (a bug,
-exit 1), SIGINT (Ctrl-C, exit 130, one line) or SIGKILL. After each: no report says `passed` for the new inputs,
-`package` refuses, and the next clean build succeeds for the new inputs and leaves no debris."""
+exit 1), SIGINT (Ctrl-C, exit 130, one line), SIGTERM (handled like Ctrl-C, exit 143, one line) or SIGKILL. After
+each: no report says `passed` for the new inputs, `package` refuses, and the next clean build succeeds for the new
+inputs and leaves no debris."""
 
 import json
 import os
@@ -21,8 +22,9 @@ from toolchain import debris, faults
 
 STAGES = ("trace", "reference", "quantize", "validate")
 POINTS = faults.stage_points(STAGES)
-# The signal kinds run the command line in a child process (~4 s each): two points by default, all with -m slow.
-DEFAULT_SIGNAL_POINTS = {"sigint": "validate", "sigkill": "quantize.written"}
+# The signal kinds run the command line in a child process (~4 s each): one point each by default, all with
+# -m slow.
+DEFAULT_SIGNAL_POINTS = {"sigint": "validate", "sigterm": "quantize.written", "sigkill": "quantize.written"}
 
 
 def cli(*args):
@@ -125,12 +127,16 @@ def _fault_case(state, point, kind):
         assert r.exit_code == 1 and isinstance(r.exception, faults.InjectedFault), (r.exit_code, r.exception)
     else:
         r = run_child(state, point, kind)
-        if kind == "sigint":
-            assert r.returncode == 130, (r.returncode, r.stderr[-3000:])
+        if kind in ("sigint", "sigterm"):  # SIGTERM (kill, a CI runner's cancel) unwinds like Ctrl-C
+            code, line, cause = {"sigint": (130, "error: interrupted (Ctrl-C)", "(Ctrl-C / SIGINT)"),
+                                 "sigterm": (143, "error: terminated (SIGTERM)", "terminated (SIGTERM)")}[kind]
+            assert r.returncode == code, (r.returncode, r.stderr[-3000:])
             lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
             assert "Traceback" not in r.stderr and "Aborted!" not in r.stderr, r.stderr
-            assert lines and lines[-1].startswith("error: interrupted"), r.stderr
+            assert lines and lines[-1].startswith(line), r.stderr
             assert [ln for ln in lines if ln.startswith("error:")] == [lines[-1]]
+            report = json.loads((state["out"] / "tiny_cnn" / "report.json").read_text())
+            assert report["status"] == "stale" and cause in report["reason"], report
         else:
             assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-3000:])
     if kind != "sigkill":  # a bug or Ctrl-C unwinds: the build removes its own temp files on the way out
@@ -145,7 +151,7 @@ def test_exception_at_every_boundary_leaves_nothing_that_looks_good(point, seede
 
 
 def _signal_cases():
-    for kind in ("sigint", "sigkill"):
+    for kind in ("sigint", "sigterm", "sigkill"):
         for point in POINTS:
             marks = [] if DEFAULT_SIGNAL_POINTS[kind] == point else [pytest.mark.slow]
             yield pytest.param(kind, point, marks=marks, id=f"{kind}-{point}")

@@ -1,85 +1,19 @@
 """The ssh executor against a real OpenSSH sshd on 127.0.0.1 (a high port, its own config, throwaway keys,
-key-only, `UsePAM no`, own PidFile, the sftp subsystem scp needs), started by a fixture and stopped by its PID.
-`make arm-emulator` installs openssh-server. The "device" runs the entry point with this venv's python."""
+key-only, `UsePAM no`, own PidFile), started by a fixture and stopped by its PID.
+(tests/sshd_fixture.py). The "device" runs the entry point with this venv's python."""
 
-import getpass
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from sshd_fixture import _free_port, _url, sshd  # noqa: F401 - the fixture, by name
 
 from toolchain.executors import ExecutorUnavailable
 from toolchain.executors.local import LocalExecutor
 from toolchain.executors.ssh import SshExecutor
-
-SSHD = "/usr/sbin/sshd"
-SFTP = "/usr/lib/openssh/sftp-server"
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    if not (os.path.exists(SSHD) and os.path.exists(SFTP) and shutil.which("ssh")):
-        pytest.fail("openssh-server / openssh-client are not installed (make arm-emulator installs them)")
-    d = tmp_path_factory.mktemp("sshd")
-    for name in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
-    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
-    port = _free_port()
-    (d / "sshd_config").write_text(f"""\
-ListenAddress 127.0.0.1
-Port {port}
-HostKey {d / 'host_key'}
-PidFile {d / 'sshd.pid'}
-AuthorizedKeysFile {d / 'authorized_keys'}
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-UsePAM no
-StrictModes no
-Subsystem sftp {SFTP}
-LogLevel ERROR
-""")
-    os.makedirs("/run/sshd", exist_ok=True)  # the privilege-separation directory sshd insists on
-    log = open(d / "sshd.log", "w")
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stdout=log, stderr=log)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"sshd exited: {(d / 'sshd.log').read_text()}")
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("sshd did not listen within 10 s")
-    yield {"port": port, "key": d / "client_key", "known_hosts": d / "known_hosts", "user": getpass.getuser()}
-    os.kill(proc.pid, signal.SIGTERM)  # by its own PID
-    proc.wait(timeout=10)
-    log.close()
-
-
-def _url(sshd, port=None):
-    return (f"ssh://{sshd['user']}@127.0.0.1:{port or sshd['port']}?key={sshd['key']}"
-            f"&known_hosts={sshd['known_hosts']}&python={sys.executable}")
-
 
 def _job():
     return {"models": {"artifact": "artifact.tflite", "baseline": "baseline.tflite"}, "inputs": "inputs.npz",
@@ -150,9 +84,11 @@ def test_cli_device_points_arm64_at_the_ssh_device(sshd, arm64_build, write_spec
                          "refused)"], bad.output
         usage = CliRunner().invoke(main, ["build", str(spec), "--device", "arm64=http://x"])  # not ssh://
         assert usage.exit_code == 2 and "--device" in usage.output
-        x86 = write_spec(tmp_path / "x86spec")
-        refused = CliRunner().invoke(main, ["build", str(x86), "-o", str(tmp_path / "out3"), "--device",
-                                            f"x86_64={_url(sshd)}"])
-        assert refused.exit_code == 2 and "only LiteRT targets can be validated on a device" in refused.output
+        ov = write_spec(tmp_path / "ovspec", targets={"x86_64": None, "openvino_x86": {"max_metric_drop": 25.0}})
+        refused = CliRunner().invoke(main, ["build", str(ov), "-o", str(tmp_path / "out3"), "--device",
+                                            f"openvino_x86={_url(sshd)}"])
+        assert refused.exit_code == 2, refused.output
+        assert ("only litert and onnxruntime targets can be validated on a device so far, this one runs "
+                "'openvino'") in refused.output
     finally:
         config.DEVICES.clear()

@@ -82,6 +82,10 @@ def _names(pipe, spec, targets):
 
 
 def _interruption(e: BaseException) -> str:
+    from .errors import Terminated
+
+    if isinstance(e, Terminated):
+        return "the last build was terminated (SIGTERM) before it finished"
     if isinstance(e, KeyboardInterrupt):
         return "the last build was interrupted (Ctrl-C / SIGINT) before it finished"
     detail = " ".join(str(e).split())[:300]
@@ -218,6 +222,10 @@ def _stamp_inputs(spec, out_root, cache_dir, targets, targets_dir):
     options = {"targets": names, "targets_dirs": [str(d.resolve()) for d in target_dirs(targets_dir)],
                "out": str(Path(out_root).resolve()),
                "cache_dir": str(Path(cache_dir).resolve()) if cache_dir else None}
+    from .executors.config import DEVICES, devices_stamp
+
+    if DEVICES:  # --device: where targets are judged is an input of the build
+        options["devices"] = devices_stamp(names)
     # A target with no file here is reported by the pipeline (the stamp cannot be fresh without it).
     return [(find_target_file(n, targets_dir) or Path(f"{n}.toml")).resolve() for n in names], options
 

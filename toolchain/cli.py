@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from .errors import EXIT_INTERRUPTED, WRITE_ERRNOS, OutputError, ToolchainError
+from .errors import EXIT_INTERRUPTED, EXIT_TERMINATED, WRITE_ERRNOS, OutputError, Terminated, ToolchainError
 
 
 def _fail(e: ToolchainError):
@@ -23,17 +23,35 @@ def _run(fn, *args):
         _fail(OutputError(f"cannot write {e.filename or 'build output'}: {e.strerror}"))
 
 
+def _terminated(signum, frame):
+    raise Terminated()
+
+
 class _Group(click.Group):
-    """Ctrl-C is not a bug (click says "Aborted!" and exits 1): one line and exit 130. The code below has
-    already cleaned up on the way out (temp files removed, a build's last report marked stale)."""
+    """Ctrl-C is not a bug (click says "Aborted!" and exits 1): one line and exit 130. SIGTERM (kill, a CI runner
+    cancelling the job) is raised as Terminated, a KeyboardInterrupt, so it unwinds the same way: one line and
+    exit 143. The code below has already cleaned up on the way out (children killed, temp files removed, a
+    build's last report marked stale)."""
 
     def invoke(self, ctx):
+        import signal
+        import threading
+
+        main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread
+        before = signal.signal(signal.SIGTERM, _terminated) if main else None
         try:
             return super().invoke(ctx)
+        except Terminated:
+            click.echo("error: terminated (SIGTERM): temp files removed; an unfinished build leaves its report "
+                       "marked stale", err=True)
+            sys.exit(EXIT_TERMINATED)
         except KeyboardInterrupt:
             click.echo("error: interrupted (Ctrl-C): temp files removed; an unfinished build leaves its report "
                        "marked stale", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        finally:
+            if main:  # as it was (a process that embeds the CLI keeps its own handler)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
 
 def _emit_json(doc, code=0):

@@ -17,6 +17,7 @@ EXIT_TAG_EXISTS = 12  # the tag already holds other content (`publish --force` r
 EXIT_NOT_RELEASABLE = 13  # the bundle was packaged from failed or stale reports, or with --allow-failed
 EXIT_REGISTRY_REFUSED = 14  # the registry refused a request for another reason (read-only, quota, unsupported)
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it: temp files removed, the last report marked stale
+EXIT_TERMINATED = 143  # SIGTERM (kill, a CI runner cancelling a job): handled like Ctrl-C, as shells report it
 
 import errno as _errno  # noqa: E402
 
@@ -70,3 +71,8 @@ class OutputError(ToolchainError):
     """The machine refused a write (disk full, permissions). Nothing half-written is left to be trusted."""
 
     exit_code = EXIT_OUTPUT
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM turned into an exception by the command line (cli.py), so it unwinds like Ctrl-C: children killed,
+    temp files removed, the last report marked stale with this cause."""

@@ -1,7 +1,7 @@
 """TEST HOOK: inject a fault at a build's stage boundaries, so tests can prove that whatever ends a build other
 than success leaves nothing that looks like success.
 
-    TOOLCHAIN_FAULT_AT=<point>[:<kind>]     kind: exception (default), sigint, sigkill
+    TOOLCHAIN_FAULT_AT=<point>[:<kind>]     kind: exception (default), sigint, sigterm, sigkill
 
 Points: `<stage>` before a stage (cached or not), `<stage>.written` when a stage that ran has written its outputs
 into the cache's tmp/ (not yet published), `<stage>.remote-record` (with a shared cache) when its blobs are uploaded
@@ -21,7 +21,7 @@ import os
 import signal
 
 ENV = "TOOLCHAIN_FAULT_AT"
-KINDS = ("exception", "sigint", "sigkill")
+KINDS = ("exception", "sigint", "sigterm", "sigkill")
 
 
 class InjectedFault(RuntimeError):
@@ -38,7 +38,7 @@ def checkpoint(point: str):
     kind = kind or "exception"
     if kind == "sigkill":
         os.kill(os.getpid(), signal.SIGKILL)
-    if kind == "sigint":
-        os.kill(os.getpid(), signal.SIGINT)  # Python raises KeyboardInterrupt at the next bytecode
+    if kind in ("sigint", "sigterm"):  # Python raises KeyboardInterrupt (the CLI: Terminated) at the next bytecode
+        os.kill(os.getpid(), signal.SIGINT if kind == "sigint" else signal.SIGTERM)
         return
     raise InjectedFault(f"fault injected at {point} ({ENV})")

@@ -21,3 +21,23 @@ TRACKED = (
     "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxconverter-common", "onnx2tf", "onnxsim",
     "tensorflow", "ai-edge-litert", "torch-pruning", "numpy", "safetensors",
 )
+
+
+@lru_cache(maxsize=None)
+def locked_version(dist: str):
+    """The version requirements.lock pins (the project's own pins where the lock file is not beside the package);
+    None when it pins none."""
+    import re
+    from pathlib import Path
+
+    lock = Path(__file__).resolve().parents[1] / "requirements.lock"
+    try:
+        lines = lock.read_text().splitlines()
+    except OSError:
+        lines = metadata.requires("toolchain") or []
+    norm = re.sub(r"[-_.]+", "-", dist).lower()
+    for line in lines:
+        m = re.match(r"\s*([A-Za-z0-9_.-]+)\s*==\s*([^\s;#]+)", line)
+        if m and re.sub(r"[-_.]+", "-", m.group(1)).lower() == norm:
+            return m.group(2)
+    return None

@@ -1,4 +1,4 @@
-"""The host's own python: the entry point in a child process with the host's LiteRT (x86 kernels on x86)."""
+"""The host's own python: the runtime's entry point in a child process (LiteRT: x86 kernels on x86)."""
 
 import json
 import os
@@ -41,6 +41,7 @@ class LocalExecutor(Executor):
 
     def run(self, job, files, out_dir, timeout_s, cpu=None, count=False) -> RunResult:
         stage_files(job, files, out_dir)
-        process.run([sys.executable, str(ENTRY), "job.json"], "local executor", timeout_s, env=child_env(),
+        entry = ENTRY.with_name(f"{job.get('runtime', 'litert')}_entry.py")
+        process.run([sys.executable, str(entry), "job.json"], "local executor", timeout_s, env=child_env(),
                     cwd=out_dir)
         return RunResult(json.loads((Path(out_dir) / job["result"]).read_text()), Path(out_dir))

@@ -33,9 +33,10 @@ class Finished:
     signal: str | None = None
 
 
-def run(cmd, what, timeout_s, env=None, cwd=None) -> str:
-    """Runs cmd; returns its combined output. Raises ExecutorError on a non-zero exit, a signal or the timeout."""
-    done = run_child(cmd, what, timeout_s, env, cwd)
+def run(cmd, what, timeout_s, env=None, cwd=None, stdin=None, stdout=None) -> str:
+    """Runs cmd; returns its combined output (with stdout=FILE: its stderr, stdout goes to FILE; stdin=FILE feeds
+    it). Raises ExecutorError on a non-zero exit, a signal or the timeout."""
+    done = run_child(cmd, what, timeout_s, env, cwd, stdin, stdout)
     rc, text = done.returncode, done.log
     if rc < 0:
         raise ExecutorError(what, f"killed by {done.signal}", rc, signal=done.signal, log_tail=tail(text))
@@ -44,12 +45,13 @@ def run(cmd, what, timeout_s, env=None, cwd=None) -> str:
     return text
 
 
-def run_child(cmd, what, timeout_s, env=None, cwd=None) -> Finished:
+def run_child(cmd, what, timeout_s, env=None, cwd=None, stdin=None, stdout=None) -> Finished:
     """Runs cmd to its end, whatever its exit status (callers read their own exit codes and log lines). Raises
     ExecutorError (timed_out=True) only when the time limit passed, after killing the whole process group."""
     with tempfile.TemporaryFile(mode="w+") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(cmd, stdout=stdout or log, stderr=log if stdout else subprocess.STDOUT,
+                                stdin=stdin or subprocess.DEVNULL, env=env, cwd=cwd, start_new_session=True,
+                                preexec_fn=_die_with_parent)
         try:
             rc = proc.wait(timeout=timeout_s)
             timed_out = False

@@ -1,10 +1,13 @@
-"""report.md lines for a target judged on an executor: where, with which resolvers, and the ARM cost."""
+"""report.md lines for a target judged on an executor: where, with which resolvers (LiteRT) or providers (ONNX
+Runtime), the device, and the ARM cost."""
 
 
 def lines(name, t) -> list:
     ex = t["executor"]
     if ex.get("fallback"):
         return [f"- **{name}** judged on host LiteRT, NOT on {ex['wanted']} ARM kernels: {ex['reason']}"]
+    if t.get("runtime") == "onnxruntime":
+        return _onnxruntime_lines(name, t, ex)
     where = ex["name"] + (f" aarch64 (qemu {ex.get('qemu', '?')}, -cpu {ex['cores'][0]})" if ex["name"] == "emulated"
                           else f" {ex.get('host', '')}")
     rv = ex.get("runtime_versions", {})
@@ -29,3 +32,24 @@ def lines(name, t) -> list:
 def _diff(d, suffix) -> str:
     lsb = d.get("max_lsb" + suffix)
     return f"{lsb:g} LSB" if lsb is not None else f"{d.get('max_abs_diff' + suffix, 0):.3g} (absolute)"
+
+
+def _onnxruntime_lines(name, t, ex) -> list:
+    rv = ex.get("runtime_versions", {})
+    ort = next((f"{d} {rv[d]}" for d in ("onnxruntime-gpu", "onnxruntime") if d in rv), "onnxruntime ?")
+    p = ex.get("platform", {})
+    where = f"{ex['name']} device {ex.get('device', '')}"
+    if "latency_ms" in t:
+        out = [f"- **{name}** judged on {where} with {ort}, providers {', '.join(t.get('providers') or [])}"]
+    else:  # the provider was missing there, or the run fell back: the reason line above says which
+        out = [f"- **{name}** NOT judged on {where} ({ort}, available providers: "
+               f"{', '.join(ex.get('available_providers') or []) or '-'})"]
+    out.append(f"  - device: {p.get('uname', '?')}; CPU {p.get('cpu', '?')}; GPU "
+               f"{'; '.join(p.get('gpus') or []) or 'none (no nvidia-smi)'}")
+    nodes = (ex.get("placement") or {}).get("nodes")
+    if nodes:
+        out.append("  - nodes per provider (ONNX Runtime's profile): "
+                   + ", ".join(f"{k} {v}" for k, v in nodes.items()))
+    for d, x in (ex.get("versions_differ_from_lock") or {}).items():
+        out.append(f"  - {d} {x['device']} on the device, the lock pins {x['lock']}")
+    return out

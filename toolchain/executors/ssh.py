@@ -1,6 +1,8 @@
-"""A device over ssh: copy the entry point (with the few project files it imports), the artifact, its baseline and
-the inputs into a fresh remote work directory (scp: OpenSSH's sftp subsystem), run the entry point with the
-device's python under `timeout`, fetch result.json and outputs.npz, remove the directory.
+"""A device over ssh: the runtime's entry point (litert_entry.py or onnxruntime_entry.py, with the few project
+files it imports), the artifact, its baseline and the inputs go to a fresh remote work directory as a tar on the
+connection's stdin; the device's python runs the entry point under `timeout`, result.json and outputs.npz come
+back as a tar on stdout, the directory is removed; one connection per run (the device needs sh, tar, timeout).
+The validate key holds the device's runtime versions and machine identity (probe()).
 
 ssh://USER@HOST:PORT?key=PATH&python=PATH&workdir=DIR&known_hosts=PATH (or the target file's [ssh] table).
 Key-only (BatchMode): a password prompt would hang a build.
@@ -8,7 +10,6 @@ Key-only (BatchMode): a password prompt would hang a build.
 
 import json
 import shlex
-import subprocess
 import uuid
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -17,10 +18,32 @@ from . import process
 from .base import Executor, ExecutorError, ExecutorUnavailable, RunResult
 
 PACKAGE = Path(__file__).resolve().parents[1]
-# What litert_entry.py imports, relative to the directory holding the toolchain package.
-PAYLOAD = ("toolchain/__init__.py", "toolchain/runtimes/__init__.py", "toolchain/runtimes/base.py",
-           "toolchain/runtimes/litert.py", "toolchain/executors/litert_entry.py", "toolchain/validation/__init__.py",
-           "toolchain/validation/latency.py")
+# Each runtime's entry point and the project files it imports, relative to the directory holding the package.
+# The package's own __init__.py is not shipped (it imports the Python API): an empty one stands in for it.
+ENTRIES = {
+    "litert": ("toolchain/executors/litert_entry.py",
+               ("toolchain/runtimes/__init__.py", "toolchain/runtimes/base.py", "toolchain/runtimes/litert.py",
+                "toolchain/validation/__init__.py", "toolchain/validation/latency.py")),
+    "onnxruntime": ("toolchain/executors/onnxruntime_entry.py",
+                    ("toolchain/runtimes/__init__.py", "toolchain/runtimes/base.py",
+                     "toolchain/runtimes/onnxruntime.py", "toolchain/validation/__init__.py",
+                     "toolchain/validation/latency.py")),
+}
+# Run by the device's python for the validate key: its runtime versions and which machine answers at the address.
+PROBE = """import json, platform, sys
+from importlib import metadata
+def v(d):
+    try:
+        return metadata.version(d)
+    except Exception:
+        return None
+try:
+    mid = open("/etc/machine-id").read().strip()
+except OSError:
+    mid = ""
+print(json.dumps({"versions": {d: v(d) for d in sys.argv[1:]}, "host": [platform.node(), platform.machine(), mid]}))
+"""
+_PROBED = {}  # (address, python) -> probe result, once per process
 CONNECT_TIMEOUT_S = 10
 
 
@@ -57,6 +80,26 @@ class SshExecutor(Executor):
     def identity(self) -> dict:  # the device itself (uname, cpuinfo) is recorded from the run's result
         return {"name": "ssh", "device": self.address, "python": self.python}
 
+    def probe(self) -> dict:
+        """The device's versions of every runtime's libraries and its identity (hostname, machine, machine-id):
+        one ssh call, once per process. Raises ExecutorUnavailable when the device does not answer."""
+        from ..runtimes import RUNTIMES
+
+        key = (self.address, self.python)
+        if key not in _PROBED:
+            q = shlex.quote
+            dists = sorted({d for r in RUNTIMES.values() for d in r.libraries})
+            try:
+                out = self._ssh(f"{q(self.python)} -c {q(PROBE)} " + " ".join(q(d) for d in dists),
+                                CONNECT_TIMEOUT_S + 30, "versions")
+                _PROBED[key] = json.loads(out.strip().splitlines()[-1])
+            except (ExecutorError, ValueError, IndexError) as e:
+                _PROBED[key] = ExecutorUnavailable(f"ssh device {self.address}", "unreachable",
+                                                   log_tail=getattr(e, "log_tail", str(e)))
+        if isinstance(_PROBED[key], ExecutorUnavailable):
+            raise _PROBED[key]
+        return _PROBED[key]
+
     def _opts(self) -> list:
         o = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}", "-o", "LogLevel=ERROR"]
         if self.key:
@@ -68,13 +111,9 @@ class SshExecutor(Executor):
     def _dest(self) -> str:
         return f"{self.user + '@' if self.user else ''}{self.host}"
 
-    def _ssh(self, command, timeout_s, what):
+    def _ssh(self, command, timeout_s, what, stdin=None, stdout=None):
         return process.run(["ssh", *self._opts(), "-p", str(self.port), self._dest(), command],
-                           f"ssh device {self.address} ({what})", timeout_s)
-
-    def _scp(self, sources, target, timeout_s, what):
-        return process.run(["scp", "-q", *self._opts(), "-P", str(self.port), *sources, target],
-                           f"ssh device {self.address} ({what})", timeout_s)
+                           f"ssh device {self.address} ({what})", timeout_s, stdin=stdin, stdout=stdout)
 
     def check(self):
         try:
@@ -84,32 +123,40 @@ class SshExecutor(Executor):
                                       log_tail=e.log_tail) from None
 
     def run(self, job, files, out_dir, timeout_s, cpu=None, count=False) -> RunResult:
+        """One ssh connection (a handshake costs ~0.4 s idle, seconds on a loaded machine): a tar of the entry
+        point, the job and its files on stdin; the device's shell unpacks it into a fresh directory, runs the
+        entry point under `timeout`, writes a tar of the results to stdout and removes the directory."""
+        import tarfile
+
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "job.json").write_text(json.dumps({**job, "count": None}))  # no cost plugin on a device
-        remote = f"{self.workdir.rstrip('/')}/{uuid.uuid4().hex}"
+        job = {**job, "count": None}  # no cost plugin on a device
+        (out_dir / "job.json").write_text(json.dumps(job))
+        entry, payload = ENTRIES[job.get("runtime", "litert")]
+        send, got = out_dir / "send.tar", out_dir / "results.tar"
+        with tarfile.open(send, "w") as tar:
+            for p in (entry, *payload):
+                tar.add(PACKAGE.parent / p, arcname=p)
+            inits = {"toolchain/__init__.py"} | {str(Path(p).parent / "__init__.py") for p in (entry, *payload)}
+            for init in sorted(inits - set(payload)):
+                tar.addfile(tarfile.TarInfo(init))  # empty: the real toolchain/__init__.py imports the Python API
+            tar.add(out_dir / "job.json", arcname="job.json")
+            for name, path in files.items():
+                tar.add(Path(path).resolve(), arcname=name)
+        fetch = [job["result"]] + ([job["outputs"]] if job.get("outputs") else [])
         q = shlex.quote
-        dirs = sorted({str(Path(p).parent) for p in PAYLOAD})
-        self._ssh("mkdir -p " + " ".join(q(f"{remote}/{d}") for d in dirs), 60, "prepare")
+        remote = f"{self.workdir.rstrip('/')}/{uuid.uuid4().hex}"
+        script = (f'd={q(remote)}; mkdir -p "$d" && cd "$d" && tar xf - || exit 90; '
+                  f"timeout -s KILL {int(timeout_s)} {q(self.python)} {q(entry)} job.json >&2; rc=$?; "
+                  f"if [ $rc -eq 0 ]; then tar cf - {' '.join(q(n) for n in fetch)}; rc=$?; fi; "
+                  f'cd / && rm -rf "$d"; exit $rc')
+        with open(send, "rb") as fin, open(got, "wb") as fout:
+            self._ssh(script, timeout_s + 30, "validation entry point", stdin=fin, stdout=fout)
         try:
-            for d in dirs:
-                self._scp([str(PACKAGE.parent / p) for p in PAYLOAD if str(Path(p).parent) == d],
-                          f"{self._dest()}:{remote}/{d}/", 120, "copy the entry point")
-            staged = [str(out_dir / "job.json")]
-            for name, path in files.items():  # under the job's names: scp keeps the source's base name
-                link = out_dir / name
-                if not link.exists():
-                    link.symlink_to(Path(path).resolve())
-                staged.append(str(link))
-            self._scp(staged, f"{self._dest()}:{remote}/", 600, "copy the artifact and inputs")
-            self._ssh(f"cd {q(remote)} && timeout -s KILL {int(timeout_s)} {q(self.python)} "
-                      f"toolchain/executors/litert_entry.py job.json", timeout_s + 30, "validation entry point")
-            fetch = [job["result"]] + ([job["outputs"]] if job.get("outputs") else [])
-            for name in fetch:
-                self._scp([f"{self._dest()}:{remote}/{name}"], str(out_dir / name), 600, "fetch results")
-        finally:
-            try:
-                self._ssh(f"rm -rf {q(remote)}", 60, "clean up")
-            except (ExecutorError, subprocess.SubprocessError):
-                pass
+            with tarfile.open(got) as tar:
+                for name in fetch:  # only the job's own names, written under out_dir
+                    with tar.extractfile(tar.getmember(name)) as src:
+                        (out_dir / name).write_bytes(src.read())
+        except (tarfile.TarError, KeyError, AttributeError) as e:
+            raise ExecutorError(f"ssh device {self.address}", f"returned no {', '.join(fetch)} ({e})") from None
         return RunResult(json.loads((out_dir / job["result"]).read_text()), out_dir)

@@ -27,3 +27,43 @@ def interleaved(calls: dict, warmup: int, runs: int) -> dict:
             calls[n]()
             samples[n].append((clock() - t0) / 1e6)
     return {n: percentiles(s) for n, s in samples.items()}
+
+
+def search_options(candidates, lat, timer_for, what):
+    """Bounded search over runtime-options candidates, measured interleaved on this machine. timer_for(candidate)
+    -> the artifact's timer with those options. Returns (chosen candidate, its timer, the record for the report).
+    A candidate that fails to load or run (e.g. CUDA graphs with a node on the CPU) is recorded with its reason,
+    never chosen."""
+    calls, failed, by_name = {}, {}, {}
+    for cand in candidates:
+        try:
+            t = timer_for(cand)
+            t()
+            calls[cand["name"]], by_name[cand["name"]] = t, cand
+        except Exception as e:  # noqa: BLE001 - any runtime refusal disqualifies the candidate
+            failed[cand["name"]] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    if not calls:
+        raise RuntimeError(f"no runtime-options candidate of {what} could run: {failed}")
+    timed = interleaved(calls, max(lat["warmup"] // 2, 5), max(lat["runs"] // 2, 20))
+    best = min(timed, key=lambda n: timed[n]["p50"])
+    record = {"chosen": best, "options": {k: v for k, v in by_name[best].items() if k != "name"},
+              "p50_ms": {n: t["p50"] for n, t in timed.items()}, "failed": failed,
+              "note": "accuracy is measured with default options; these options change kernels and scheduling"}
+    return by_name[best], calls[best], record
+
+
+def against_baseline(timer, opener, baseline, feed, lat, candidates=(), artifact=None, unpruned=None, what=""):
+    """The target's latency protocol, the same on the build host and in an executor's entry point: the runtime
+    options searched (when the target names candidates), then the artifact interleaved with its fp32 baseline
+    (default options), the baseline with the chosen options too, and the unpruned build when there is one.
+    opener(path, options=None) -> a session. Returns (chosen candidate or None, search record or None, name ->
+    percentiles)."""
+    chosen = record = None
+    if candidates:
+        chosen, timer, record = search_options(candidates, lat, lambda c: opener(artifact, c).timer(feed), what)
+    calls = {"artifact": timer, "baseline": opener(baseline).timer(feed)}
+    if chosen and chosen.get("name") != "default":  # fair comparison too: the baseline with the same options
+        calls["baseline_same_options"] = opener(baseline, chosen).timer(feed)
+    if unpruned is not None:  # the same target built without pruning: the speedup is measured, not a MAC ratio
+        calls["unpruned"] = opener(unpruned, chosen).timer(feed)
+    return chosen, record, interleaved(calls, lat["warmup"], lat["runs"])

@@ -28,7 +28,9 @@ def target_params(target, spec) -> dict:
 
         params["app_postprocess"] = {"ref": target.table("convert")["app_postprocess"],
                                      "source_sha256": sha256_file(inspect.getsourcefile(post))}
-    if runtime(target.runtime).judged_on_executor:
+    from ..executors.config import off_host
+
+    if runtime(target.runtime).judged_on_executor or off_host(target):
         from ..executors import identity
 
         params["executor"] = identity(target, (target.tables.get("executor") or {}).get("device"))

@@ -74,6 +74,13 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
                                      "split_at": list(target.table("convert")["split_at"]),
                                      "note": "judged on the app's post-processing of the artifact's outputs; "
                                              "latency covers the artifact only"}
+    if target.runtime == "onnxruntime":
+        from ..executors.config import off_host
+
+        if off_host(target):  # judged on the executor's own ONNX Runtime (a GPU host over ssh)
+            from .ort_on_executor import judge
+
+            return judge(target, artifact, baseline, evaluation, reference, spec, ref_value, unpruned, result)
     try:
         session = open_artifact(target, artifact, output_shapes=shapes, output_names=onames, input_names=names)
         if post is not None:
@@ -82,10 +89,7 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
         # Still prove what can be proven here: the artifact's agreement with fp32, run on the CPU provider.
         result.update(status="skipped", reason=str(e))
         if target.runtime == "onnxruntime":
-            cpu = open_artifact(target, artifact, providers=["CPUExecutionProvider"])
-            result["cpu_check"] = accuracy(outputs_on(cpu, evaluation, names), evaluation, reference, spec,
-                                           ref_value)
-            result["cpu_check"]["note"] = "run on CPUExecutionProvider for agreement only; not a pass for the target"
+            result["cpu_check"] = cpu_check(target, artifact, evaluation, reference, spec, ref_value)
         return result
     except RuntimeFellBack as e:
         result.update(status="failed", reason=f"runtime fell back: {e}")
@@ -124,26 +128,12 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
         return open_artifact(target, path, output_shapes=shapes, output_names=onames, input_names=names,
                              options=options)
 
-    chosen, timer = None, session.timer(feed)
-    if target.tables.get("runtime_options"):
-        chosen, timer, result["runtime_options"] = search_options(target, artifact, feed, opener)
-    calls = {"artifact": timer, "baseline": opener(baseline).timer(feed)}
-    if chosen and chosen.get("name") != "default":  # fair comparison too: the baseline with the same options
-        calls["baseline_same_options"] = opener(baseline, chosen).timer(feed)
-    if unpruned is not None:  # the same target built without pruning: the speedup is measured, not a MAC ratio
-        calls["unpruned"] = opener(unpruned, chosen).timer(feed)
-    timed = latency.interleaved(calls, lat["warmup"], lat["runs"])
-    if unpruned is not None:
-        result.update(unpruned_latency_ms=timed["unpruned"],
-                      speedup_vs_unpruned=timed["unpruned"]["p50"] / timed["artifact"]["p50"])
-    if "baseline_same_options" in timed:
-        result["baseline_same_options_latency_ms"] = timed["baseline_same_options"]
-    result.update(latency_ms=timed["artifact"], baseline_latency_ms=timed["baseline"],
-                  latency_ratio=timed["artifact"]["p50"] / timed["baseline"]["p50"],
-                  latency_protocol={"batch": batch, "warmup": lat["warmup"], "runs": lat["runs"],
-                                    "interleaved_with": "fp32 baseline (default runtime options)",
-                                    "artifact_runtime_options": (chosen or {}).get("name", "default"),
-                                    "timing": session.timing_method})
+    chosen, record, timed = latency.against_baseline(session.timer(feed), opener, baseline, feed, lat,
+                                                     target.tables.get("runtime_options"), artifact, unpruned,
+                                                     f"target {target.name}")
+    if record:
+        result["runtime_options"] = record
+    record_latency(result, timed, (chosen or {}).get("name", "default"), batch, lat, session.timing_method)
     if "device_latency" in result:  # measured on the device itself (ssh executor): those figures count
         from .on_executor import prefer_device_latency
 
@@ -156,30 +146,30 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
     return result
 
 
+def record_latency(result, timed, chosen_name, batch, lat, timing_method):
+    """The interleaved timings (latency.against_baseline) into the result's latency keys."""
+    if "unpruned" in timed:
+        result.update(unpruned_latency_ms=timed["unpruned"],
+                      speedup_vs_unpruned=timed["unpruned"]["p50"] / timed["artifact"]["p50"])
+    if "baseline_same_options" in timed:
+        result["baseline_same_options_latency_ms"] = timed["baseline_same_options"]
+    result.update(latency_ms=timed["artifact"], baseline_latency_ms=timed["baseline"],
+                  latency_ratio=timed["artifact"]["p50"] / timed["baseline"]["p50"],
+                  latency_protocol={"batch": batch, "warmup": lat["warmup"], "runs": lat["runs"],
+                                    "interleaved_with": "fp32 baseline (default runtime options)",
+                                    "artifact_runtime_options": chosen_name, "timing": timing_method})
+
+
+def cpu_check(target, artifact, evaluation, reference, spec, ref_value) -> dict:
+    """An ONNX artifact whose provider is not there: its agreement on this host's CPU provider, never a pass."""
+    names = [t.name for t in spec.inputs]
+    cpu = open_artifact(target, artifact, providers=["CPUExecutionProvider"])
+    check = accuracy(outputs_on(cpu, evaluation, names), evaluation, reference, spec, ref_value)
+    check["note"] = "run on CPUExecutionProvider for agreement only; not a pass for the target"
+    return check
+
+
 def _device(target, session):
     from ..runtimes import device_name
 
     return device_name(target, session)
-
-
-def search_options(target, artifact, feed, opener):
-    """Bounded search over the target's runtime-options candidates, measured interleaved on this machine.
-    Returns (chosen candidate, its timer, the record for the report). A candidate that fails to load or run
-    (e.g. CUDA graphs with a node on the CPU) is recorded with its reason, never chosen."""
-    calls, failed, by_name = {}, {}, {}
-    for cand in target.tables["runtime_options"]:
-        try:
-            t = opener(artifact, cand).timer(feed)
-            t()
-            calls[cand["name"]], by_name[cand["name"]] = t, cand
-        except Exception as e:  # noqa: BLE001 - any runtime refusal disqualifies the candidate
-            failed[cand["name"]] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-    if not calls:
-        raise RuntimeError(f"no runtime-options candidate of target {target.name} could run: {failed}")
-    lat = target.latency
-    timed = latency.interleaved(calls, max(lat["warmup"] // 2, 5), max(lat["runs"] // 2, 20))
-    best = min(timed, key=lambda n: timed[n]["p50"])
-    record = {"chosen": best, "options": {k: v for k, v in by_name[best].items() if k != "name"},
-              "p50_ms": {n: t["p50"] for n, t in timed.items()}, "failed": failed,
-              "note": "accuracy is measured with default options; these options change kernels and scheduling"}
-    return by_name[best], calls[best], record
