@@ -295,5 +295,26 @@ def init(factory, inputs, outputs, path, name, targets, weights, python_path, no
                f"`toolchain build {written}`")
 
 
+@main.command()
+@click.argument("artifact", type=click.Path(exists=True, dir_okay=False))
+def metadata(artifact):
+    """Print what an ONNX or TFLite artifact carries for an app (one JSON document): model name and version,
+    inputs (shape, dtype, layout and transpose, normalisation, quantization) and outputs (labels, quantization)."""
+    import json
+
+    from .app_metadata import read
+    from .errors import SpecError
+
+    def _read(path):
+        try:
+            return read(path)
+        except ValueError as e:
+            raise SpecError(path, None, str(e).split(": ", 1)[-1]) from None
+        except Exception as e:  # noqa: BLE001 - not a model file at all
+            raise SpecError(path, None, f"cannot be read as an ONNX or TFLite model ({type(e).__name__})") from None
+
+    click.echo(json.dumps(_run(_read, artifact), indent=2, sort_keys=True))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
