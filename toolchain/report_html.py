@@ -77,6 +77,26 @@ def _notes_html(report) -> str:
     return "<ul class='notes'>" + "".join(items) + "</ul>"
 
 
+def _io_html(report) -> str:
+    """How an app feeds each artifact whose inputs or outputs are not the PyTorch model's (TFLite: int8, channels
+    last): shape, dtype, quantization and the transpose, as report.json's `io` says."""
+    esc = html.escape
+    rows = []
+    for name, t in report["targets"].items():
+        for kind in ("inputs", "outputs"):
+            for d in (t.get("io") or {}).get(kind, []):
+                q = f"{d['scale']:.6g} / {d['zero_point']}" if d.get("scale") else "-"
+                cells = (name, kind[:-1], d.get("name"), str(d.get("shape")), d.get("dtype"), q,
+                         d.get("layout", "as the PyTorch model"))
+                rows.append("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in cells) + "</tr>")
+    if not rows:
+        return ""
+    head = ["target", "tensor", "name", "shape", "dtype", "scale / zero point", "layout"]
+    return (f"<h2>How to feed each artifact</h2><table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>"
+            f"{''.join(rows)}</table><p class='hint'>Every artifact also carries this (with the model's name, "
+            "version, labels and normalisation) as metadata: <code>toolchain metadata FILE</code>.</p>")
+
+
 def render(report) -> str:
     esc = html.escape
     png = _plot_png(report)
@@ -113,12 +133,14 @@ padding:4px 8px;font-size:13px}}tr.ok td:nth-child(2){{color:#080}}tr.bad td:nth
 tr.skip td:nth-child(2){{color:#886}}.badge{{display:inline-block;border-radius:3px;padding:1px 6px;font-size:12px;
 margin:2px 2px 2px 0;background:#dde}}.badge.warn{{background:#f5a623}}.badge.passed{{background:#bfb}}
 .badge.failed{{background:#f99}}.badge.skipped{{background:#eed}}ul.notes li{{margin:6px 0;font-size:13px}}
+p.hint{{font-size:13px;color:#444}}
 </style></head><body>
 <h1>{esc(report['model'])} {esc(report['version'])}</h1>
 <p>{esc(reference_line(ref))}</p>
 <table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{''.join(rows)}</table>
 {out_table}
 <h2>Verdicts and notes</h2>{_notes_html(report)}
+{_io_html(report)}
 <p>{img}</p></body></html>
 """
 
