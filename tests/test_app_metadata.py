@@ -157,3 +157,25 @@ def test_labels_reach_the_tflite_artifact_of_a_full_build(tmp_path, write_spec):
     from toolchain.app_metadata import read
 
     assert read(b.model_dir / b.report["targets"]["arm64"]["artifact"])["outputs"][0]["labels"] == DIGITS
+
+
+def test_python_api_class_names_and_normalization_reach_the_spec(tmp_path):
+    """toolchain.build(model, class_names=..., normalization=...) writes them into the generated spec; a name
+    that is no output (or input) is one ToolchainError."""
+    import torch
+    from torch import nn
+
+    from toolchain.errors import ToolchainError
+    from toolchain.module_spec import write_sources
+    from toolchain.spec import load_spec
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    x = torch.zeros(4, 3, 8, 8)
+    spec = load_spec(write_sources(model, tmp_path, name="net", inputs={"image": (1, 3, 8, 8)}, calibration=x,
+                                   class_names=["cat", "dog", "bird"],
+                                   normalization={"mean": np.array([0.5, 0.4, 0.3]), "std": 0.25}))
+    assert spec.outputs[0].class_names == ("cat", "dog", "bird")
+    assert spec.inputs[0].normalization == {"mean": [0.5, 0.4, 0.3], "std": [0.25]}
+    with pytest.raises(ToolchainError, match="class_names: 'logits' is none of output"):
+        write_sources(model, tmp_path, name="net", inputs={"image": (1, 3, 8, 8)}, calibration=x,
+                      class_names={"logits": ["a", "b", "c"]})
