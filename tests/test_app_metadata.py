@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import one_error_line, run_build, toolchain_exe
+from conftest import run_build, toolchain_exe
 
 DIGITS = [f"digit {i}" for i in range(10)]
 
