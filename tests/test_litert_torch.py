@@ -44,7 +44,8 @@ def _tiny_encoder():
 def _spec():
     inputs = (TensorSpec("input_ids", (1, SEQ), "int64", {0: "batch", 1: "sequence"}),
               TensorSpec("attention_mask", (1, SEQ), "int64", {0: "batch", 1: "sequence"}))
-    return SimpleNamespace(inputs=inputs, outputs=(TensorSpec("embedding", ()),))
+    return SimpleNamespace(inputs=inputs, outputs=(TensorSpec("embedding", ()),), name="tiny_encoder",
+                           version="1.0.0", path=Path("build.toml"))
 
 
 # ---- the spec's convert table (default run) -------------------------------------------------------------------
@@ -93,6 +94,12 @@ def test_tiny_encoder_converts_and_runs_on_project_litert(tmp_path):
     assert meta["converter_versions"]["litert-torch"] and meta["converter_versions"]["ai-edge-quantizer"]
     assert sorted(d["name"] for d in meta["io"]["inputs"]) == ["attention_mask", "input_ids"]  # spec names kept
     assert [d["name"] for d in meta["io"]["outputs"]] == ["embedding"]
+    from toolchain.app_metadata import declared, read, stamp_tflite  # what the stage's build() adds
+
+    stamp_tflite(int8, declared(_spec()), _spec())
+    doc = read(int8)  # the runs below use the stamped file
+    assert doc["model_name"] == "tiny_encoder" and [d["name"] for d in doc["outputs"]] == ["embedding"]
+    assert {d["name"]: d["dtype"] for d in doc["inputs"]} == {"input_ids": "int32", "attention_mask": "int32"}
 
     rng = np.random.default_rng(0)
     ids = rng.integers(1, VOCAB, size=(8, SEQ))

@@ -264,8 +264,9 @@ def _wait(procs, timeout=300):
 @pytest.fixture(scope="module")
 def parallel(tmp_path_factory, write_spec):
     """Three command-line builds started together on one --cache-dir: the tiny CNN for x86_64 and for cuda into
-    one output directory, and the same network under another name (so every stage key is the same and the
-    builds race to publish each cache entry) into another."""
+    one output directory, and the same network under another name (so the keys of trace and reference are the
+    same and the builds race to publish those entries; the artifacts differ in the name they carry) into
+    another."""
     d = tmp_path_factory.mktemp("parallel builds")
     cache = d / "shared cache"
     spec = write_spec(d / "spec", targets={"cuda": {"max_metric_drop": 1.0}})
@@ -301,9 +302,14 @@ def test_parallel_builds_of_two_models_share_one_cache(parallel, tmp_path):
     cnn = assert_report_consistent(parallel["out"] / "tiny_cnn")
     twin = assert_report_consistent(parallel["twin_out"] / "tiny_twin")
     assert twin["status"] == "passed"
-    assert twin["targets"]["x86_64"]["sha256"] == cnn["targets"]["x86_64"]["sha256"]
+    # The artifacts carry their model's name (app_metadata.py): the same graph, another metadata, another key.
+    import onnx
+
+    graphs = [onnx.load(str(d / r["targets"]["x86_64"]["artifact"])).graph.SerializeToString()
+              for d, r in ((parallel["out"] / "tiny_cnn", cnn), (parallel["twin_out"] / "tiny_twin", twin))]
+    assert graphs[0] == graphs[1] and twin["targets"]["x86_64"]["sha256"] != cnn["targets"]["x86_64"]["sha256"]
     cache = parallel["cache"]
-    for stage, n in (("trace", 1), ("reference", 1), ("quantize", 1), ("fp16", 1), ("validate", 2)):
+    for stage, n in (("trace", 1), ("reference", 1), ("quantize", 2), ("fp16", 1), ("validate", 3)):
         entries = list((cache / stage).iterdir())  # one whole entry per key, whoever won the race
         assert len(entries) == n and all((p / "entry.json").is_file() for p in entries), (stage, entries)
     assert not (cache / "tmp").exists() or list((cache / "tmp").iterdir()) == []

@@ -249,6 +249,33 @@ def test_readme_python_example_runs_as_written(tmp_path):
     report = json.loads((tmp_path / "build" / "mynet" / "report.json").read_text())
     assert {t["status"] for t in report["targets"].values()} == {"passed"}
     assert (tmp_path / "dist" / "mynet-1.0.0.tar.gz").is_file()
+    assert p.stdout.splitlines()[-1] == "['arm64', 'x86_64']"  # both artifacts in the verified bundle
+    # The README's metadata one-liners, run as written, on the artifacts the example made: labels in both.
+    names = [f"class {i}" for i in range(10)]
+    for line in _readme_one_liners():
+        q = subprocess.run(line, shell=True, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert q.returncode == 0, q.stderr[-2000:]
+        out = q.stdout.strip()
+        if "onnxruntime" in line:  # a dict of strings; inputs/outputs are JSON
+            import ast
+
+            props = ast.literal_eval(out)
+            assert props["model_name"] == "mynet" and props["model_version"] == "1.0.0"
+            assert json.loads(props["outputs"])[0]["labels"] == names
+        else:
+            doc = json.loads(out)
+            assert doc["model_name"] == "mynet" and doc["outputs"][0]["labels"] == names
+            (inp,) = doc["inputs"]
+            assert inp["layout"].startswith("transposed from (N,C,H,W) to (N,H,W,C)")
+            assert inp["normalization"]["std"] == [0.229, 0.224, 0.225]
+
+
+def _readme_one_liners() -> list:
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("### What an artifact tells an app"):text.index("### Exit codes")]
+    lines = [ln for ln in section.splitlines() if ln.startswith('python -c "')]
+    assert len(lines) == 2, lines
+    return [ln.replace("python -c", f"{sys.executable} -c", 1) for ln in lines]
 
 
 def test_package_namespace_exports_the_python_api():

@@ -7,9 +7,36 @@ import click
 from .errors import EXIT_INTERRUPTED, EXIT_TERMINATED, WRITE_ERRNOS, OutputError, Terminated, ToolchainError
 
 
+def _styled(text, err=False, **style):
+    """Colour only on a terminal and without NO_COLOR (verbosity.colour); pipes and files get plain text."""
+    from .verbosity import colour
+
+    return click.style(text, **style) if colour(sys.stderr if err else sys.stdout) else text
+
+
 def _fail(e: ToolchainError):
-    click.echo(f"error: {e}", err=True)  # one line: ToolchainError escapes line breaks
+    click.echo(f"{_styled('error:', True, fg='red', bold=True)} {e}", err=True)  # one line: escapes line breaks
     sys.exit(e.exit_code)
+
+
+_STATUS_COLOURS = {"passed": "green", "failed": "red", "skipped": "yellow", "stale": "red"}
+
+
+def _verbosity(quiet, verbose):
+    """-q / -v for this command (verbosity.py); returns a Progress factory."""
+    from .progress import Progress
+    from .verbosity import colour, set_level
+
+    if quiet and verbose:
+        raise click.UsageError("-q and -v exclude each other")
+    set_level("quiet" if quiet else "verbose" if verbose else "normal")
+    return lambda name: Progress(name, quiet=quiet, colour=colour(sys.stderr))
+
+
+_QUIET = click.option("-q", "--quiet", is_flag=True, help="Nothing but the result: no progress lines, and none of the "
+                                                          "converters' or runtimes' own output.")
+_VERBOSE = click.option("-v", "--verbose", is_flag=True, help="Also show each converter's log and the runtimes' own "
+                                                              "lines (onnx2tf, LiteRT, ONNX Runtime's quantizer).")
 
 
 def _run(fn, *args):
@@ -46,7 +73,7 @@ class _Group(click.Group):
                        "marked stale", err=True)
             sys.exit(EXIT_TERMINATED)
         except KeyboardInterrupt:
-            click.echo("error: interrupted (Ctrl-C): temp files removed; an unfinished build leaves its report "
+            click.echo(f"{_styled('error:', True, fg='red', bold=True)} interrupted (Ctrl-C): temp files removed; an unfinished build leaves its report "
                        "marked stale", err=True)
             sys.exit(EXIT_INTERRUPTED)
         finally:
@@ -67,7 +94,8 @@ def _exit_with_statuses(report, code, as_json=False):
         _emit_json({"exit_code": code, "report": report}, code)
     for tname, t in report["targets"].items():
         extra = f": {t['reason']}" if t.get("reason") else ""
-        click.echo(f"{report['model']} {tname}: {t['status']}{extra}")
+        status = _styled(t["status"], fg=_STATUS_COLOURS.get(t["status"]), bold=t["status"] == "failed")
+        click.echo(f"{report['model']} {tname}: {status}{extra}")
     sys.exit(code)
 
 
@@ -99,16 +127,18 @@ def main():
                    "(default: $TOOLCHAIN_REMOTE_CACHE; '' for none). See README, Shared cache.")
 @click.option("-t", "--target", "targets", multiple=True, help="Build only these targets of the spec.")
 @click.option("--targets-dir", default=None, help="A directory of your own target files; they add to the built-in targets (same name: yours wins).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+@_QUIET
+@_VERBOSE
 @click.option("--explain", is_flag=True, help="Build nothing; list each stage that would run and why.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report (or the explanation) as one JSON document.")
 @click.option("--device", "devices", multiple=True, metavar="TARGET=ssh://USER@HOST:PORT",
               help="Validate TARGET on this device (toolchain/executors/ssh.py).")
-def build(spec, out_root, cache_dir, remote_cache, targets, targets_dir, quiet, explain, as_json, devices=()):
+def build(spec, out_root, cache_dir, remote_cache, targets, targets_dir, quiet, verbose, explain, as_json,
+          devices=()):
     """Build SPEC (a build.toml) for its targets; exit 0 only when every gate passes."""
+    progress = _verbosity(quiet, verbose)
     _point_at(devices)
     from .api import build as do_build
-    from .progress import Progress
 
     if explain:
         from .api import explain as do_explain
@@ -123,7 +153,7 @@ def build(spec, out_root, cache_dir, remote_cache, targets, targets_dir, quiet, 
 
     name = _run(load_spec, spec).name
     report, code = _run(do_build, spec, out_root, cache_dir, list(targets) or None, targets_dir,
-                        Progress(name, quiet=quiet), remote_cache)
+                        progress(name), remote_cache)
     _exit_with_statuses(report, code, as_json)
 
 
@@ -133,17 +163,19 @@ def build(spec, out_root, cache_dir, remote_cache, targets, targets_dir, quiet, 
 @click.option("-t", "--target", "targets", multiple=True, help="Validate only these targets.")
 @click.option("--targets-dir", default=None, help="A directory of your own target files; they add to the built-in targets (same name: yours wins).")
 @click.option("--json", "as_json", is_flag=True, help="Print the updated report as one JSON document.")
+@_QUIET
+@_VERBOSE
 @click.option("--device", "devices", multiple=True, metavar="TARGET=ssh://USER@HOST:PORT",
               help="Validate TARGET on this device (toolchain/executors/ssh.py).")
-def validate(spec, out_root, targets, targets_dir, as_json, devices=()):
+def validate(spec, out_root, targets, targets_dir, as_json, quiet, verbose, devices=()):
     """Re-validate built artifacts of SPEC on this machine's runtimes (e.g. cuda on a GPU host); no rebuild."""
+    progress = _verbosity(quiet, verbose)
     _point_at(devices)
     from .api import validate as do_validate
-    from .progress import Progress
     from .spec import load_spec
 
     name = _run(load_spec, spec, False).name
-    report, code = _run(do_validate, spec, out_root, list(targets) or None, targets_dir, Progress(name))
+    report, code = _run(do_validate, spec, out_root, list(targets) or None, targets_dir, progress(name))
     _exit_with_statuses(report, code, as_json)
 
 
@@ -210,7 +242,7 @@ def verify(dist, key_path, out, plain_http, as_json):
         manifest, summary = _run(verify_bundle, dist, key)
     if as_json:
         _emit_json({"bundle": dist, "verified": True, "signature": summary, "manifest": manifest})
-    click.echo(f"{dist}: OK, {len(manifest['artifacts'])} artifacts verified")
+    click.echo(f"{dist}: {_styled('OK', fg='green')}, {len(manifest['artifacts'])} artifacts verified")
     click.echo(describe(summary, key_path))
 
 
@@ -311,6 +343,27 @@ def init(factory, inputs, outputs, path, name, targets, weights, python_path, no
                    weights, [python_path], not no_labels)
     click.echo(f"{written}: written; fill in the weights and data it names (TODO lines), then "
                f"`toolchain build {written}`")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(exists=True, dir_okay=False))
+def metadata(artifact):
+    """Print what an ONNX or TFLite artifact carries for an app (one JSON document): model name and version,
+    inputs (shape, dtype, layout and transpose, normalisation, quantization) and outputs (labels, quantization)."""
+    import json
+
+    from .app_metadata import read
+    from .errors import SpecError
+
+    def _read(path):
+        try:
+            return read(path)
+        except ValueError as e:
+            raise SpecError(path, None, str(e).split(": ", 1)[-1]) from None
+        except Exception as e:  # noqa: BLE001 - not a model file at all
+            raise SpecError(path, None, f"cannot be read as an ONNX or TFLite model ({type(e).__name__})") from None
+
+    click.echo(json.dumps(_run(_read, artifact), indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":  # pragma: no cover

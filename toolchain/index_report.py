@@ -72,7 +72,7 @@ def render(index: dict) -> str:
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
 padding:4px 8px;font-size:13px;vertical-align:top}}tr.ok .st{{color:#080}}tr.bad .st{{color:#b00;font-weight:bold}}
 tr.skip .st{{color:#886}}.badge{{display:inline-block;background:#f5a623;color:#000;border-radius:3px;
-padding:1px 5px;margin:1px;font-size:11px}}small{{color:#444}}</style></head><body>
+padding:1px 5px;margin:1px;font-size:11px;white-space:nowrap}}small{{color:#444}}</style></head><body>
 <h1>Builds: {len(index['models'])} model(s)</h1>
 <table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{''.join(body)}</table></body></html>
 """

@@ -39,9 +39,12 @@ def render(factory, inputs, outputs, name, targets, weights, python_path, labels
     ]
     for n, dims, dtype in inputs:
         lines += ["[[inputs]]", f"name = {q(n)}", f"shape = {dims}   # batch first", f"dtype = {q(dtype)}",
-                  'dynamic_axes = { 0 = "batch" }', ""]
+                  'dynamic_axes = { 0 = "batch" }',
+                  "# normalization = { mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225] }   # optional: "
+                  "what the app does to raw data, recorded in the artifacts' metadata", ""]
     for o in outputs:
-        lines += ["[[outputs]]", f"name = {q(o)}", ""]
+        lines += ["[[outputs]]", f"name = {q(o)}",
+                  '# class_names = "labels.txt"   # optional: one class name a line, carried in the artifacts', ""]
     lines += [
         "[data]",
         '# TODO: .npz files with one array per input (same names), or "module:function" returning such a dict.',

@@ -9,6 +9,11 @@ from contextlib import contextmanager
 
 @contextmanager
 def without_native_info():
+    from .verbosity import verbose
+
+    if verbose():  # -v: the runtime's own lines are wanted
+        yield
+        return
     try:
         sys.stderr.flush()
         saved = os.dup(2)

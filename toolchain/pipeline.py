@@ -410,6 +410,7 @@ INPUTS = {
     "budget": ("value", lambda i: i._pipe.gates[i.target_name]),
     "threads": ("value", lambda i: i.target.threads),
     "io": ("value", lambda i: _io(i._pipe)),
+    "app_metadata": ("value", lambda i: _app_metadata(i.spec)),  # what the artifact carries for an app
     "metric_params": ("params", lambda i: i._pipe.metric_params),
     # the ARM cost model the arm64 plan searches speed on (its emulator's identity): None where none is set up
     "arm_cost": ("value", lambda i: _arm_cost(i.target)),
@@ -424,7 +425,14 @@ VALUES = {
     "artifact": lambda p, t: p.artifact(t), "baseline": lambda p, t: p.baseline(t), "unpruned": _unpruned,
     "budget": lambda p, t: p.gates[t], "threads": lambda p, t: p.targets[t].threads,
     "arm_cost": lambda p, t: _arm_cost(p.targets[t]),
+    "app_metadata": lambda p, t: _app_metadata(p.spec),
 }
+
+
+def _app_metadata(spec):
+    from .app_metadata import declared
+
+    return declared(spec)
 
 
 def _arm_cost(target):

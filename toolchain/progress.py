@@ -8,8 +8,8 @@ HEARTBEAT_S = 10.0  # a stage running longer than this says so every HEARTBEAT_S
 
 
 class Progress:
-    def __init__(self, model, quiet=False, stream=None, heartbeat_s=HEARTBEAT_S):
-        self.model, self.quiet = model, quiet
+    def __init__(self, model, quiet=False, stream=None, heartbeat_s=HEARTBEAT_S, colour=False):
+        self.model, self.quiet, self.colour = model, quiet, colour  # colour: the CLI on a terminal (verbosity.py)
         self.stream = stream or sys.stderr
         self.t0 = time.monotonic()
         self.heartbeat_s = heartbeat_s
@@ -41,4 +41,10 @@ class Progress:
         where = f"{stage}" + (f"[{target}]" if target else "")
         took = f" {seconds:6.2f}s" if seconds is not None else ""
         total = time.monotonic() - self.t0
+        word = what.split(" ", 1)[0].rstrip(":")
+        if self.colour and word in _COLOURS:
+            what = f"{_COLOURS[word]}{word}\x1b[0m{what[len(word):]}"
         print(f"[{self.model}] {where:<30} {what}{took}  (+{total:.1f}s)", file=self.stream, flush=True)
+
+
+_COLOURS = {"FAILED": "\x1b[31;1m", "done": "\x1b[32m", "cached": "\x1b[2m"}

@@ -51,7 +51,8 @@ def _result(spec_path, model_dir: Path, report: dict, code: int) -> BuildResult:
 
 def build(model_or_spec, *, targets=None, out="build", cache_dir=None, targets_dir=None, quiet=True,
           name=None, version="0.0.0", inputs=None, outputs=None, calibration=None, evaluation=None, labels=None,
-          metric=None, budgets=None, target_options=None, cache=None) -> BuildResult:
+          metric=None, budgets=None, target_options=None, cache=None, class_names=None,
+          normalization=None) -> BuildResult:
     """Build a model for its targets and validate every artifact on its runtime.
 
     model_or_spec: a build.toml path, or a torch.nn.Module. For a module also give `inputs` (a dict of name ->
@@ -61,6 +62,9 @@ def build(model_or_spec, *, targets=None, out="build", cache_dir=None, targets_d
     `metric`, `targets` (default: x86_64), `budgets` (a number for every target in the metric's budget unit: points
     of top-1 drop, or the sqnr floor in dB; or {target: number}, or {target: {budget key: value}}) and
     `target_options` ({target: {table: {option: value}}}, e.g. {"x86_64": {"quantize": {"method": "auto"}}}).
+    Carried inside the artifacts for an app (app_metadata.py): `class_names` (a list for the first output, or
+    {output: list}) and `normalization` ({"mean", "std"} for a one-input model, or {input: {"mean", "std"}}: what
+    the app does to raw data before feeding it).
     The module's sources (weights, data, generated spec) are written under OUT/.sources/NAME; the same pipeline
     and cache run, so a second call with nothing changed does nothing. `cache`: a shared cache URL read through
     the local one (s3://BUCKET/PREFIX or file:///DIR; default $TOOLCHAIN_REMOTE_CACHE), as `build --cache`.
@@ -77,7 +81,8 @@ def build(model_or_spec, *, targets=None, out="build", cache_dir=None, targets_d
         spec_path = write_sources(model_or_spec, Path(out) / ".sources", name=name, version=version, inputs=inputs,
                                   outputs=outputs, calibration=calibration, evaluation=evaluation, labels=labels,
                                   metric=metric, targets=targets or ("x86_64",), budgets=budgets,
-                                  target_options=target_options)
+                                  target_options=target_options, class_names=class_names,
+                                  normalization=normalization)
         targets = None  # the generated spec names exactly the targets asked for
     spec = load_spec(spec_path)
     report, code = api.build(spec_path, out, cache_dir, list(targets) if targets else None, targets_dir,

@@ -166,6 +166,11 @@ def markdown(report: dict) -> str:
             lines.append(f"- **{name}** latency measured on {t.get('device', h['cpu'])} (host arch {h['arch']}), "
                          f"{t.get('threads')} thread(s), {t['latency_protocol']['timing']}"
                          + (f"; {t['latency_note']}" if t.get("latency_note") else ""))
+        for d in (t.get("io") or {}).get("inputs", []):  # how an app feeds it, where that is not as in PyTorch
+            if d.get("layout") or d.get("scale"):
+                lines.append(f"- **{name}** input `{d['name']}`: {d['dtype']} {d['shape']}"
+                             + (f", scale {d['scale']:.6g} zero point {d['zero_point']}" if d.get("scale") else "")
+                             + (f"; {d['layout']}" if d.get("layout") else ""))
         if t.get("executor"):  # where the target was judged (toolchain/executors)
             from .executors.report_lines import lines as executor_lines
 

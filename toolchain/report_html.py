@@ -14,28 +14,50 @@ def _plot_png(report) -> bytes | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=110)
     ref = report["reference"]["value"]  # None where the first output is judged by a floor (no fp32 figure)
-    for i, (name, t) in enumerate(rows):
+    points = []  # (x, y, label, artifact?)
+    for name, t in rows:
         size_kb = t["size_bytes"] / 1024
-        ax.scatter(t["latency_ms"]["p50"], t["metric"], s=40 + size_kb / 4, alpha=0.7,
+        ax.scatter(t["latency_ms"]["p50"], t["metric"], s=40 + size_kb / 4, alpha=0.7, zorder=3,
                    color="tab:green" if t["status"] == "passed" else "tab:red")
-        ax.annotate(f"{name} {t['precision']} ({size_kb:.0f} KB)", (t["latency_ms"]["p50"], t["metric"]),
-                    textcoords="offset points", xytext=(6, 8 + 12 * i), fontsize=8)
-        base = t["baseline_latency_ms"]["p50"]
+        points.append((t["latency_ms"]["p50"], t["metric"], f"{name} {t['precision']} ({size_kb:.0f} KB)", True))
         if ref is not None:
-            ax.scatter(base, ref, marker="x", color="gray")
-            ax.annotate(f"{name} fp32", (base, ref), textcoords="offset points", xytext=(6, -12 - 10 * i),
-                        fontsize=7, color="gray")
+            ax.scatter(t["baseline_latency_ms"]["p50"], ref, marker="x", color="gray", zorder=3)
+            points.append((t["baseline_latency_ms"]["p50"], ref, f"{name} fp32", False))
     if ref is not None:
         ax.axhline(ref, color="gray", lw=0.6, ls="--")
     ax.set_xscale("log")
-    from matplotlib.ticker import ScalarFormatter
+    import math
 
+    from matplotlib.ticker import FuncFormatter, ScalarFormatter
+
+    # Limits from the data (a flat metric must not stretch to 92..106 of a percentage), room for the labels.
+    xs, ys = [x for x, *_ in points], [y for _, y, *_ in points]
+    lo_x, hi_x = math.log10(min(xs)), math.log10(max(xs))
+    pad_x = max(0.25 * (hi_x - lo_x), 0.15)
+    ax.set_xlim(10 ** (lo_x - pad_x), 10 ** (hi_x + pad_x))
+    span = max(ys) - min(ys)
+    pad_y = 0.35 * span if span > 0 else max(abs(max(ys)) * 1e-3, 1e-6)
+    ax.set_ylim(min(ys) - pad_y, max(ys) + pad_y)
+    # Labels beside their points: artifacts above, fp32 baselines below, alternating heights among neighbours;
+    # toward the left where a point sits in the right part of the frame, so no label leaves it.
+    seen = {True: 0, False: 0}
+    for x, y, label, artifact in sorted(points):
+        frac = (math.log10(x) - (lo_x - pad_x)) / (hi_x - lo_x + 2 * pad_x)
+        right = frac > 0.55
+        level, seen[artifact] = seen[artifact] % 3, seen[artifact] + 1
+        dy = (8 + 11 * level) if artifact else -(14 + 10 * level)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(-6 if right else 6, dy),
+                    ha="right" if right else "left", fontsize=8 if artifact else 7,
+                    color="black" if artifact else "dimgray")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.02, not 2x10^-2
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     fmt = ScalarFormatter(useOffset=False)  # plain figures (0.99998), never "1e-5+9.999e-1"
     fmt.set_scientific(False)
     ax.yaxis.set_major_formatter(fmt)
-    ax.margins(x=0.35, y=0.25)  # room for the labels inside the frame
     ax.set_xlabel("p50 latency, ms (log; each on its own runtime/device)")
     ax.set_ylabel(report["reference"]["metric"])
     ax.set_title(f"{report['model']}: accuracy vs latency (marker area ~ size)")
@@ -77,6 +99,26 @@ def _notes_html(report) -> str:
     return "<ul class='notes'>" + "".join(items) + "</ul>"
 
 
+def _io_html(report) -> str:
+    """How an app feeds each artifact whose inputs or outputs are not the PyTorch model's (TFLite: int8, channels
+    last): shape, dtype, quantization and the transpose, as report.json's `io` says."""
+    esc = html.escape
+    rows = []
+    for name, t in report["targets"].items():
+        for kind in ("inputs", "outputs"):
+            for d in (t.get("io") or {}).get(kind, []):
+                q = f"{d['scale']:.6g} / {d['zero_point']}" if d.get("scale") else "-"
+                cells = (name, kind[:-1], d.get("name"), str(d.get("shape")), d.get("dtype"), q,
+                         d.get("layout", "as the PyTorch model"))
+                rows.append("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in cells) + "</tr>")
+    if not rows:
+        return ""
+    head = ["target", "tensor", "name", "shape", "dtype", "scale / zero point", "layout"]
+    return (f"<h2>How to feed each artifact</h2><table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>"
+            f"{''.join(rows)}</table><p class='hint'>Every artifact also carries this (with the model's name, "
+            "version, labels and normalisation) as metadata: <code>toolchain metadata FILE</code>.</p>")
+
+
 def render(report) -> str:
     esc = html.escape
     png = _plot_png(report)
@@ -113,12 +155,14 @@ padding:4px 8px;font-size:13px}}tr.ok td:nth-child(2){{color:#080}}tr.bad td:nth
 tr.skip td:nth-child(2){{color:#886}}.badge{{display:inline-block;border-radius:3px;padding:1px 6px;font-size:12px;
 margin:2px 2px 2px 0;background:#dde}}.badge.warn{{background:#f5a623}}.badge.passed{{background:#bfb}}
 .badge.failed{{background:#f99}}.badge.skipped{{background:#eed}}ul.notes li{{margin:6px 0;font-size:13px}}
+p.hint{{font-size:13px;color:#444}}
 </style></head><body>
 <h1>{esc(report['model'])} {esc(report['version'])}</h1>
 <p>{esc(reference_line(ref))}</p>
 <table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{''.join(rows)}</table>
 {out_table}
 <h2>Verdicts and notes</h2>{_notes_html(report)}
+{_io_html(report)}
 <p>{img}</p></body></html>
 """
 

@@ -26,6 +26,9 @@ class TensorSpec:
     dynamic_axes: dict = field(default_factory=dict)  # axis index -> symbolic name
     metric: str | None = None  # outputs: the metric that judges this output
     metric_key: str = ""  # outputs: the spec key that named the metric ("" for the default)
+    normalization: dict | None = None  # inputs: {"mean", "std"} the app applies to raw data (artifact metadata)
+    class_names: tuple = ()  # outputs: one name per class (artifact metadata "labels")
+    class_names_file: str | None = None  # outputs: the file class_names were read from (a build input)
 
 
 @dataclass(frozen=True)
@@ -390,14 +393,16 @@ def _tensors(path, top, key, with_shape):
     seen, out = set(), []
     for i, item in enumerate(items):
         t = _Table(path, f"{key}[{i}]", item)
-        t.reject_unknown({"name", "shape", "dtype", "dynamic_axes"} if with_shape else {"name", "metric"})
+        t.reject_unknown({"name", "shape", "dtype", "dynamic_axes", "normalization"} if with_shape
+                         else {"name", "metric", "class_names"})
         name = t.get("name", (str,), check=lambda v: None if re.fullmatch(r"[A-Za-z_][\w.:/-]*", v)
                      else f"must be an identifier, got {v!r}")
         if name in seen:
             raise SpecError(path, t.key("name"), f"duplicate name {name!r}")
         seen.add(name)
         if not with_shape:
-            out.append(TensorSpec(name, ()))
+            names, names_file = _class_names(path, t)
+            out.append(TensorSpec(name, (), class_names=names, class_names_file=names_file))
             continue
         shape = t.get("shape", (list,))
         if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
@@ -417,8 +422,52 @@ def _tensors(path, top, key, with_shape):
             if not isinstance(axname, str) or not axname:
                 raise SpecError(path, t.key(f"dynamic_axes.{ax}"), "must name the axis (a string)")
             dyn[int(ax)] = axname
-        out.append(TensorSpec(name, tuple(shape), dtype, dyn))
+        out.append(TensorSpec(name, tuple(shape), dtype, dyn, normalization=_normalization(path, t, shape)))
     return tuple(out)
+
+
+def _class_names(path, t):
+    """outputs[i].class_names: a list of strings, or a text file (relative to the spec) with one name a line.
+    Carried into the artifacts' metadata as the output's labels."""
+    v = t.get("class_names", (list, str), None)
+    if v is None:
+        return (), None
+    names_file = None
+    if isinstance(v, str):
+        names_file = _existing_file(path, t.key("class_names"), v)
+        try:
+            v = names_file.read_text(encoding="utf-8").rstrip("\n").split("\n")
+        except (OSError, UnicodeDecodeError) as e:
+            raise SpecError(path, t.key("class_names"), f"cannot be read as UTF-8 text ({e})") from None
+        v = [s.rstrip("\r") for s in v]
+    if not v or not all(isinstance(s, str) and s.strip() and "\0" not in s for s in v):
+        raise SpecError(path, t.key("class_names"), "must be a non-empty list of non-empty strings (or a text file "
+                                                    "with one name a line)")
+    return tuple(v), str(names_file) if names_file else None
+
+
+def _normalization(path, t, shape):
+    """inputs[i].normalization = {mean, std}: what the app does to raw data before feeding it, (x - mean) / std,
+    per channel (axis 1) or one number for all. Recorded in the artifacts' metadata; the build's data is already
+    normalised."""
+    if "normalization" not in t.data:
+        return None
+    n = t.table("normalization")
+    n.reject_unknown({"mean", "std"})
+    out = {}
+    for k in ("mean", "std"):
+        v = n.get(k, (float, list))
+        values = v if isinstance(v, list) else [v]
+        if not values or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
+                                 and abs(x) != float("inf") for x in values):
+            raise SpecError(path, n.key(k), f"must be a number or a list of numbers, got {v!r}")
+        if k == "std" and not all(x > 0 for x in values):
+            raise SpecError(path, n.key(k), f"must be > 0, got {v!r}")
+        if len(values) > 1 and (len(shape) < 2 or len(values) != shape[1]):
+            raise SpecError(path, n.key(k), f"has {len(values)} values; give one number, or one per channel "
+                                            f"(axis 1 of shape {shape}: {shape[1] if len(shape) > 1 else '-'})")
+        out[k] = [float(x) for x in values]
+    return out
 
 
 def _prune(path, top) -> PruneSpec:

@@ -27,6 +27,7 @@ def input_files(spec, targets) -> list:
     for o in spec.outputs:  # a user metric's code judges the build: editing it must re-judge
         if o.metric and is_callable_ref(o.metric):
             files += module_sources(o.metric, spec.python_path)
+    files += [o.class_names_file for o in spec.outputs if o.class_names_file]  # labels carried in the artifacts
     for req in spec.targets.values():  # a split artifact is judged through the app's post-processing code
         post = req.overrides.get("convert", {}).get("app_postprocess")
         if isinstance(post, str) and is_callable_ref(post):

@@ -64,6 +64,9 @@ def run_child(cmd, what, timeout_s, env=None, cwd=None, stdin=None, stdout=None)
             raise
         log.seek(0)
         text = log.read()
+    from ..verbosity import show_log
+
+    show_log(what, text)  # -v: the converter's own log
     if timed_out:
         raise ExecutorError(what, f"timed out after {timeout_s:g} s", rc, timed_out=True, log_tail=tail(text))
     name = (signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)) if rc < 0 else None

@@ -20,16 +20,18 @@ def _to_tflite(a, shape):
 _AXES = {3: "NCT", 4: "NCHW"}
 
 
-def layout_note(model_shape, tensor_shape) -> str | None:
-    """How an app must feed (or read) a tensor whose layout the converter changed, e.g. (N,C,T) -> (N,T,C)."""
+def layout_note(model_shape, tensor_shape, output=False) -> str | None:
+    """How an app must feed (or, output=True, read) a tensor whose layout the converter changed, e.g. (N,C,T) ->
+    (N,T,C)."""
     model_shape, tensor_shape = tuple(model_shape), tuple(tensor_shape)
     if model_shape == tensor_shape or len(model_shape) not in _AXES:
         return None
     for perm in ((0, 2, 3, 1), (0, 2, 1)):
         if len(perm) == len(model_shape) and tuple(model_shape[i] for i in perm) == tensor_shape:
             names = _AXES[len(perm)]
-            return (f"transposed from ({','.join(names)}) to ({','.join(names[i] for i in perm)}): "
-                    f"feed x.transpose{perm}")
+            back = tuple(perm.index(i) for i in range(len(perm)))  # the inverse: the model's layout again
+            use = f"read y.transpose{back} for the model's layout" if output else f"feed x.transpose{perm}"
+            return f"transposed from ({','.join(names)}) to ({','.join(names[i] for i in perm)}): {use}"
     return None
 
 

@@ -80,7 +80,14 @@ class VariantServer:
         return Path(path)
 
     def close(self):
+        if self.log.closed:
+            return
         process.stop(self.proc)
+        from ..verbosity import show_log
+
+        self.log.flush()
+        self.log.seek(0)
+        show_log("TFLite quantizer (precision plan)", self.log.read())  # -v: its whole log
         self.log.close()
 
 

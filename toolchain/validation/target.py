@@ -110,6 +110,11 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
                 note = layout_note((1, *t.shape[1:]), d["shape"])
                 if note:
                     d["layout"] = note
+            if shapes and len(io["outputs"]) == len(shapes):  # and where an output comes back transposed
+                for d, s in zip(io["outputs"], shapes):
+                    note = layout_note((1, *s), d["shape"], output=True)
+                    if note:
+                        d["layout"] = note
         result["io"] = io
     if target.runtime == "litert" and result["host"]["arch"] not in ("aarch64", "arm64"):
         result["latency_note"] = (f"measured with LiteRT's {result['host']['arch']} kernels on this host, "
