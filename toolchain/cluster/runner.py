@@ -5,6 +5,7 @@ one task; a node keyed by the machine it runs on (validate, plan) is submitted a
 replaced by the resource it needs>` and the worker keys it with its own host.
 """
 
+import threading
 import time
 
 from . import ClusterError, node_resource
@@ -23,10 +24,9 @@ class ClusterRun:
         self.pipe, self.session = pipe, session
         self.nodes = pipe.nodes()
         self.failed = {}  # target -> StageError
+        self.finished_one = threading.Event()
 
     def run(self) -> dict:
-        from distributed import wait
-
         pipe, session = self.pipe, self.session
         needs = {}
         for node in self.nodes:
@@ -51,13 +51,22 @@ class ClusterRun:
                     raise RuntimeError(f"cluster build of {pipe.spec.name}: nodes never ready: "
                                        f"{', '.join(n.label for n in pending)}")
                 continue
-            done, _ = wait(list(running), timeout=POLL_S, return_when="FIRST_COMPLETED")
+            done = self._wait_any(running)
             for future in done:
                 self._finish(running.pop(future), future)
                 finished.append(future)
             if not done:  # still waiting: the worker that offered a resource may have gone
                 session.wait_for({r: ls for r, ls in needs.items()
                                   if any(n.label in ls for n in running.values())}, pipe.spec.name)
+
+    def _wait_any(self, running) -> list:
+        """The finished futures, waiting up to POLL_S for one (set by each future's done callback)."""
+        self.finished_one.clear()
+        done = [f for f in running if f.done()]
+        if not done:
+            self.finished_one.wait(POLL_S)
+            done = [f for f in running if f.done()]
+        return done
 
     def _ready(self, node) -> bool:
         return all(u in self.pipe.entries for u in node.upstream())
@@ -93,8 +102,10 @@ class ClusterRun:
                           tuple(pipe.targets), _targets_dir(pipe), upstream)
         pipe.progress.line(name, node.target, "running" + (f" (on a {resource} worker)" if resource else ""))
         node.started = time.monotonic()
-        return self.session.client.submit(run_node, req, key=task_key, pure=False,
-                                          resources={resource: 1} if resource else None)
+        future = self.session.client.submit(run_node, req, key=task_key, pure=False,
+                                            resources={resource: 1} if resource else None)
+        future.add_done_callback(lambda _: self.finished_one.set())
+        return future
 
     def _finish(self, node, future):
         from distributed.scheduler import KilledWorker

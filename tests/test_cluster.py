@@ -1,0 +1,144 @@
+"""Builds on a Dask cluster (toolchain/cluster): a scheduler and two workers with different resources on 127.0.0.1
+in this process (Dask's SpecCluster), the real stages, a shared file:// cache. Routing, one task for a stage two
+models share, identical artifacts to a local build, and the one-line failures (a resource no worker offers, a
+scheduler that does not answer). A worker process killed mid-stage: test_killed_worker_* (slow, real processes)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import VENV_BIN, one_error_line, run_build, toolchain_exe
+
+FAST = {"max_metric_drop": 25.0, "latency": {"warmup": 2, "runs": 20}}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A scheduler and two in-process workers on 127.0.0.1: `x86` offers x86_64, `arm` offers arm64 (and x86_64 is
+    offered by nobody else). Closed (workers first) when the module's tests are done."""
+    from distributed import Scheduler, SpecCluster, Worker
+
+    def worker(name, resources):
+        return {"cls": Worker, "options": {"name": name, "nthreads": 1, "resources": resources,
+                                           "host": "127.0.0.1", "dashboard": False}}
+
+    c = SpecCluster(scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "port": 0,
+                                                              "dashboard": False}},
+                    workers={"x86": worker("x86", {"x86_64": 1}), "arm": worker("arm", {"arm64": 1})},
+                    silence_logs=False)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def _cli(args):
+    from toolchain.cli import main
+
+    return CliRunner().invoke(main, args, catch_exceptions=True)
+
+
+def test_routed_by_resource_and_shared_stage_runs_once(cluster, tmp_path, write_spec, arm64_build):
+    """The default run's cheap form of the test below: the client's local cache starts as a copy of the session's
+    arm64 build (trace, reference and the onnx2tf conversion are hits here, pushed to the shared cache for the
+    workers); quantize[x86_64] and both validates run on the cluster: validate[arm64] on the arm64 worker (its
+    LiteRT figures measured there), validate[x86_64] on the x86_64 one, and the two specs' shared quantize and
+    validate run once between them."""
+    import shutil
+
+    a = write_spec(tmp_path / "a", targets={"x86_64": FAST, "arm64": FAST})
+    b = write_spec(tmp_path / "b", model={"name": "tiny_cnn_again"})
+    shared, local = tmp_path / "shared cache", tmp_path / "out" / ".cache"
+    shared.mkdir()
+    shutil.copytree(arm64_build.out / ".cache", local, ignore=shutil.ignore_patterns("tmp"))
+    r = _cli(["build", str(a), str(b), "-o", str(tmp_path / "out"), "--scheduler", cluster.scheduler_address,
+              "--cache", shared.as_uri(), "--scheduler-timeout", "30"])
+    assert r.exit_code == 0, (r.output[-4000:], r.exception)
+    ra = json.loads((tmp_path / "out" / "tiny_cnn" / "report.json").read_text())
+    rb = json.loads((tmp_path / "out" / "tiny_cnn_again" / "report.json").read_text())
+    na, nb = ra["cluster"]["nodes"], rb["cluster"]["nodes"]
+    assert "tflite[arm64]" not in na and "trace" not in na, na  # hits in the client's cache: no task
+    assert na["validate[arm64]"]["worker"] == "arm" and na["validate[x86_64]"]["worker"] == "x86", na
+    assert nb["validate[x86_64]"]["worker"] == "x86"
+    assert ra["targets"]["arm64"]["status"] == "passed" and ra["targets"]["x86_64"]["status"] == "passed"
+    assert ra["targets"]["arm64"]["sha256"] == arm64_build.report["targets"]["arm64"]["sha256"]
+    for label in ("quantize[x86_64]", "validate[x86_64]"):
+        runs = {n[label]["run"] for n in (na, nb) if label in n and n[label]["ran"]}
+        assert len(runs) == 1, (label, na.get(label), nb.get(label))
+
+
+@pytest.mark.slow
+def test_two_models_routed_and_shared_stage_runs_once(cluster, tmp_path, write_spec, models):
+    """tiny_cnn for x86_64 and arm64, and the same model under another name for x86_64: validate[arm64] runs on
+    the arm64 worker, validate[x86_64] on the x86_64 one; trace, reference and quantize[x86_64] of the two specs
+    have the same keys and run once between them; the artifacts are the bytes a local build makes."""
+    a = write_spec(tmp_path / "a", targets={"x86_64": FAST, "arm64": FAST})
+    b = write_spec(tmp_path / "b", model={"name": "tiny_cnn_again"})
+    shared = tmp_path / "shared cache"
+    shared.mkdir()
+    r = _cli(["build", str(a), str(b), "-o", str(tmp_path / "out"), "--scheduler", cluster.scheduler_address,
+              "--cache", shared.as_uri(), "--scheduler-timeout", "30"])
+    assert r.exit_code == 0, (r.output[-4000:], r.exception)
+    ra = json.loads((tmp_path / "out" / "tiny_cnn" / "report.json").read_text())
+    rb = json.loads((tmp_path / "out" / "tiny_cnn_again" / "report.json").read_text())
+    na, nb = ra["cluster"]["nodes"], rb["cluster"]["nodes"]
+    # routing: each validate ran on the worker that offers its target's resource, and measured there
+    assert na["validate[arm64]"]["worker"] == "arm" and na["validate[x86_64]"]["worker"] == "x86", na
+    assert nb["validate[x86_64]"]["worker"] == "x86"
+    assert ra["targets"]["arm64"]["status"] == "passed" and ra["targets"]["x86_64"]["status"] == "passed"
+    # one execution of each shared stage between the two builds: one run id that executed it (a second
+    # submission shares the task, or finds the entry in the shared cache and runs nothing)
+    for label in ("trace", "reference", "quantize[x86_64]"):
+        runs = {n[label]["run"] for n in (na, nb) if label in n and n[label]["ran"]}
+        assert len(runs) == 1, (label, na.get(label), nb.get(label))
+    # identical to a local build from an empty cache: same fp32 ONNX and x86_64 artifact bytes
+    local = run_build(write_spec(tmp_path / "local", model={"name": "tiny_cnn"}), tmp_path / "local out",
+                      cache_dir=tmp_path / "local cache")
+    assert local.report["fp32_onnx"]["sha256"] == ra["fp32_onnx"]["sha256"]
+    assert local.report["targets"]["x86_64"]["sha256"] == ra["targets"]["x86_64"]["sha256"]
+
+
+def test_resource_no_worker_offers_is_one_line_exit_4(cluster, tmp_path, write_spec):
+    spec = write_spec(tmp_path / "s", targets={"x86_64": None, "cuda": {"max_metric_drop": 25.0}})
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    r = _cli(["build", str(spec), "-o", str(tmp_path / "out"), "--scheduler", cluster.scheduler_address,
+              "--cache", shared.as_uri(), "--scheduler-timeout", "1"])
+    line = one_error_line(r, 4, "'cuda'", "target cuda", "tiny_cnn")
+    assert "no worker" in line
+    report = json.loads((tmp_path / "out" / "tiny_cnn" / "report.json").read_text())
+    assert report["status"] == "stage-failed"  # nothing that looks like success
+
+
+def test_unreachable_scheduler_is_one_line_exit_4(tmp_path, write_spec):
+    spec = write_spec(tmp_path / "s")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
+    r = _cli(["build", str(spec), "-o", str(tmp_path / "out"), "--scheduler", address, "--cache", shared.as_uri(),
+              "--scheduler-timeout", "1"])
+    one_error_line(r, 4, address, "unreachable")
+
+
+def test_scheduler_needs_a_shared_cache(tmp_path, write_spec, monkeypatch):
+    monkeypatch.delenv("TOOLCHAIN_REMOTE_CACHE", raising=False)
+    spec = write_spec(tmp_path / "s")
+    r = _cli(["build", str(spec), "-o", str(tmp_path / "out"), "--scheduler", "tcp://127.0.0.1:8786"])
+    one_error_line(r, 2, "--scheduler", "--cache")
+    r = _cli(["build", str(spec), "-o", str(tmp_path / "out"), "--scheduler", "127.0.0.1:8786", "--cache",
+              (tmp_path).as_uri()])
+    one_error_line(r, 2, "tcp://HOST:PORT")
