@@ -142,3 +142,79 @@ def test_scheduler_needs_a_shared_cache(tmp_path, write_spec, monkeypatch):
     r = _cli(["build", str(spec), "-o", str(tmp_path / "out"), "--scheduler", "127.0.0.1:8786", "--cache",
               (tmp_path).as_uri()])
     one_error_line(r, 2, "tcp://HOST:PORT")
+
+
+def _start(cmd, log: Path, env=None):
+    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                            cwd=log.parent)
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_killed_worker_its_stage_is_retried_on_another(tmp_path, write_spec):
+    """Real processes: a scheduler and `toolchain worker --no-nanny` that SIGKILLs itself once quantize has written
+    its outputs (the fault hook, set in that worker only). The build goes on: the scheduler hands the stage to the
+    worker started next, the build passes, and the report says who ran what."""
+    from distributed import Client
+
+    exe = toolchain_exe()
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    spec = write_spec(tmp_path / "s")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    procs = []
+    try:
+        procs.append(_start([str(VENV_BIN / "python"), "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                             "--port", str(port), "--dashboard-address", "127.0.0.1:0"], tmp_path / "scheduler.log"))
+
+        def worker(name, env=None):
+            (tmp_path / name).mkdir()
+            return _start([exe, "worker", "--scheduler", address, "--resources", "x86_64=1", "--name", name,
+                           "--no-nanny", "--local-directory", str(tmp_path / name)], tmp_path / f"{name}.log", env)
+
+        killer = worker("killer", {"TOOLCHAIN_FAULT_AT": "quantize.written:sigkill"})
+        procs.append(killer)
+        with Client(address, timeout=60, set_as_default=False) as client:
+            client.wait_for_workers(1, timeout=120)
+        build = _start([exe, "build", str(spec), "-o", str(tmp_path / "out"), "--scheduler", address, "--cache",
+                        shared.as_uri(), "--scheduler-timeout", "600"], tmp_path / "build.log")
+        procs.append(build)
+        assert killer.wait(timeout=600) == -signal.SIGKILL, (tmp_path / "killer.log").read_text()[-3000:]
+        procs.append(worker("healthy"))
+        assert build.wait(timeout=600) == 0, (tmp_path / "build.log").read_text()[-3000:]
+    finally:
+        for p in reversed(procs):
+            _stop(p)
+    report = json.loads((tmp_path / "out" / "tiny_cnn" / "report.json").read_text())
+    nodes = report["cluster"]["nodes"]
+    assert nodes["trace"]["worker"] == "killer"  # ran before the kill
+    assert nodes["quantize[x86_64]"]["worker"] == "healthy" and nodes["quantize[x86_64]"]["ran"]
+    assert nodes["validate[x86_64]"]["worker"] == "healthy"
+    assert report["status"] == "passed"
+
+
+def test_noop_build_with_a_scheduler_connects_to_nothing(tmp_path, write_spec):
+    """Nothing to build: no connection (the address answers nothing), no Dask import."""
+    spec = write_spec(tmp_path / "s")
+    assert run_build(spec, tmp_path / "out").code == 0
+    code = ("import sys; from toolchain.cli import main\n"
+            "try:\n    main(sys.argv[1:], standalone_mode=False)\nexcept SystemExit as e:\n    assert e.code == 0, e\n"
+            "print([m for m in ('dask', 'distributed') if m in sys.modules])")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    proc = subprocess.run([sys.executable, "-c", code, "build", str(spec), "-o", str(tmp_path / "out"),
+                           "--scheduler", f"tcp://127.0.0.1:{_free_port()}", "--cache", shared.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    assert "up to date" in proc.stderr
