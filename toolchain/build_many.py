@@ -30,7 +30,9 @@ def build_all(specs, kwargs: dict, progress_for, session=None) -> list:
         except BaseException as e:  # a bug in one model's build: re-raised below, with its traceback
             errors.append(e)
 
-    threads = [threading.Thread(target=guarded, args=(i, s), name=f"build {s}") for i, s in enumerate(specs)]
+    # daemon: on Ctrl-C the command exits; each unfinished model's report already says `stale` (api.build)
+    threads = [threading.Thread(target=guarded, args=(i, s), name=f"build {s}", daemon=True)
+               for i, s in enumerate(specs)]
     for t in threads:
         t.start()
     for t in threads:

@@ -99,7 +99,7 @@ class ClusterRun:
             task_key = f"{node.name}-{sha256_json(placeholder)}"
         upstream = {label: (e.record["stage"], e.record["key"]) for label, e in self.pipe.entries.items()}
         req = NodeRequest(str(pipe.spec.path.resolve()), node.label, key, self.session.cache_url,
-                          tuple(pipe.targets), _targets_dir(pipe), upstream)
+                          tuple(pipe.targets), _targets_dir(pipe), upstream, key_inputs if key else {})
         pipe.progress.line(name, node.target, "running" + (f" (on a {resource} worker)" if resource else ""))
         node.started = time.monotonic()
         future = self.session.client.submit(run_node, req, key=task_key, pure=False,

@@ -26,6 +26,7 @@ class NodeRequest:
     targets: tuple = ()
     targets_dir: str | None = None
     upstream: dict = field(default_factory=dict)  # label -> (stage, key) of every node built so far
+    key_inputs: dict = field(default_factory=dict)  # the client's, to name what differs when the keys do
 
 
 def run_node(req: NodeRequest) -> dict:
@@ -56,14 +57,27 @@ def run_node(req: NodeRequest) -> dict:
         key = sha256_json(key_inputs)
         if req.key and key != req.key:
             raise StageError(node.name, f"worker {where['worker']} on {where['host']} computes another cache key "
-                             "than the client: its files or library versions differ (run workers from the same "
-                             "checkout and environment)", node.target)
+                             f"than the client ({_first_difference(req.key_inputs, key_inputs)}): run workers from "
+                             "the same checkout and environment", node.target)
         entry = node.pipe.run_node(node)
     except StageError as e:
         return {"error": {"stage": e.stage, "cause": e.cause, "target": e.target}, **where}
     ran = (node.pipe.label_prefix + node.name, node.target) in node.pipe.ran
     return {"stage": node.name, "key": entry.record["key"], "key_inputs": key_inputs, "ran": ran,
             "seconds": round(time.monotonic() - t0, 3), **where}
+
+
+def _first_difference(client: dict, worker: dict, prefix="") -> str:
+    """The first dotted key whose value differs, with both values (digests shortened)."""
+    for k in sorted(set(client) | set(worker)):
+        a, b = client.get(k), worker.get(k)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            return _first_difference(a, b, f"{prefix}{k}.")
+        short = [str(v)[:24] for v in (a, b)]
+        return f"{prefix}{k}: client {short[0]}, worker {short[1]}"
+    return "the same key inputs"
 
 
 class _SharedEntries(dict):
