@@ -218,3 +218,50 @@ def test_noop_build_with_a_scheduler_connects_to_nothing(tmp_path, write_spec):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
     assert "up to date" in proc.stderr
+
+
+def test_resource_of_each_target(tmp_path):
+    """Where each target's validate is routed: from its runtime, or the target file's own device label."""
+    from toolchain.cluster import resource_of
+    from toolchain.errors import SpecError
+    from toolchain.targets import load_target
+
+    assert {n: resource_of(load_target(n)) for n in ("x86_64", "arm64", "cuda", "openvino_x86")} == {
+        "x86_64": "x86_64", "arm64": "arm64", "cuda": "cuda", "openvino_x86": "x86_64"}
+    d = tmp_path / "targets"
+    d.mkdir()
+    base = (Path(__file__).resolve().parents[1] / "targets" / "arm64.toml").read_text()
+    (d / "pixel.toml").write_text('resource = "pixel8"\n' + base.replace('name = "arm64"', 'name = "pixel"'))
+    assert resource_of(load_target("pixel", d)) == "pixel8"
+    (d / "bad.toml").write_text('resource = "pixel 8"\n' + base.replace('name = "arm64"', 'name = "bad"'))
+    with pytest.raises(SpecError) as e:
+        load_target("bad", d)
+    assert str(e.value).startswith(f"{d / 'bad.toml'}: resource: ")
+
+
+def test_worker_command_defaults_and_resources(monkeypatch):
+    """toolchain worker = dask worker with one thread, a share of RAM, the dashboard on loopback."""
+    from toolchain.cluster import ClusterUsageError
+    from toolchain.cluster.worker import argv, parse_resources
+
+    monkeypatch.delenv("TOOLCHAIN_SCHEDULER", raising=False)
+    assert parse_resources(["arm64=1", "cuda", "x86_64=2,lab=1"]) == {"arm64": 1, "cuda": 1, "x86_64": 2, "lab": 1}
+    for bad in ("arm64=0", "arm64=x", "bad!=1"):
+        with pytest.raises(ClusterUsageError, match="--resources"):
+            parse_resources([bad])
+    cmd = argv("tcp://127.0.0.1:8786", {"arm64": 1}, extra=("--no-nanny",))
+    assert cmd[1:4] == ["-m", "distributed.cli.dask_worker", "tcp://127.0.0.1:8786"]
+    pairs = dict(zip(cmd[4::2], cmd[5::2]))
+    assert pairs["--nthreads"] == "1" and pairs["--memory-limit"] == "0.75"
+    assert pairs["--dashboard-address"] == "127.0.0.1:0" and pairs["--resources"] == "arm64=1"
+    assert cmd[-1] == "--no-nanny"
+    with pytest.raises(ClusterUsageError, match="no scheduler"):
+        argv(None, {})
+
+
+def test_key_difference_is_named():
+    from toolchain.cluster.task import _first_difference
+
+    a = {"stage": "tflite", "libraries": {"onnx2tf": "1.29.24", "numpy": "1.26.4"}, "deps": {"fp32": "ab" * 32}}
+    b = {"stage": "tflite", "libraries": {"onnx2tf": "1.28.0", "numpy": "1.26.4"}, "deps": {"fp32": "ab" * 32}}
+    assert _first_difference(a, b) == "libraries.onnx2tf: client 1.29.24, worker 1.28.0"
