@@ -180,7 +180,8 @@ def test_killed_worker_its_stage_is_retried_on_another(tmp_path, write_spec):
         def worker(name, env=None):
             (tmp_path / name).mkdir()
             return _start([exe, "worker", "--scheduler", address, "--resources", "x86_64=1", "--name", name,
-                           "--no-nanny", "--local-directory", str(tmp_path / name)], tmp_path / f"{name}.log", env)
+                           "--no-nanny", "--host", "127.0.0.1", "--local-directory", str(tmp_path / name)],
+                          tmp_path / f"{name}.log", env)
 
         killer = worker("killer", {"TOOLCHAIN_FAULT_AT": "quantize.written:sigkill"})
         procs.append(killer)

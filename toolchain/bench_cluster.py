@@ -69,7 +69,8 @@ def bench(models):
         for name, res in WORKERS.items():
             (tmp / name).mkdir()
             cmd = [sys.executable, "-m", "toolchain.cli", "worker", "--scheduler", address, "--name", name,
-                   *[a for r in res.split() for a in ("--resources", r)], "--local-directory", str(tmp / name)]
+                   *[a for r in res.split() for a in ("--resources", r)], "--host", "127.0.0.1",
+                   "--local-directory", str(tmp / name)]
             procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "w"),
                                           env=env))
         from distributed import Client
