@@ -79,6 +79,9 @@ def test_routed_by_resource_and_shared_stage_runs_once(cluster, tmp_path, write_
     for label in ("quantize[x86_64]", "validate[x86_64]"):
         runs = {n[label]["run"] for n in (na, nb) if label in n and n[label]["ran"]}
         assert len(runs) == 1, (label, na.get(label), nb.get(label))
+    # the int8 ONNX quantized on a worker is the bytes a local build from an empty cache makes
+    local = run_build(write_spec(tmp_path / "local"), tmp_path / "local out", cache_dir=tmp_path / "local cache")
+    assert local.report["targets"]["x86_64"]["sha256"] == ra["targets"]["x86_64"]["sha256"]
 
 
 @pytest.mark.slow
