@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Both workers run any stage; each also offers the resources of the sample targets' validates (cuda: this
 # machine's validate skips without a GPU, as a local build's does).
 WORKERS = {"w1": "x86_64=1 cuda=1", "w2": "x86_64=1 arm64=1"}
-TASK_OVERHEAD_S = 0.3  # measured below per node on the cluster (pipeline set-up + cache pulls), printed; a default
+TASK_OVERHEAD_S = 0.3  # per node, when no node ran on the cluster to measure it (it is measured and printed)
 
 
 def _spec(model):
@@ -109,24 +109,29 @@ def bench(models):
 
 
 def _task_overhead(out, models, local_rows):
-    """Median of (node seconds on the worker - the same stage's local seconds): what running a node as a task
-    adds (a fresh pipeline from the spec, inputs pulled from the shared cache, the result pushed to it)."""
+    """What running a node as a task adds, measured on the workers: the task's seconds minus its stage's (a fresh
+    pipeline from the spec, inputs pulled from the shared cache); and, for comparison, how much slower the stages
+    themselves ran on the workers than locally (two workers share this machine's cores)."""
     import statistics
 
     local = {(m, s, t): sec for m, s, t, sec in local_rows}
-    extra = []
+    setup, slower = [], []
     for m in models:
         for label, n in json.loads((out / m / "report.json").read_text())["cluster"]["nodes"].items():
             stage, _, target = label.partition("[")
             k = (m, stage, target.rstrip("]") or None)
-            if n["ran"] and k in local:
-                extra.append(n["seconds"] - local[k])
-    if not extra:
+            if n["ran"]:
+                setup.append(n["seconds"] - n["stage_seconds"])
+                if k in local and local[k] > 0:
+                    slower.append(n["stage_seconds"] / local[k])
+    if not setup:
         return TASK_OVERHEAD_S
-    med = statistics.median(extra)
     from .bench import _line
 
-    _line("added per node on a worker (median, vs local)", f"{med:.2f} s over {len(extra)} nodes")
+    med = statistics.median(setup)
+    _line("task set-up per node on a worker (median)", f"{med:.2f} s over {len(setup)} nodes (max {max(setup):.2f})")
+    if slower:
+        _line("stage time on a worker / local (median)", f"{statistics.median(slower):.2f}x")
     return max(med, 0.0)
 
 

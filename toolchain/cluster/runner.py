@@ -135,8 +135,10 @@ class ClusterRun:
                                           "writable from the workers?)", node.target)
         pipe.keys[node.label] = result["key_inputs"]
         self.pipe.entries[node.label] = entry
+        # seconds: the task on the worker (set-up from the spec and inputs pulled included); stage_seconds: the
+        # node itself, through the cache (its outputs pushed included)
         self.pipe.placements[node.label] = {**where, "key": result["key"], "ran": result["ran"],
-                                            "seconds": result["seconds"]}
+                                            "seconds": result["seconds"], "stage_seconds": result["stage_seconds"]}
         if result["ran"]:
             pipe.ran.append((name, node.target))
         pipe.progress.line(name, node.target, f"done on {where['worker']} ({where['host']})"

@@ -59,12 +59,13 @@ def run_node(req: NodeRequest) -> dict:
             raise StageError(node.name, f"worker {where['worker']} on {where['host']} computes another cache key "
                              f"than the client ({_first_difference(req.key_inputs, key_inputs)}): run workers from "
                              "the same checkout and environment", node.target)
+        t1 = time.monotonic()
         entry = node.pipe.run_node(node)
     except StageError as e:
         return {"error": {"stage": e.stage, "cause": e.cause, "target": e.target}, **where}
     ran = (node.pipe.label_prefix + node.name, node.target) in node.pipe.ran
     return {"stage": node.name, "key": entry.record["key"], "key_inputs": key_inputs, "ran": ran,
-            "seconds": round(time.monotonic() - t0, 3), **where}
+            "seconds": round(time.monotonic() - t0, 3), "stage_seconds": round(time.monotonic() - t1, 3), **where}
 
 
 def _first_difference(client: dict, worker: dict, prefix="") -> str:
