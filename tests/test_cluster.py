@@ -70,17 +70,19 @@ def test_routed_by_resource_and_shared_stage_runs_once(cluster, tmp_path, write_
     ra = json.loads((tmp_path / "out" / "tiny_cnn" / "report.json").read_text())
     rb = json.loads((tmp_path / "out" / "tiny_cnn_again" / "report.json").read_text())
     na, nb = ra["cluster"]["nodes"], rb["cluster"]["nodes"]
-    assert "tflite[arm64]" not in na and "trace" not in na, na  # hits in the client's cache: no task
-    assert na["validate[arm64]"]["worker"] == "arm" and na["validate[x86_64]"]["worker"] == "x86", na
-    assert nb["validate[x86_64]"]["worker"] == "x86"
-    assert ra["targets"]["arm64"]["status"] == "passed" and ra["targets"]["x86_64"]["status"] == "passed"
+    context = (na, nb, r.output[-3000:])
+    assert "tflite[arm64]" not in na and "trace" not in na, context  # hits in the client's cache: no task
+    assert na["validate[arm64]"]["worker"] == "arm" and na["validate[x86_64]"]["worker"] == "x86", context
+    assert nb["validate[x86_64]"]["worker"] == "x86", context
+    assert ra["targets"]["arm64"]["status"] == "passed" and ra["targets"]["x86_64"]["status"] == "passed", context
     assert ra["targets"]["arm64"]["sha256"] == arm64_build.report["targets"]["arm64"]["sha256"]
     for label in ("quantize[x86_64]", "validate[x86_64]"):
         runs = {n[label]["run"] for n in (na, nb) if label in n and n[label]["ran"]}
-        assert len(runs) == 1, (label, na.get(label), nb.get(label))
+        assert len(runs) == 1, (label, context)
     # the int8 ONNX quantized on a worker is the bytes a local build from an empty cache makes
     local = run_build(write_spec(tmp_path / "local"), tmp_path / "local out", cache_dir=tmp_path / "local cache")
-    assert local.report["targets"]["x86_64"]["sha256"] == ra["targets"]["x86_64"]["sha256"]
+    assert local.report["targets"]["x86_64"]["sha256"] == ra["targets"]["x86_64"]["sha256"], (local.progress,
+                                                                                             context)
 
 
 @pytest.mark.slow
