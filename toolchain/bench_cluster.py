@@ -164,3 +164,12 @@ def estimate(rows, overhead_s, models=100, targets=3, workers=(1, 4, 16, 64)):
     for n in workers:
         wall = max(work / n, longest)
         print(f"    N = {n:>3} workers: max(W / N, critical path) = {wall:7.0f} s ({wall / 60:.1f} min)")
+    # validate runs only where its resource is (the built-in targets: the resource is the target's name)
+    pinned = {}
+    for m, stage, target, sec in rows:
+        if stage == "validate" and target:
+            pinned.setdefault(target, []).append(sec)
+    for target, secs in sorted(pinned.items()):
+        total = models * sum(secs) / len(secs)
+        print(f"    validate[{target}] needs its resource: {models} x {total / models:.1f} s = {total:.0f} s, so at "
+              "least " + ", ".join(f"{total / a / 60:.1f} min on {a}" for a in (1, 4, 16)) + " such workers")
