@@ -270,3 +270,26 @@ def test_key_difference_is_named():
     a = {"stage": "tflite", "libraries": {"onnx2tf": "1.29.24", "numpy": "1.26.4"}, "deps": {"fp32": "ab" * 32}}
     b = {"stage": "tflite", "libraries": {"onnx2tf": "1.28.0", "numpy": "1.26.4"}, "deps": {"fp32": "ab" * 32}}
     assert _first_difference(a, b) == "libraries.onnx2tf: client 1.29.24, worker 1.28.0"
+
+
+def test_entry_published_while_another_reader_looked_is_kept(tmp_path, monkeypatch):
+    """Two models' builds pull the same shared stage into one local cache at once: a reader that found no entry.json
+    a moment before the other's rename must read the whole entry, never discard it as debris."""
+    from toolchain.cache import ENTRY, StageCache
+
+    cache, key = StageCache(tmp_path), "ab" * 32
+    with cache.writer("quantize", key) as tmp:
+        (tmp / "model.int8.onnx").write_bytes(b"bytes")
+        cache.publish(tmp, "quantize", key, {"x": 1}, {})
+    real, raised = Path.read_text, []
+
+    def not_yet_renamed(self, *args, **kwargs):
+        if self.name == ENTRY and not raised:
+            raised.append(self)
+            raise FileNotFoundError(str(self))  # what the reader saw just before the other build's rename
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", not_yet_renamed)
+    entry = cache.get("quantize", key)
+    assert raised and entry is not None and entry.meta == {"x": 1}
+    assert (tmp_path / "quantize" / key / "model.int8.onnx").read_bytes() == b"bytes"
