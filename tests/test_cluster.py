@@ -128,7 +128,7 @@ def test_resource_no_worker_offers_is_one_line_exit_4(cluster, tmp_path, write_s
     assert report["status"] == "stage-failed"  # nothing that looks like success
 
 
-def test_unreachable_scheduler_is_one_line_exit_4(tmp_path, write_spec):
+def test_unreachable_scheduler_is_one_line_exit_4(tmp_path, write_spec, monkeypatch):
     spec = write_spec(tmp_path / "s")
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -136,6 +136,11 @@ def test_unreachable_scheduler_is_one_line_exit_4(tmp_path, write_spec):
     r = _cli(["build", str(spec), "-o", str(tmp_path / "out"), "--scheduler", address, "--cache", shared.as_uri(),
               "--scheduler-timeout", "1"])
     one_error_line(r, 4, address, "unreachable")
+    # the same from the environment (what a CI job sets once)
+    monkeypatch.setenv("TOOLCHAIN_SCHEDULER", address)
+    monkeypatch.setenv("TOOLCHAIN_SCHEDULER_TIMEOUT", "1")
+    monkeypatch.setenv("TOOLCHAIN_REMOTE_CACHE", shared.as_uri())
+    one_error_line(_cli(["build", str(spec), "-o", str(tmp_path / "out")]), 4, address, "unreachable")
 
 
 def test_scheduler_needs_a_shared_cache(tmp_path, write_spec, monkeypatch):
