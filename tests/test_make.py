@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from conftest import copy_model, parse_progress, run_build, toolchain_exe
 
-HEAVY = ("torch", "tensorflow", "onnx2tf", "onnx", "onnxruntime")
+HEAVY = ("torch", "tensorflow", "onnx2tf", "onnx", "onnxruntime", "dask", "distributed")
 X86 = {("trace", None), ("reference", None), ("quantize", "x86_64"), ("validate", "x86_64")}
 
 

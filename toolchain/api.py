@@ -22,7 +22,7 @@ PREVIOUS = ".previous-report.json"  # the last finished report while a rebuild r
 
 
 def build(spec_path, out_root="build", cache_dir=None, targets=None, targets_dir=None, progress=None,
-          remote_cache=None):
+          remote_cache=None, scheduler=None, scheduler_timeout=None):
     """Build every target of one spec. Returns (report dict, exit code).
 
     Whatever ends a build other than success leaves no report that says passed for its inputs: before any stage
@@ -31,12 +31,22 @@ def build(spec_path, out_root="build", cache_dir=None, targets=None, targets_dir
     it `stale` with the cause. A new report.json is committed last, after the stamp.
 
     remote_cache: a shared cache (s3://BUCKET/PREFIX or file:///DIR; default $TOOLCHAIN_REMOTE_CACHE) read
-    through the local one; a no-op build never touches it (see remote_cache.py)."""
+    through the local one; a no-op build never touches it (see remote_cache.py).
+
+    scheduler: a Dask scheduler (tcp://HOST:PORT; default $TOOLCHAIN_SCHEDULER) the nodes run on, with the shared
+    cache carrying their outputs (toolchain/cluster); a no-op build never connects to it."""
     from .cache_backends import check_url, resolve
+    from .cluster import open_session
 
     remote_cache = resolve(remote_cache)
     if remote_cache:
         check_url(remote_cache)  # a bad URL fails even when nothing needs building; no network, no import
+    session = open_session(scheduler, remote_cache, scheduler_timeout)  # checks only; connects when used
+    if session is not None and session is not scheduler:  # opened here: closed here
+        try:
+            return build(spec_path, out_root, cache_dir, targets, targets_dir, progress, remote_cache, session)
+        finally:
+            session.close()
     spec = load_spec(spec_path)
     model_dir = Path(out_root) / spec.name
     target_files, options = _stamp_inputs(spec, out_root, cache_dir, targets, targets_dir)
@@ -60,7 +70,8 @@ def build(spec_path, out_root="build", cache_dir=None, targets=None, targets_dir
                                f"(PID {os.getpid()}) did not finish: it was killed, or is still running")
         pipe = None
         try:
-            pipe = Pipeline(spec, out_root, cache_dir, targets, targets_dir, progress, remote_cache=remote_cache)
+            pipe = Pipeline(spec, out_root, cache_dir, targets, targets_dir, progress, remote_cache=remote_cache,
+                            runner=_cluster_runner(session))
             return _build_locked(spec, pipe, model_dir, target_files, options)
         except StageError as e:
             _write_failure(spec, model_dir, _names(pipe, spec, targets), e.stage, e.cause)
@@ -75,6 +86,14 @@ def build(spec_path, out_root="build", cache_dir=None, targets=None, targets_dir
             stamp.invalidate(model_dir, "the last build did not finish")
             _mark_stale(model_dir, _interruption(e))
             raise
+
+
+def _cluster_runner(session):
+    if session is None:
+        return None
+    from .cluster.runner import runner
+
+    return runner(session)
 
 
 def _names(pipe, spec, targets):
@@ -139,6 +158,8 @@ def _build_locked(spec, pipe, model_dir, target_files, options):
         "spec_targets": sorted(spec.targets),  # what the spec asks for: `package --require-all` names the missing
         "targets": {},
     }
+    if pipe.placements:  # built on a Dask cluster: where each node ran (validate: the host that measured)
+        report["cluster"] = {"nodes": pipe.placements}
     if spec.prune is not None:
         report["prune"] = dict(pipe.prune_entry.meta)
     for name, res in results.items():

@@ -2,10 +2,11 @@
 50% between runs on small shared machines, so every comparison is interleaved in one process and quoted as
 a ratio.
 
-    python -m toolchain.bench [--build-dir build] [--no-build] [--only x86_64,arm64,plans,prune,cuda,make,suite]
+    python -m toolchain.bench [--build-dir build] [--no-build] [--only x86_64,arm64,plans,prune,cuda,make,suite,cluster]
                               [--suite mobilenet_v3_small,resnet18,unet_small,minilm_seq128] [--suite-no-arm]
 
 `suite`: the real-size models side by side with the peers (bench_suite.py), built into BUILD/bench-suite.
+`cluster`: a cold build locally vs on a two-worker local Dask cluster, and a paper estimate (bench_cluster.py).
 """
 
 import argparse
@@ -259,10 +260,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--build-dir", default=str(REPO / "build"))
     ap.add_argument("--no-build", action="store_true", help="use the artifacts already in the build dir")
-    ap.add_argument("--only", default="x86_64,arm64,plans,prune,cuda,make,suite")
+    ap.add_argument("--only", default="x86_64,arm64,plans,prune,cuda,make,suite,cluster")
     ap.add_argument("--suite", default=",".join(SUITE_MODELS), help="suite models to bench")
     ap.add_argument("--suite-no-arm", action="store_true", help="x86 only for the suite (no arm64 builds)")
     ap.add_argument("--suite-runs", type=int, default=200)
+    ap.add_argument("--cluster-models", default=",".join(MODELS + OPTIONAL),
+                    help="samples of the cluster section (bench_cluster.py)")
     args = ap.parse_args(argv)
     only = args.only.split(",")
     if not args.no_build:
@@ -287,6 +290,10 @@ def main(argv=None):
                           runs=args.suite_runs, arm=not args.suite_no_arm)
     if "make" in only:
         bench_make()
+    if "cluster" in only:
+        from . import bench_cluster
+
+        bench_cluster.bench([m for m in args.cluster_models.split(",") if m])
     return 0
 
 

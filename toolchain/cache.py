@@ -46,7 +46,7 @@ class StageCache:
     def _dir(self, stage, key) -> Path:
         return self.root / stage / key
 
-    def get(self, stage: str, key: str, verify: bool = True):
+    def get(self, stage: str, key: str, verify: bool = True, _retried: bool = False):
         d = self._dir(stage, key)
         try:
             record = json.loads((d / ENTRY).read_text())
@@ -60,6 +60,8 @@ class StageCache:
                         raise ValueError(f"{name} changed")
             return CacheEntry(d, record)
         except FileNotFoundError:
+            if not _retried and (d / ENTRY).is_file():  # another build (or thread) published it since we
+                return self.get(stage, key, verify, _retried=True)  # looked: a whole entry, not debris
             if d.exists():  # directory without a valid entry: debris, drop it
                 self._discard(d)
             return None

@@ -119,7 +119,7 @@ def main():
 
 
 @main.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False), metavar="SPEC...")
 @click.option("-o", "--out", "out_root", default="build", show_default=True, help="Build directory.")
 @click.option("--cache-dir", default=None, help="Stage cache (default: OUT/.cache).")
 @click.option("--cache", "remote_cache", default=None, metavar="URL",
@@ -133,13 +133,24 @@ def main():
 @click.option("--json", "as_json", is_flag=True, help="Print the report (or the explanation) as one JSON document.")
 @click.option("--device", "devices", multiple=True, metavar="TARGET=ssh://USER@HOST:PORT",
               help="Validate TARGET on this device (toolchain/executors/ssh.py).")
-def build(spec, out_root, cache_dir, remote_cache, targets, targets_dir, quiet, verbose, explain, as_json,
-          devices=()):
-    """Build SPEC (a build.toml) for its targets; exit 0 only when every gate passes."""
+@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
+              help="Run the stages on this Dask scheduler's workers (default: $TOOLCHAIN_SCHEDULER; '' for none); "
+                   "needs --cache. See README, Builds on a Dask cluster.")
+@click.option("--scheduler-timeout", type=float, default=None, metavar="SECONDS",
+              help="With --scheduler: how long to wait for the scheduler to answer and for a worker offering each "
+                   "resource the build needs (default: $TOOLCHAIN_SCHEDULER_TIMEOUT or 60).")
+def build(specs, out_root, cache_dir, remote_cache, targets, targets_dir, quiet, verbose, explain, as_json,
+          devices=(), scheduler=None, scheduler_timeout=None):
+    """Build SPEC (a build.toml; several: each in turn, or at once on a cluster) for its targets; exit 0 only when
+    every gate passes."""
     progress = _verbosity(quiet, verbose)
     _point_at(devices)
     from .api import build as do_build
 
+    if len(specs) > 1:
+        _build_many(specs, out_root, cache_dir, remote_cache, targets, targets_dir, progress, explain, as_json,
+                    scheduler, scheduler_timeout)
+    spec = specs[0]
     if explain:
         from .api import explain as do_explain
 
@@ -153,8 +164,41 @@ def build(spec, out_root, cache_dir, remote_cache, targets, targets_dir, quiet, 
 
     name = _run(load_spec, spec).name
     report, code = _run(do_build, spec, out_root, cache_dir, list(targets) or None, targets_dir,
-                        progress(name), remote_cache)
+                        progress(name), remote_cache, scheduler, scheduler_timeout)
     _exit_with_statuses(report, code, as_json)
+
+
+def _build_many(specs, out_root, cache_dir, remote_cache, targets, targets_dir, progress, explain, as_json, scheduler,
+                scheduler_timeout):
+    """Several specs: every model's status lines (and any error line), exit with the worst code."""
+    if explain:
+        raise click.UsageError("--explain takes one SPEC")
+    from .build_many import build_all
+    from .cache_backends import resolve
+    from .cluster import open_session
+    from .spec import load_spec
+
+    names = {s: _run(load_spec, s).name for s in specs}
+    session = _run(open_session, scheduler, resolve(remote_cache), scheduler_timeout)
+    kwargs = {"out_root": out_root, "cache_dir": cache_dir, "targets": list(targets) or None,
+              "targets_dir": targets_dir, "remote_cache": remote_cache}
+    try:
+        results = build_all(specs, kwargs, lambda s: progress(names[s]), session)
+    finally:
+        if session is not None:
+            session.close()
+    if as_json:
+        _emit_json({"exit_code": max(r[2] for r in results),
+                    "reports": [r[1] if r[1] is not None else {"spec": r[0], "error": str(r[3])} for r in results]},
+                   max(r[2] for r in results))
+    for spec, report, code, error in results:
+        if error is not None:
+            click.echo(f"error: {error}", err=True)
+            continue
+        for tname, t in report["targets"].items():
+            extra = f": {t['reason']}" if t.get("reason") else ""
+            click.echo(f"{report['model']} {tname}: {t['status']}{extra}")
+    sys.exit(max(r[2] for r in results))
 
 
 @main.command()
@@ -177,6 +221,27 @@ def validate(spec, out_root, targets, targets_dir, as_json, quiet, verbose, devi
     name = _run(load_spec, spec, False).name
     report, code = _run(do_validate, spec, out_root, list(targets) or None, targets_dir, progress(name))
     _exit_with_statuses(report, code, as_json)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
+              help="The Dask scheduler to serve (default: $TOOLCHAIN_SCHEDULER).")
+@click.option("--resources", "resources", multiple=True, metavar="NAME=N",
+              help="What this machine offers: arm64=1, cuda=1, x86_64=1 or a target's `resource` label (repeat).")
+@click.option("--name", default=None, help="Worker name (default: HOST-RESOURCES-PID); reports record it.")
+@click.option("--nthreads", type=int, default=1, show_default=True, help="Stages at once (each uses every core).")
+@click.option("--memory-limit", default="0.75", show_default=True,
+              help="Dask's memory limit: a share of RAM (0.75), bytes (8GB), or 0 for none.")
+@click.option("--dashboard-address", default="127.0.0.1:0", show_default=True, help="Where the dashboard listens.")
+@click.option("--cache-dir", default=None, help="A local cache layer kept across restarts (default: scratch).")
+@click.argument("dask_args", nargs=-1, type=click.UNPROCESSED)
+def worker(scheduler, resources, name, nthreads, memory_limit, dashboard_address, cache_dir, dask_args):
+    """Start a Dask worker for `toolchain build --scheduler` with this environment; DASK_ARGS go to `dask worker`."""
+    from .cluster.worker import argv, exec_worker, parse_resources
+
+    cmd = _run(argv, scheduler, _run(parse_resources, resources), name, nthreads, memory_limit, dashboard_address,
+               dask_args)
+    exec_worker(cmd, cache_dir)
 
 
 @main.command()

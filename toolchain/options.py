@@ -47,6 +47,8 @@ SCHEMAS = {
         # where the artifact is judged (toolchain/executors/config.py checks the executor's own tables)
         "executor": Option("str", "local", ("local", "emulated", "ssh")),
         "emulated": Option("table", {}), "ssh": Option("table", {}),
+        # the Dask resource a worker offers to judge this target (toolchain/cluster; "": from the runtime)
+        "resource": Option("str", ""),
     },
     # ONNX Runtime's quantizer (stages/quantize.py; method = "auto": the precision plan, stages/plan.py)
     "quantize": {

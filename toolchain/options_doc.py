@@ -39,6 +39,8 @@ DESCRIPTIONS = {
     "target.executor": "where the artifact is judged (`toolchain/executors/`)",
     "target.emulated": "the emulated aarch64 executor's settings",
     "target.ssh": "the ssh executor's settings",
+    "target.resource": "with `--scheduler`: the Dask resource (a device label) a worker must offer to validate this "
+                       "target; empty: arm64 (LiteRT), cuda (CUDA provider first) or x86_64",
     "quantize.method": "static QDQ on calibration data, dynamic, or the measured precision plan",
     "quantize.per_channel": "per-channel weight scales",
     "quantize.activation_type": "activation integer type (uint8 keeps convolutions in QLinearConv here)",

@@ -60,10 +60,11 @@ class Node:
 
 class Pipeline:
     def __init__(self, spec, out_root, cache_dir=None, only_targets=None, targets_dir=None, progress=None,
-                 label_prefix="", remote_cache=None):
+                 label_prefix="", remote_cache=None, runner=None):
         self.spec = spec
         self.label_prefix = label_prefix
         self.out_root = Path(out_root)
+        self.targets_dir = Path(targets_dir) if targets_dir else None
         self.model_dir = self.out_root / spec.name
         self.progress = progress or Progress(spec.name)
         # The one place the cache is chosen: local, or local in front of a shared one (remote_cache.py).
@@ -86,6 +87,9 @@ class Pipeline:
         self.ran = []  # (stage, target) of stages that executed (not cached) in this build
         self.keys = {}  # "stage[target]" -> key inputs, recorded in the stamp so --explain can diff them
         self.entries = {}  # node label -> its cache entry, once run (or found up to date)
+        # Who runs the nodes: None, this process in order (_run_nodes); or a cluster runner (toolchain/cluster),
+        # which records where each node ran (label -> worker, host) in placements.
+        self.runner, self.placements = runner, {}
         # A pruned build also builds each target unpruned (cached like any stage) to measure the speedup.
         self.unpruned = None
         if spec.prune is not None:
@@ -93,6 +97,7 @@ class Pipeline:
                                      self.progress, label_prefix="unpruned ")
             self.unpruned.cache = self.cache
             self.unpruned.entries, self.unpruned.keys = self.entries, self.keys  # labels carry "unpruned "
+            self.unpruned.placements = self.placements
 
     @cached_property
     def metric_params(self) -> dict:
@@ -298,6 +303,11 @@ class Pipeline:
     def run(self):
         """Run every node; returns (trace entry, reference entry, per-target results). A target's failure stops
         only that target."""
+        failed = self.runner(self) if self.runner is not None else self._run_nodes()
+        return self._results(failed)
+
+    def _run_nodes(self) -> dict:
+        """Every node in order, in this process; returns target -> the StageError that stopped it."""
         failed = {}
         for node in self.nodes():
             if node.target in failed:
@@ -311,6 +321,9 @@ class Pipeline:
                     e.target = node.target
                 self.progress.line(e.stage, node.target, f"FAILED: {e.cause}")
                 failed[node.target] = e
+        return failed
+
+    def _results(self, failed):
         results = {}
         for name, target in self.targets.items():
             if name in failed:

@@ -52,7 +52,7 @@ def _result(spec_path, model_dir: Path, report: dict, code: int) -> BuildResult:
 def build(model_or_spec, *, targets=None, out="build", cache_dir=None, targets_dir=None, quiet=True,
           name=None, version="0.0.0", inputs=None, outputs=None, calibration=None, evaluation=None, labels=None,
           metric=None, budgets=None, target_options=None, cache=None, class_names=None,
-          normalization=None) -> BuildResult:
+          normalization=None, scheduler=None) -> BuildResult:
     """Build a model for its targets and validate every artifact on its runtime.
 
     model_or_spec: a build.toml path, or a torch.nn.Module. For a module also give `inputs` (a dict of name ->
@@ -68,6 +68,8 @@ def build(model_or_spec, *, targets=None, out="build", cache_dir=None, targets_d
     The module's sources (weights, data, generated spec) are written under OUT/.sources/NAME; the same pipeline
     and cache run, so a second call with nothing changed does nothing. `cache`: a shared cache URL read through
     the local one (s3://BUCKET/PREFIX or file:///DIR; default $TOOLCHAIN_REMOTE_CACHE), as `build --cache`.
+    `scheduler`: a Dask scheduler (tcp://HOST:PORT; default $TOOLCHAIN_SCHEDULER) to build on, as
+    `build --scheduler` (needs `cache`).
     """
     from . import api
     from .progress import Progress
@@ -86,7 +88,7 @@ def build(model_or_spec, *, targets=None, out="build", cache_dir=None, targets_d
         targets = None  # the generated spec names exactly the targets asked for
     spec = load_spec(spec_path)
     report, code = api.build(spec_path, out, cache_dir, list(targets) if targets else None, targets_dir,
-                             Progress(spec.name, quiet=quiet), remote_cache=cache)
+                             Progress(spec.name, quiet=quiet), remote_cache=cache, scheduler=scheduler)
     return _result(spec_path, Path(out) / spec.name, report, code)
 
 

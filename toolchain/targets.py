@@ -6,6 +6,7 @@ the candidates; each stage module's `applies` decides).
 """
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ class Target:
     providers: tuple
     threads: int
     tables: dict  # quantize / fp16 / convert / nncf / latency tables, after the spec's overrides
+    resource: str = ""  # with --scheduler: the Dask resource a worker offers to judge it (toolchain/cluster)
 
     @property
     def transform(self):
@@ -126,8 +128,12 @@ def load_target(name: str, targets_dir=None, overrides=None, spec_path=None) -> 
     from .executors.config import parse as _executor  # where the artifact is judged (toolchain/executors)
 
     tables["executor"] = _executor(path, t, name)
+    resource = checked.get("resource", "")
+    if resource and not re.fullmatch(r"[A-Za-z0-9_.-]+", resource):
+        raise SpecError(path, "resource", f"{resource!r}: a Dask resource name takes letters, digits, '_', '.' "
+                                          "and '-' only")
     return Target(checked.get("name", name), path, checked.get("description", ""), fmt, precision, runtime,
-                  tuple(providers), threads, tables)
+                  tuple(providers), threads, tables, resource)
 
 
 def check_providers(path, providers):
