@@ -7,6 +7,8 @@ A node is a pure function of its inputs; its cache key covers the stage name and
 digests of its declared inputs, and the versions of the libraries it declares. Failures are never cached.
 """
 
+import os
+import threading
 import time
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -23,6 +25,8 @@ from .remote_cache import open_cache
 from .spec import is_callable_ref
 from .targets import load_target
 from .versions import versions
+
+SERIAL_ENV = "TOOLCHAIN_SERIAL"  # set: every node in one thread, in order (debugging, timing studies)
 
 
 @dataclass
@@ -295,11 +299,19 @@ class Pipeline:
         checkpoint(f"{node.name}.done")
         return entry
 
-    def run(self):
-        """Run every node; returns (trace entry, reference entry, per-target results). A target's failure stops
-        only that target."""
-        failed = {}
-        for node in self.nodes():
+    def background_targets(self) -> set:
+        """Targets whose artifact is made in child processes (a stage declaring CHILD_PROCESS: onnx2tf, the
+        litert-torch side venv): their chain runs in a second lane while this process works on the others."""
+        if os.environ.get(SERIAL_ENV) or len(self.targets) < 2:
+            return set()
+        return {n for n in self.targets if getattr(self.transform_module(n), "CHILD_PROCESS", False)}
+
+    def _run_chain(self, nodes, failed, stop=None):
+        """Run nodes in order; a StageError of a target's node stops that target only (recorded in `failed`).
+        `stop`: an event that, once set, ends the chain before its next node (the other lane ended the build)."""
+        for node in nodes:
+            if stop is not None and stop.is_set():
+                return
             if node.target in failed:
                 continue
             try:
@@ -311,6 +323,40 @@ class Pipeline:
                     e.target = node.target
                 self.progress.line(e.stage, node.target, f"FAILED: {e.cause}")
                 failed[node.target] = e
+
+    def run(self):
+        """Run every node; returns (trace entry, reference entry, per-target results). A target's failure stops
+        only that target. The shared prefix runs first; then the targets whose converter runs in child processes
+        (background_targets) run their chain in a second thread, concurrently with the other targets here: on a
+        2-core machine onnx2tf converts while the x86 plan measures (timings stay interleaved A/B comparisons)."""
+        failed = {}
+        nodes = self.nodes()
+        lane = self.background_targets()
+        prefix = [n for n in nodes if n.target is None]
+        self._run_chain(prefix, failed)
+        rest = [n for n in nodes if n.target is not None]
+        side = [n for n in rest if n.target in lane]
+        thread, crashed, stop = None, [], threading.Event()
+        if side:
+            def work():
+                try:
+                    self._run_chain(side, failed, stop)
+                except BaseException as e:  # noqa: BLE001 - re-raised in the main thread, traceback kept
+                    crashed.append(e)
+                    stop.set()
+            # A daemon thread: a build that ends otherwise than by success does not wait for it; its converter
+            # children die with the process (executors/process.py), its cache tmp/ is debris the next build reclaims.
+            thread = threading.Thread(target=work, name="toolchain-lane", daemon=True)
+            thread.start()
+        try:
+            self._run_chain([n for n in rest if n.target not in lane], failed, stop)
+            while thread is not None and thread.is_alive():
+                thread.join(0.2)  # short waits: Ctrl-C still reaches the main thread
+        except BaseException:
+            stop.set()  # the lane ends after its current node; nothing waits for it
+            raise
+        if crashed:
+            raise crashed[0]
         results = {}
         for name, target in self.targets.items():
             if name in failed:

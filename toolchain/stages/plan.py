@@ -28,16 +28,19 @@ OUTPUT = "model.int8.onnx"
 POST_REASON = ("post-processing after the last compute nodes (decode, NMS, top-K): int8 would round results such "
                "as box coordinates; kept float by quantize.force_float")
 SPEED_MARGIN = 0.95  # a kind is kept float only if that makes the model at least 5% faster
+# Screening: every kind kept float is first timed in one interleaved run with the current plan; a kind that is not
+# faster there at all cannot be >= 5% faster, so it gets no A/B of its own.
+SCREEN_RUNS, SCREEN_MARGIN = 60, 1.0
 
 
 def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, budget, threads) -> dict:
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from . import plan_search, precision
+    from . import plan_budget, plan_search, precision
 
     t0 = time.monotonic()
-    deadline = t0 + params["time_budget_s"]
+    clock = plan_budget.TimeBudget(params["time_budget_s"])  # the search stops in time for the closing steps
     names = [t.name for t in spec.inputs]
     prep = out_dir / "prep.onnx"
     quant_pre_process(str(fp32_path), str(prep), skip_symbolic_shape=True)
@@ -57,6 +60,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     runner = precision.Runner(threads, names)
     feed = {n: evaluation[n][:1] for n in names}
     counter = [0]
+    made, judged_by_path = {}, {}  # each variant is made and judged once, whichever step asks for it again
     raw = out_dir / "raw.onnx"
     shutil.copyfile(fp32_path, raw)
 
@@ -76,14 +80,25 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
         exclude, only = expand(exclude), (sorted(expand(only)) if only is not None else None)
         method, act, weight = precision.SCHEMES[scheme]
         per_channel = params["per_channel"] if per_channel is None else per_channel
+        key = (scheme, frozenset(exclude), tuple(only) if only is not None else None, per_channel)
+        if key in made:
+            return made[key]
+        started = clock.now()
+        made[key] = path = _make(scheme, method, act, weight, exclude, only, per_channel)
+        clock.track("make", started)
+        return path
+
+    def _make(scheme, method, act, weight, exclude, only, per_channel):
         counter[0] += 1
         path = out_dir / f"variant{counter[0]}.onnx"
         if method == "static":
             # The tiered scheme quantizes the exported graph as it is: quant_pre_process splits HardSwish into
             # HardSigmoid + Mul, whose extra float boundaries cost more than the int8 convs near them save.
             base = raw if scheme in precision.TIERED else prep
-            if base not in calibs:
+            if base not in calibs:  # one calibration per graph, shared by every variant made from it
+                started = clock.now()
                 calibs[base] = precision.Calibration(base, calibration, names, params["calibrate_method"])
+                clock.track("calibrate", started)
             onnx.save(calibs[base].static(act, weight, per_channel, only, exclude), str(path))
         else:
             precision.dynamic(prep, path, weight, per_channel, only, exclude)
@@ -99,6 +114,20 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
 
         def outputs(self, path, data):
             return runner.outputs(path, data)
+
+        def judge(self, path):
+            if path not in judged_by_path:
+                started = clock.now()
+                judged_by_path[path] = super().judge(path)
+                clock.track("judge", started)
+            return judged_by_path[path]
+
+    def timed(paths, runs=150, warmup=15):
+        """Interleaved p50s of these variants; what it cost teaches the budget what one timed inference costs."""
+        started = clock.now()
+        lat = runner.latency(paths, feed, runs=runs, warmup=warmup)
+        clock.track("timing", started, inferences=len(paths) * (runs + warmup))
+        return lat
 
     def by_resolution(scheme, backend):
         """int8 for the compute nodes whose output size lies in a band [lo, hi] of the model's feature-map sizes,
@@ -123,8 +152,13 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
         if not tiers:
             steps.append(f"{scheme}: no compute node left to quantize; dropped")
             return None
-        paths = {label: make(scheme, only=sorted(nodes_)) for label, nodes_ in tiers.items()}
-        lat = runner.latency({**paths, "fp32": fp32_path}, feed)
+        paths = {}
+        for label, nodes_ in tiers.items():
+            if paths and clock.search_over(len(candidates) + len(paths) + 3):
+                steps.append(f"{scheme}: {len(tiers) - len(paths)} of {len(tiers)} tiers not made (time budget)")
+                break
+            paths[label] = make(scheme, only=sorted(nodes_))
+        lat = timed({**paths, "fp32": fp32_path})
         steps.append(f"{scheme}: tiers timed against fp32 {lat['fp32']:.4f} ms: "
                      + ", ".join(f"{label} {lat[label]:.4f}" for label in paths))
         for label in sorted(paths, key=lat.get):
@@ -142,8 +176,9 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
 
     candidates, steps, tables = {}, [], {}
     for scheme in params["schemes"]:
-        if time.monotonic() > deadline and candidates:
-            steps.append(f"{scheme}: not tried (time budget of {params['time_budget_s']} s spent)")
+        if candidates and clock.search_over(len(candidates) + 3):
+            steps.append(f"{scheme}: not tried (time budget of {params['time_budget_s']} s spent, keeping time for "
+                         "the closing steps)")
             continue
         backend = OrtBackend(scheme)
         if scheme in precision.TIERED:
@@ -162,7 +197,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
         if precision.SCHEMES[scheme][0] == "static":
             units = nodes + [(u, "glue: " + u[:-len(GLUE)]) for u in sorted(glue_units)
                              if not set(glue_units[u]) & forced_int8]
-        found = plan_search.meet_budget(backend, scheme, units, forced_float, forced_int8, deadline, steps, first)
+        found = plan_search.meet_budget(backend, scheme, units, forced_float, forced_int8, clock, steps, first)
         if found["table"]:
             tables[scheme] = found["table"]
         if not found["ok"]:
@@ -183,19 +218,34 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             glue = {n for n, _ in precision.other_quantizable(model, precision.Calibration.op_types_static())}
             if glue - forced_int8 - exclude:
                 groups["other ops (Add, Mul, activations, pooling)"] = glue - forced_int8 - exclude
-        for kind in (sorted(groups) if params["speed_search"] else []):
-            if time.monotonic() > deadline:
+        kinds = sorted(groups) if params["speed_search"] else []
+        trials = {}
+        for kind in kinds:
+            if clock.search_over(len(candidates) + 3):
+                steps.append(f"{scheme}: speed search stopped (time budget): "
+                             f"{', '.join(k for k in kinds if k not in trials)} not tried")
+                break
+            trials[kind] = make(scheme, exclude | groups[kind])
+        screen = timed({"current": path, **trials}, runs=SCREEN_RUNS, warmup=SCREEN_RUNS // 6) if trials else {}
+        for kind in sorted(trials, key=lambda k: screen[k] / screen["current"]):
+            if screen[kind] >= screen["current"] * SCREEN_MARGIN:  # obviously loses: no A/B of its own
+                steps.append(f"{scheme}: {kind} kept float -> p50 {screen[kind]:.4f} vs {screen['current']:.4f} ms "
+                             f"in the screening run of all {len(trials)} kinds (not faster; not kept)")
+                continue
+            if clock.search_over(len(candidates) + 3):
+                steps.append(f"{scheme}: {kind} kept float: not confirmed (time budget)")
                 break
             trial = exclude | groups[kind]
             tpath = make(scheme, trial)
-            lat = runner.latency({"current": path, "trial": tpath}, feed)
+            lat = timed({"current": path, "trial": tpath})
             verdict = lat["trial"] < lat["current"] * SPEED_MARGIN
             if verdict:  # confirm with a second interleaved measurement: noise must not decide precision
-                again = runner.latency({"trial": tpath, "current": path}, feed)
+                again = timed({"trial": tpath, "current": path})
                 verdict = again["trial"] < again["current"] * SPEED_MARGIN
             tj = backend.judge(tpath) if verdict else None
             tok = bool(tj and tj.ok)
             steps.append(f"{scheme}: {kind} kept float -> p50 {lat['trial']:.4f} vs {lat['current']:.4f} ms"
+                         f" (screening {screen[kind]:.4f} vs {screen['current']:.4f})"
                          + (" (faster; kept float)" if verdict and tok else " (not kept)"))
             if verdict and tok:
                 for n in trial - exclude:
@@ -209,16 +259,17 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     if not candidates:
         raise StageError(NAME, f"no int8 plan meets the budget ({plan_search.budget_text(budget)}): "
                          + "; ".join(steps[-3:]))
-    before = make(params["schemes"][0])  # the naive plan: everything int8 with the first scheme
-    timed = runner.latency({**{s: c["path"] for s, c in candidates.items()}, "all_int8": before,
-                            "fp32": fp32_path}, feed, runs=300, warmup=30)
-    best = min(candidates, key=lambda s: timed[s])
+    before = make(params["schemes"][0])  # the naive plan: everything int8 with the first scheme (made once)
+    closing = {**{s: c["path"] for s, c in candidates.items()}, "all_int8": before, "fp32": fp32_path}
+    runs = clock.runs_for(len(closing), keep=clock.granularity_cost())  # what the time left affords
+    final = timed(closing, runs=runs, warmup=max(runs // 10, 3))
+    best = min(candidates, key=lambda s: final[s])
     chosen = candidates[best]
-    granularity = weight_granularity(chosen, make, runner, feed, OrtBackend(best), params, deadline)
+    granularity = weight_granularity(chosen, make, timed, OrtBackend(best), params, clock)
     if granularity.get("kept"):
         chosen = {**chosen, "path": granularity.pop("path"), "judged": granularity.pop("judged")}
     shutil.copyfile(chosen["path"], out_dir / OUTPUT)
-    before_judged = OrtBackend(params['schemes'][0]).judge(before)
+    before_judged = OrtBackend(params['schemes'][0]).judge(before)  # judged already when it was a step
     for p in out_dir.glob("*.onnx"):
         if p.name != OUTPUT:
             p.unlink()
@@ -235,23 +286,25 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             "int8_compute_nodes": sum(1 for n, k in nodes if n not in chosen["exclude"]
                                       and (method == "static" or not k.startswith("Conv"))),
             "compute_nodes": len(nodes),
-            "candidates": {s: plan_search.side(s, c["judged"], p50_ms=timed[s], kept_float=len(c["exclude"]))
+            "candidates": {s: plan_search.side(s, c["judged"], p50_ms=final[s], kept_float=len(c["exclude"]))
                            for s, c in candidates.items()},
             "before": plan_search.side(f"{params['schemes'][0]}, every node int8", before_judged,
-                                       p50_ms=timed["all_int8"]),
-            "after": plan_search.side(best, chosen["judged"], p50_ms=timed[best]),
-            "fp32_p50_ms": timed["fp32"],
+                                       p50_ms=final["all_int8"]),
+            "after": plan_search.side(best, chosen["judged"], p50_ms=final[best]),
+            "fp32_p50_ms": final["fp32"],
+            "closing_runs": runs,
             "weight_granularity": granularity,
             "sensitivity_top": top[:10],
             "steps": steps,
             "search_seconds": round(time.monotonic() - t0, 1),
+            "time_budget": clock.record(),
             "decided_by_timing": "speed decisions were measured on this host (see the report's host); another "
                                  "CPU may choose differently",
         },
     }
 
 
-def weight_granularity(chosen, make, runner, feed, backend, params, deadline) -> dict:
+def weight_granularity(chosen, make, timed, backend, params, clock) -> dict:
     """The chosen plan with the other weight granularity (per-tensor for per-channel and back), timed interleaved
     against it twice (noise must not decide) and judged: kept only if >= 5% faster both times and the budget holds.
     Returns the decision with its measurements (and, when kept, the variant's path and judgement)."""
@@ -261,12 +314,13 @@ def weight_granularity(chosen, make, runner, feed, backend, params, deadline) ->
     record = {"tried": f"{label} weights", "of": "per-channel" if params["per_channel"] else "per-tensor"}
     if not params["speed_search"]:
         return {**record, "decision": "not tried (quantize.speed_search = false)"}
-    if time.monotonic() > deadline:
+    if clock.left() < clock.granularity_cost():
         return {**record, "decision": "not tried (time budget spent)"}
     try:
         path = make(scheme, exclude, only, per_channel=other)
-        first = runner.latency({"current": chosen["path"], "trial": path}, feed)
-        again = runner.latency({"trial": path, "current": chosen["path"]}, feed)
+        runs = clock.runs_for(2, want=150)
+        first = timed({"current": chosen["path"], "trial": path}, runs=runs)
+        again = timed({"trial": path, "current": chosen["path"]}, runs=runs)
     except Exception as e:  # noqa: BLE001 - a variant ORT cannot run is a decision, not a failed build
         reraise_write_error(e)
         return {**record, "decision": f"ONNX Runtime cannot run it ({str(e).splitlines()[0][:160]})"}
