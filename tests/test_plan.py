@@ -174,6 +174,31 @@ def test_plan_stops_its_search_in_time_for_its_closing_steps(planted, tmp_path, 
         assert set(plan["candidates"]) <= set(schemes) and len(plan["candidates"]) >= 2
 
 
+def test_plan_tries_the_static_quantizers_other_settings_and_ships_what_it_chose(planted, tmp_path):
+    """QOperator instead of QDQ, reduce_range and uint8 weights are each timed on the chosen plan (interleaved,
+    twice) and kept only if faster both times and within the budget; the scheme says what shipped, and the artifact
+    is in that format."""
+    import onnx
+
+    b = run_build(spec(planted, tmp_path / "s", {"method": "auto", "schemes": ["static_u8s8"]}), tmp_path / "out")
+    t = b.report["targets"]["x86_64"]
+    assert b.code == 0 and t["status"] == "passed", t.get("reason")
+    alts = t["build"]["plan"]["alternatives"]
+    assert [a["tried"] for a in alts] == ["QOperator format", "reduce_range", "uint8 weights"]
+    for a in alts:
+        assert a["decision"], a
+        if "p50_ms" in a:
+            assert len(a["p50_ms"]["current"]) == len(a["p50_ms"]["trial"]) == 2
+        assert a["decision"].startswith(f"{a['tried']}: faster" if a.get("kept") else ("kept", "ONNX Runtime"))
+    scheme = t["build"]["scheme"]
+    kept = {a["tried"] for a in alts if a.get("kept")}
+    assert scheme["quant_format"] == ("QOperator" if "QOperator format" in kept else "QDQ")
+    assert scheme["reduce_range"] is ("reduce_range" in kept)
+    assert scheme["weight_type"] == ("uint8" if "uint8 weights" in kept else "int8")
+    ops = {n.op_type for n in onnx.load(str(b.model_dir / t["artifact"])).graph.node}
+    assert ("QLinearConv" in ops) is (scheme["quant_format"] == "QOperator"), ops
+
+
 def test_force_float_override_is_obeyed_and_named(planted, tmp_path):
     b = run_build(spec(planted, tmp_path / "s", {"method": "auto", "schemes": ["static_u8s8"], "speed_search": False,
                                                  "force_float": ["Gemm"]}), tmp_path / "out")

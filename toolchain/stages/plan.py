@@ -76,19 +76,21 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     def expand(names):
         return set().union(*(glue_units.get(n, [n]) for n in names)) if names else set()
 
-    def make(scheme, exclude=(), only=None, per_channel=None):
+    def make(scheme, exclude=(), only=None, per_channel=None, fmt="qdq", reduce_range=False, weight=None):
         exclude, only = expand(exclude), (sorted(expand(only)) if only is not None else None)
-        method, act, weight = precision.SCHEMES[scheme]
+        method, act, scheme_weight = precision.SCHEMES[scheme]
+        weight = weight or scheme_weight
         per_channel = params["per_channel"] if per_channel is None else per_channel
-        key = (scheme, frozenset(exclude), tuple(only) if only is not None else None, per_channel)
+        key = (scheme, frozenset(exclude), tuple(only) if only is not None else None, per_channel, fmt, reduce_range,
+               weight)
         if key in made:
             return made[key]
         started = clock.now()
-        made[key] = path = _make(scheme, method, act, weight, exclude, only, per_channel)
+        made[key] = path = _make(scheme, method, act, weight, exclude, only, per_channel, fmt, reduce_range)
         clock.track("make", started)
         return path
 
-    def _make(scheme, method, act, weight, exclude, only, per_channel):
+    def _make(scheme, method, act, weight, exclude, only, per_channel, fmt, reduce_range):
         counter[0] += 1
         path = out_dir / f"variant{counter[0]}.onnx"
         if method == "static":
@@ -99,7 +101,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                 started = clock.now()
                 calibs[base] = precision.Calibration(base, calibration, names, params["calibrate_method"])
                 clock.track("calibrate", started)
-            onnx.save(calibs[base].static(act, weight, per_channel, only, exclude), str(path))
+            onnx.save(calibs[base].static(act, weight, per_channel, only, exclude, fmt, reduce_range), str(path))
         else:
             precision.dynamic(prep, path, weight, per_channel, only, exclude)
         return path
@@ -266,19 +268,35 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     best = min(candidates, key=lambda s: final[s])
     chosen = candidates[best]
     granularity = weight_granularity(chosen, make, timed, OrtBackend(best), params, clock)
+    settings = {"per_channel": params["per_channel"], "fmt": "qdq", "reduce_range": False,
+                "weight": precision.SCHEMES[best][2]}
     if granularity.get("kept"):
         chosen = {**chosen, "path": granularity.pop("path"), "judged": granularity.pop("judged")}
+        settings["per_channel"] = not settings["per_channel"]
+    alternatives = []
+    if precision.SCHEMES[best][0] == "static":  # the static quantizer's other settings, on the chosen plan
+        for label, change in STATIC_ALTERNATIVES:
+            trial = {**settings, **change}
+            if trial == settings:
+                continue
+            rec = alternative(label, chosen, lambda t=trial: make(*chosen["args"], **t), timed, OrtBackend(best),
+                              params, clock)
+            if rec.get("kept"):
+                chosen = {**chosen, "path": rec.pop("path"), "judged": rec.pop("judged")}
+                settings = trial
+            alternatives.append(rec)
     shutil.copyfile(chosen["path"], out_dir / OUTPUT)
     before_judged = OrtBackend(params['schemes'][0]).judge(before)  # judged already when it was a step
     for p in out_dir.glob("*.onnx"):
         if p.name != OUTPUT:
             p.unlink()
-    method, act, weight = precision.SCHEMES[best]
+    method, act, _ = precision.SCHEMES[best]
     top = next(iter(tables.values()), None) or []
-    per_channel = params["per_channel"] != bool(granularity.get("kept"))
     return {
-        "scheme": {"method": method, "activation_type": act, "weight_type": weight,
-                   "per_channel": per_channel, "calibrate_method": params["calibrate_method"]},
+        "scheme": {"method": method, "activation_type": act, "weight_type": settings["weight"],
+                   "per_channel": settings["per_channel"], "calibrate_method": params["calibrate_method"],
+                   **({"quant_format": {"qdq": "QDQ", "qoperator": "QOperator"}[settings["fmt"]],
+                       "reduce_range": settings["reduce_range"]} if method == "static" else {})},
         "plan": {
             "chosen": best,
             "kept_float": [{"node": n, "kind": kind_of.get(n, "?"), "reason": chosen["reasons"].get(n, "")}
@@ -294,6 +312,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             "fp32_p50_ms": final["fp32"],
             "closing_runs": runs,
             "weight_granularity": granularity,
+            "alternatives": alternatives,
             "sensitivity_top": top[:10],
             "steps": steps,
             "search_seconds": round(time.monotonic() - t0, 1),
@@ -304,20 +323,36 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     }
 
 
+# The static quantizer's other settings, each tried on the chosen plan in turn (kept only if faster twice and within
+# the budget): ONNX Runtime's own int8 ops instead of QDQ pairs for it to fuse, 7-bit weights (reduce_range: no
+# saturation in the u8 x s8 multiply-add pairs of CPUs without VNNI), uint8 weights.
+STATIC_ALTERNATIVES = (("QOperator format", {"fmt": "qoperator"}), ("reduce_range", {"reduce_range": True}),
+                       ("uint8 weights", {"weight": "uint8"}))
+
+
 def weight_granularity(chosen, make, timed, backend, params, clock) -> dict:
     """The chosen plan with the other weight granularity (per-tensor for per-channel and back), timed interleaved
     against it twice (noise must not decide) and judged: kept only if >= 5% faster both times and the budget holds.
     Returns the decision with its measurements (and, when kept, the variant's path and judgement)."""
-    scheme, exclude, only = chosen["args"]
     other = not params["per_channel"]
     label = "per-channel" if other else "per-tensor"
     record = {"tried": f"{label} weights", "of": "per-channel" if params["per_channel"] else "per-tensor"}
+    return _trial(record, chosen, lambda: make(*chosen["args"], per_channel=other), timed, backend, params, clock,
+                  f"{label} weights", "granularity")
+
+
+def alternative(label, chosen, make_variant, timed, backend, params, clock) -> dict:
+    """One of STATIC_ALTERNATIVES on the chosen plan, decided like the weight granularity."""
+    return _trial({"tried": label}, chosen, make_variant, timed, backend, params, clock, label, "settings")
+
+
+def _trial(record, chosen, make_variant, timed, backend, params, clock, label, what) -> dict:
     if not params["speed_search"]:
         return {**record, "decision": "not tried (quantize.speed_search = false)"}
     if clock.left() < clock.granularity_cost():
         return {**record, "decision": "not tried (time budget spent)"}
     try:
-        path = make(scheme, exclude, only, per_channel=other)
+        path = make_variant()
         runs = clock.runs_for(2, want=150)
         first = timed({"current": chosen["path"], "trial": path}, runs=runs)
         again = timed({"trial": path, "current": chosen["path"]}, runs=runs)
@@ -327,12 +362,12 @@ def weight_granularity(chosen, make, timed, backend, params, clock) -> dict:
     record["p50_ms"] = {"current": [first["current"], again["current"]], "trial": [first["trial"], again["trial"]]}
     faster = all(t < c * SPEED_MARGIN for t, c in zip(record["p50_ms"]["trial"], record["p50_ms"]["current"]))
     if not faster:
-        return {**record, "decision": "kept the current granularity (the other is not >= 5% faster twice)"}
+        return {**record, "decision": f"kept the current {what} (the other is not >= 5% faster twice)"}
     judged = backend.judge(path)
     record["judged_text"] = judged.text
     if not judged.ok:
-        return {**record, "decision": "kept the current granularity (the faster one misses the budget)"}
-    return {**record, "decision": f"{label} weights: faster twice and within the budget", "kept": True,
+        return {**record, "decision": f"kept the current {what} (the faster one misses the budget)"}
+    return {**record, "decision": f"{label}: faster twice and within the budget", "kept": True,
             "path": path, "judged": judged}
 
 
