@@ -90,6 +90,7 @@ class Pipeline:
         self.ran = []  # (stage, target) of stages that executed (not cached) in this build
         self.keys = {}  # "stage[target]" -> key inputs, recorded in the stamp so --explain can diff them
         self.entries = {}  # node label -> its cache entry, once run (or found up to date)
+        self.lane_of = {}  # node label -> the thread that ran it (the main one, or the converters' lane)
         # A pruned build also builds each target unpruned (cached like any stage) to measure the speedup.
         self.unpruned = None
         if spec.prune is not None:
@@ -314,6 +315,7 @@ class Pipeline:
                 return
             if node.target in failed:
                 continue
+            self.lane_of[node.label] = threading.current_thread().name
             try:
                 self.entries[node.label] = node.pipe.run_node(node)
             except StageError as e:
