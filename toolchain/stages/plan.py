@@ -31,6 +31,7 @@ SPEED_MARGIN = 0.95  # a kind is kept float only if that makes the model at leas
 # Screening: every kind kept float is first timed in one interleaved run with the current plan; a kind that is not
 # faster there at all cannot be >= 5% faster, so it gets no A/B of its own.
 SCREEN_RUNS, SCREEN_MARGIN = 60, 1.0
+LOSER_FACTOR = 1.5  # a scheme this much slower than both fp32 and a scheme already found is dropped unsearched
 
 
 def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, budget, threads) -> dict:
@@ -205,6 +206,19 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
         if not found["ok"]:
             continue
         exclude, path, judged = expand(found["exclude"]), found["path"], found["judged"]
+        if candidates and params["speed_search"]:
+            # A scheme far slower than fp32 and than a scheme already found is not worth a speed search: keeping
+            # kinds float moves it toward fp32's speed, not past the other scheme's (s8 activations leave convs
+            # float between Q/DQ pairs on these CPUs: 20x slower here).
+            quick = timed({"this": path, "fp32": fp32_path, **{s: c["path"] for s, c in candidates.items()}},
+                          runs=SCREEN_RUNS, warmup=SCREEN_RUNS // 6)
+            rival = min(candidates, key=quick.get)
+            bar = max(quick[rival], quick["fp32"]) * LOSER_FACTOR
+            if quick["this"] > bar:
+                steps.append(f"{scheme}: p50 {quick['this']:.4f} ms vs {rival} {quick[rival]:.4f} and fp32 "
+                             f"{quick['fp32']:.4f} in a screening run: more than {LOSER_FACTOR}x slower than both; "
+                             "dropped without a speed search")
+                continue
         reasons = {n: POST_REASON if n in post else "forced float by the spec" for n in forced_float}
         for u in found["exclude"] - forced_float:
             why = ("accuracy: among the most sensitive nodes" if u not in glue_units else
