@@ -54,3 +54,16 @@ def test_a_failure_in_the_lane_stops_only_its_target(both_targets, tmp_path):
     assert "error" in results["arm64"] and results["arm64"]["error"].stage == "tflite"
     assert "error" not in results["x86_64"] and results["x86_64"]["artifact"].is_file()
     assert pipe.lane_of["tflite[arm64]"] == "toolchain-lane"
+
+
+def test_report_says_where_the_build_time_went(tmp_path, write_spec):
+    """report.json `stage_timings`: seconds and lane of every stage that ran; a second build finds them cached."""
+    from conftest import run_build
+
+    spec = write_spec(tmp_path / "spec")
+    first = run_build(spec, tmp_path / "out").report["stage_timings"]
+    assert set(first) == {"trace", "reference", "quantize[x86_64]", "validate[x86_64]"}
+    assert all(v["seconds"] >= 0 and v["lane"] == "MainThread" for v in first.values()), first
+    (tmp_path / "out" / "tiny_cnn" / "report.json").unlink()  # not a no-op: the stages are looked up again
+    again = run_build(spec, tmp_path / "out").report["stage_timings"]
+    assert again == {k: {"cached": True} for k in first}

@@ -91,6 +91,7 @@ class Pipeline:
         self.keys = {}  # "stage[target]" -> key inputs, recorded in the stamp so --explain can diff them
         self.entries = {}  # node label -> its cache entry, once run (or found up to date)
         self.lane_of = {}  # node label -> the thread that ran it (the main one, or the converters' lane)
+        self.timings = {}  # node label -> {"seconds", "lane"} for a node that ran, {"cached": True} for one found
         # A pruned build also builds each target unpruned (cached like any stage) to measure the speedup.
         self.unpruned = None
         if spec.prune is not None:
@@ -98,6 +99,7 @@ class Pipeline:
                                      self.progress, label_prefix="unpruned ")
             self.unpruned.cache = self.cache
             self.unpruned.entries, self.unpruned.keys = self.entries, self.keys  # labels carry "unpruned "
+            self.unpruned.timings = self.timings
 
     @cached_property
     def metric_params(self) -> dict:
@@ -282,6 +284,7 @@ class Pipeline:
         checkpoint(node.name)
         entry = self.cache.get(node.name, key)
         if entry is not None:
+            self.timings[label] = {"cached": True}
             self.progress.line(name, node.target, "cached (remote)" if getattr(entry, "remote", False) else "cached")
             checkpoint(f"{node.name}.done")
             return entry
@@ -296,7 +299,9 @@ class Pipeline:
             self.progress.stop(name, node.target)  # no heartbeat outlives its stage
             raise
         self.ran.append((name, node.target))
-        self.progress.line(name, node.target, "done", time.monotonic() - t0)
+        took = time.monotonic() - t0
+        self.timings[label] = {"seconds": round(took, 2), "lane": threading.current_thread().name}
+        self.progress.line(name, node.target, "done", took)
         checkpoint(f"{node.name}.done")
         return entry
 
