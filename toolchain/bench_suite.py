@@ -244,3 +244,18 @@ def _plan_story(t):
     print(f"   plan chose {plan['chosen']}: {plan.get('int8_compute_nodes')} of {plan.get('compute_nodes')} compute "
           f"nodes int8, float: {', '.join(f'{v} {k}' for k, v in sorted(kinds.items())) or 'none'} "
           f"(search {plan.get('search_seconds')} s)")
+    tb = plan.get("time_budget")
+    if tb:
+        print(f"   plan time: {tb['total_s']} s of its {tb['budget_s']:.0f} s budget"
+              + (f", search stopped at {tb['search_stopped_early_at_s']} s" if tb.get("search_stopped_early_at_s")
+                 else ""))
+    for a in [plan.get("weight_granularity") or {}] + list(plan.get("alternatives") or []):
+        if a.get("tried"):
+            p50 = a.get("p50_ms")
+            figs = (f" (p50 current {'/'.join(f'{v:.3f}' for v in p50['current'])} vs trial "
+                    f"{'/'.join(f'{v:.3f}' for v in p50['trial'])} ms)") if p50 else ""
+            print(f"   {a['tried']}: {a['decision']}{figs}")
+    ro = t.get("runtime_options")
+    if ro:
+        print(f"   runtime options: chose {ro['chosen']} ("
+              + ", ".join(f"{n} {v:.3f} ms" for n, v in ro["p50_ms"].items()) + ")")
