@@ -21,7 +21,7 @@ import time
 from ..errors import StageError, reraise_write_error
 
 NAME = "plan"
-VERSION = 10
+VERSION = 11  # 11: time budget kept with a reserve, other static settings, runtime-cheap screening
 GLUE = " (every one)"  # a search unit standing for every quantizable glue op of one type
 LIBRARIES = ("onnxruntime", "onnx", "numpy")
 OUTPUT = "model.int8.onnx"
