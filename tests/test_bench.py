@@ -58,3 +58,15 @@ def test_bench_peers_are_made_in_a_scratch_folder_that_goes_away(tmp_path, monke
     for r in rows:  # made in the folder that is gone, still runnable
         assert r.outputs(calibration)[0].shape == (8, 8, 1, 1)
         r.timer({"input": calibration["input"][:1]})()
+
+
+def test_bench_make_builds_what_make_build_builds():
+    """The cold-build figure covers every sample the Makefile builds (shapes_detector was missing)."""
+    import re
+    from pathlib import Path
+
+    from toolchain.bench import MAKE_MODELS
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    models = re.search(r"(?m)^MODELS := (.*)$", makefile).group(1).split()
+    assert sorted(MAKE_MODELS) == sorted(models)
