@@ -111,7 +111,7 @@ def meet_budget(backend, label, nodes, forced_float, forced_int8, deadline, step
     if not ok:
         # Can this scheme meet the budget at all? With every node the search may keep float kept float, what is
         # still int8 is what the search cannot change: if that already misses, ranking and trying the nodes one
-        # by one (a variant each) cannot succeed. One variant instead of dozens (MiniLM's static scheme: 48).
+        # by one (a variant each) cannot succeed: one variant instead of one per node.
         searchable = {n for n, _ in nodes} - set(forced_int8)
         if searchable - exclude:
             ceiling = backend.make(exclude | searchable)
