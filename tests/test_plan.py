@@ -120,6 +120,85 @@ def test_plan_measures_the_other_weight_granularity_and_records_the_decision(pla
     assert t["build"]["scheme"]["per_channel"] is (not kept)
 
 
+def test_plan_makes_and_judges_each_variant_once(planted, tmp_path):
+    """No repeated work: the every-node-int8 variant the search starts from is the plan's `before` too; it is made,
+    calibrated and judged once (the budget's record counts every piece of work)."""
+    s = spec(planted, tmp_path / "s", {"method": "auto", "schemes": ["static_u8s8"], "speed_search": False})
+    text = s.read_text().replace("max_metric_drop = 0.002", "max_metric_drop = 0.9")  # all int8 holds this budget
+    s.write_text(text)
+    b = run_build(s, tmp_path / "out")
+    plan = b.report["targets"]["x86_64"]["build"]["plan"]
+    assert b.code == 0 and plan["kept_float"] == [], plan["steps"]
+    counts = plan["time_budget"]["count_by_work"]
+    assert counts["make"] == 1 and counts["judge"] == 1 and counts["calibrate"] == 1, counts
+
+
+class StepClock:
+    """A clock on which each piece of work the plan accounts (a variant made, judged or timed) takes one second and
+    looking at the clock takes none: the plan's budget decisions then depend only on how much work it does, never
+    on this machine's speed."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        import sys
+
+        if sys._getframe(1).f_code.co_name == "track":  # the end of a piece of work
+            self.t += 1.0
+        return self.t
+
+
+@pytest.mark.parametrize("budget_s", [40, 400])
+def test_plan_stops_its_search_in_time_for_its_closing_steps(planted, tmp_path, monkeypatch, budget_s):
+    """quantize.time_budget_s bounds the whole plan: the search stops early enough for the closing steps (final
+    timing, the other weight granularity) to fit, the schemes it had no time for say so, and the report records
+    where the budget went. With a generous budget every scheme is tried."""
+    from toolchain.stages import plan_budget
+
+    monkeypatch.setattr(plan_budget, "CLOCK", StepClock())
+    schemes = ["dynamic_s8", "static_u8s8", "static_s8s8"]  # the first meets the budget with every node int8
+    b = run_build(spec(planted, tmp_path / "s", {"method": "auto", "schemes": schemes, "time_budget_s": budget_s}),
+                  tmp_path / "out")
+    t = b.report["targets"]["x86_64"]
+    assert b.code == 0 and t["status"] == "passed", t.get("reason")
+    plan = t["build"]["plan"]
+    tb = plan["time_budget"]
+    assert tb["budget_s"] == budget_s and tb["within_budget"] and tb["total_s"] <= budget_s, tb
+    skipped = [st for st in plan["steps"] if "time budget" in st]
+    if budget_s == 40:
+        assert tb["search_stopped_early_at_s"] is not None and skipped, plan["steps"]
+        assert set(plan["candidates"]) < set(schemes)
+    else:
+        assert tb["search_stopped_early_at_s"] is None and not skipped, plan["steps"]
+        assert set(plan["candidates"]) <= set(schemes) and len(plan["candidates"]) >= 2
+
+
+def test_plan_tries_the_static_quantizers_other_settings_and_ships_what_it_chose(planted, tmp_path):
+    """QOperator instead of QDQ, reduce_range and uint8 weights are each timed on the chosen plan (interleaved,
+    twice) and kept only if faster both times and within the budget; the scheme says what shipped, and the artifact
+    is in that format."""
+    import onnx
+
+    b = run_build(spec(planted, tmp_path / "s", {"method": "auto", "schemes": ["static_u8s8"]}), tmp_path / "out")
+    t = b.report["targets"]["x86_64"]
+    assert b.code == 0 and t["status"] == "passed", t.get("reason")
+    alts = t["build"]["plan"]["alternatives"]
+    assert [a["tried"] for a in alts] == ["QOperator format", "reduce_range", "uint8 weights"]
+    for a in alts:
+        assert a["decision"], a
+        if "p50_ms" in a:
+            assert len(a["p50_ms"]["current"]) == len(a["p50_ms"]["trial"]) == 2
+        assert a["decision"].startswith(f"{a['tried']}: faster" if a.get("kept") else ("kept", "ONNX Runtime"))
+    scheme = t["build"]["scheme"]
+    kept = {a["tried"] for a in alts if a.get("kept")}
+    assert scheme["quant_format"] == ("QOperator" if "QOperator format" in kept else "QDQ")
+    assert scheme["reduce_range"] is ("reduce_range" in kept)
+    assert scheme["weight_type"] == ("uint8" if "uint8 weights" in kept else "int8")
+    ops = {n.op_type for n in onnx.load(str(b.model_dir / t["artifact"])).graph.node}
+    assert ("QLinearConv" in ops) is (scheme["quant_format"] == "QOperator"), ops
+
+
 def test_force_float_override_is_obeyed_and_named(planted, tmp_path):
     b = run_build(spec(planted, tmp_path / "s", {"method": "auto", "schemes": ["static_u8s8"], "speed_search": False,
                                                  "force_float": ["Gemm"]}), tmp_path / "out")

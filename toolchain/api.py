@@ -156,6 +156,9 @@ def _build_locked(spec, pipe, model_dir, target_files, options):
         "fp32_onnx": {"path": str(fp32_out.relative_to(model_dir)), "sha256": fp32.digest("model.fp32.onnx")},
         "provenance": _provenance(spec, pipe),
         "spec_targets": sorted(spec.targets),  # what the spec asks for: `package --require-all` names the missing
+        # where this build's time went: seconds per stage that ran (and in which lane: pipeline.Pipeline.run),
+        # or cached
+        "stage_timings": dict(pipe.timings),
         "targets": {},
     }
     if pipe.placements:  # built on a Dask cluster: where each node ran (validate: the host that measured)

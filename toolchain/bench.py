@@ -20,6 +20,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("digits_cnn", "digits_resnet", "digits_mobilenet")
 OPTIONAL = ("digits_resnet_pruned", "minilm")  # benched when built
+MAKE_MODELS = MODELS + OPTIONAL + ("shapes_detector",)  # what `make build` builds (the Makefile's MODELS)
 SUITE_MODELS = ("mobilenet_v3_small", "resnet18", "unet_small", "minilm_seq128")  # bench_models.SUITE
 
 
@@ -195,7 +196,7 @@ def stage_times(progress_text: str) -> list:
     return out
 
 
-def bench_make(models=MODELS + OPTIONAL, jobs=2):
+def bench_make(models=MAKE_MODELS, jobs=2):
     """Cold build of every sample for all targets (fresh cache, no shared cache), `jobs` models at a time (what
     `make -j2 build` does on a 2-core machine), where its time goes per stage (from the builds' progress lines),
     then no-op builds (median of 10) and the peak memory of the build processes (converter children included)."""

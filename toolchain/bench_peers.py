@@ -12,6 +12,8 @@ Every x86 peer is a `Peer(name, timer, outputs)`: timer(feed) -> a call timed in
 (evaluation) -> list of arrays, so every row of a table is measured the same way.
 """
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -30,6 +32,22 @@ class Missing(NamedTuple):
     name: str
     precision: str
     reason: str
+
+
+@contextlib.contextmanager
+def scratch():
+    """A private working folder for making the peers: their models, and anything a library writes into the current
+    directory (quant_pre_process was seen to), go there and are removed with it, whatever happens. Sessions made
+    inside it have loaded their models and keep working after it is gone."""
+    from .debris import scratch_dir
+
+    before = os.getcwd()
+    with scratch_dir("toolchain-bench-peers") as work:
+        os.chdir(work)
+        try:
+            yield Path(work)
+        finally:
+            os.chdir(before)
 
 
 def _reader(calibration, names):

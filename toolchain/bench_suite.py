@@ -17,7 +17,6 @@ cost model (instructions per inference on cortex-a76, one emulated process).
 """
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -55,23 +54,10 @@ def _figures(outs, ref):
             "cosine": min(float(cosine_per_sample(o, r).mean()) for o, r in zip(outs, ref))}
 
 
-def side_by_side_x86(name, model_dir: Path, t: dict, calibration, evaluation, names, runs=200, warmup=20,
-                     transformer=False, budget=None) -> dict:
-    """One table: ORT fp32, ours, the peers; p50 ratios to ORT fp32 and to the best peer; the x86 goals."""
-    from .runtimes.onnxruntime import OrtSession
-    from .validation.latency import interleaved
-
-    fp32_path, ours_path = model_dir / t["baseline"], model_dir / t["artifact"]
-    work = model_dir / "bench-peers"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    opts = (t.get("runtime_options") or {}).get("options") or {}
-    s = OrtSession(ours_path, ["CPUExecutionProvider"], 1, provider_options=opts.get("provider_options"),
-                   graph_optimization=opts.get("graph_optimization", "all"))
-    ours = bench_peers.Peer("ours (shipped x86 artifact)", "int8", s.timer,
-                            lambda data: bench_peers._loop(s.run, data, s.input_names))
-    rows = [bench_peers.ort_fp32(fp32_path), ours]
-    missing = []
+def make_peers(fp32_path, calibration, names, work: Path, transformer, missing: list) -> list:
+    """The int8 and fp32 peers of one model (bench_peers.py), made in `work`; a peer that cannot be made is
+    appended to `missing` with its reason."""
+    rows = []
     makers = [("ORT recipe (static QDQ u8s8 per-channel)",
                lambda: bench_peers.ort_recipe(fp32_path, calibration, names, work, transformer))]
     if transformer:
@@ -90,6 +76,24 @@ def side_by_side_x86(name, model_dir: Path, t: dict, calibration, evaluation, na
         except Exception as e:  # noqa: BLE001 - a peer that cannot make its model is a row saying so
             missing.append(bench_peers.Missing(label, "int8",
                                                f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"))
+    return rows
+
+
+def side_by_side_x86(name, model_dir: Path, t: dict, calibration, evaluation, names, runs=200, warmup=20,
+                     transformer=False, budget=None) -> dict:
+    """One table: ORT fp32, ours, the peers; p50 ratios to ORT fp32 and to the best peer; the x86 goals."""
+    from .runtimes.onnxruntime import OrtSession
+    from .validation.latency import interleaved
+
+    fp32_path, ours_path = model_dir / t["baseline"], model_dir / t["artifact"]
+    opts = (t.get("runtime_options") or {}).get("options") or {}
+    s = OrtSession(ours_path, ["CPUExecutionProvider"], 1, provider_options=opts.get("provider_options"),
+                   graph_optimization=opts.get("graph_optimization", "all"))
+    ours = bench_peers.Peer("ours (shipped x86 artifact)", "int8", s.timer,
+                            lambda data: bench_peers._loop(s.run, data, s.input_names))
+    with bench_peers.scratch() as work:  # the peers' files (and their libraries' litter) go with it
+        rows, missing = [bench_peers.ort_fp32(fp32_path), ours], []
+        rows += make_peers(fp32_path, calibration, names, work, transformer, missing)
     ref = rows[0].outputs(evaluation)
     acc = {r.name: _figures(r.outputs(evaluation), ref) for r in rows}
     feed = {k: evaluation[k][:1] for k in names}
@@ -240,3 +244,18 @@ def _plan_story(t):
     print(f"   plan chose {plan['chosen']}: {plan.get('int8_compute_nodes')} of {plan.get('compute_nodes')} compute "
           f"nodes int8, float: {', '.join(f'{v} {k}' for k, v in sorted(kinds.items())) or 'none'} "
           f"(search {plan.get('search_seconds')} s)")
+    tb = plan.get("time_budget")
+    if tb:
+        print(f"   plan time: {tb['total_s']} s of its {tb['budget_s']:.0f} s budget"
+              + (f", search stopped at {tb['search_stopped_early_at_s']} s" if tb.get("search_stopped_early_at_s")
+                 else ""))
+    for a in [plan.get("weight_granularity") or {}] + list(plan.get("alternatives") or []):
+        if a.get("tried"):
+            p50 = a.get("p50_ms")
+            figs = (f" (p50 current {'/'.join(f'{v:.3f}' for v in p50['current'])} vs trial "
+                    f"{'/'.join(f'{v:.3f}' for v in p50['trial'])} ms)") if p50 else ""
+            print(f"   {a['tried']}: {a['decision']}{figs}")
+    ro = t.get("runtime_options")
+    if ro:
+        print(f"   runtime options: chose {ro['chosen']} ("
+              + ", ".join(f"{n} {v:.3f} ms" for n, v in ro["p50_ms"].items()) + ")")

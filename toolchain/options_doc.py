@@ -52,7 +52,7 @@ DESCRIPTIONS = {
     "quantize.schemes": "plan: the schemes tried",
     "quantize.force_float": "plan: node-name patterns always kept float",
     "quantize.force_int8": "plan: node-name patterns never kept float",
-    "quantize.time_budget_s": "plan: seconds before it ships the best plan so far",
+    "quantize.time_budget_s": "plan: seconds for the whole stage; the search stops in time for its closing steps",
     "quantize.speed_search": "plan: time each kind of compute node kept float",
     "fp16.keep_io_types": "inputs and outputs stay float32",
     "fp16.op_block_list": "op types kept float32",

@@ -7,6 +7,8 @@ A node is a pure function of its inputs; its cache key covers the stage name and
 digests of its declared inputs, and the versions of the libraries it declares. Failures are never cached.
 """
 
+import os
+import threading
 import time
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -23,6 +25,8 @@ from .remote_cache import open_cache
 from .spec import is_callable_ref
 from .targets import load_target
 from .versions import versions
+
+SERIAL_ENV = "TOOLCHAIN_SERIAL"  # set: every node in one thread, in order (debugging, timing studies)
 
 
 @dataclass
@@ -87,9 +91,11 @@ class Pipeline:
         self.ran = []  # (stage, target) of stages that executed (not cached) in this build
         self.keys = {}  # "stage[target]" -> key inputs, recorded in the stamp so --explain can diff them
         self.entries = {}  # node label -> its cache entry, once run (or found up to date)
-        # Who runs the nodes: None, this process in order (_run_nodes); or a cluster runner (toolchain/cluster),
+        # Who runs the nodes: None, this process (_run_nodes, in two lanes); or a cluster runner (toolchain/cluster),
         # which records where each node ran (label -> worker, host) in placements.
         self.runner, self.placements = runner, {}
+        self.lane_of = {}  # node label -> the thread that ran it (the main one, or the converters' lane)
+        self.timings = {}  # node label -> {"seconds", "lane"} for a node that ran, {"cached": True} for one found
         # A pruned build also builds each target unpruned (cached like any stage) to measure the speedup.
         self.unpruned = None
         if spec.prune is not None:
@@ -98,6 +104,7 @@ class Pipeline:
             self.unpruned.cache = self.cache
             self.unpruned.entries, self.unpruned.keys = self.entries, self.keys  # labels carry "unpruned "
             self.unpruned.placements = self.placements
+            self.unpruned.timings = self.timings
 
     @cached_property
     def metric_params(self) -> dict:
@@ -282,6 +289,7 @@ class Pipeline:
         checkpoint(node.name)
         entry = self.cache.get(node.name, key)
         if entry is not None:
+            self.timings[label] = {"cached": True}
             self.progress.line(name, node.target, "cached (remote)" if getattr(entry, "remote", False) else "cached")
             checkpoint(f"{node.name}.done")
             return entry
@@ -296,7 +304,9 @@ class Pipeline:
             self.progress.stop(name, node.target)  # no heartbeat outlives its stage
             raise
         self.ran.append((name, node.target))
-        self.progress.line(name, node.target, "done", time.monotonic() - t0)
+        took = time.monotonic() - t0
+        self.timings[label] = {"seconds": round(took, 2), "lane": threading.current_thread().name}
+        self.progress.line(name, node.target, "done", took)
         checkpoint(f"{node.name}.done")
         return entry
 
@@ -306,12 +316,22 @@ class Pipeline:
         failed = self.runner(self) if self.runner is not None else self._run_nodes()
         return self._results(failed)
 
-    def _run_nodes(self) -> dict:
-        """Every node in order, in this process; returns target -> the StageError that stopped it."""
-        failed = {}
-        for node in self.nodes():
+    def background_targets(self) -> set:
+        """Targets whose artifact is made in child processes (a stage declaring CHILD_PROCESS: onnx2tf, the
+        litert-torch side venv): their chain runs in a second lane while this process works on the others."""
+        if os.environ.get(SERIAL_ENV) or len(self.targets) < 2:
+            return set()
+        return {n for n in self.targets if getattr(self.transform_module(n), "CHILD_PROCESS", False)}
+
+    def _run_chain(self, nodes, failed, stop=None):
+        """Run nodes in order; a StageError of a target's node stops that target only (recorded in `failed`).
+        `stop`: an event that, once set, ends the chain before its next node (the other lane ended the build)."""
+        for node in nodes:
+            if stop is not None and stop.is_set():
+                return
             if node.target in failed:
                 continue
+            self.lane_of[node.label] = threading.current_thread().name
             try:
                 self.entries[node.label] = node.pipe.run_node(node)
             except StageError as e:
@@ -321,6 +341,40 @@ class Pipeline:
                     e.target = node.target
                 self.progress.line(e.stage, node.target, f"FAILED: {e.cause}")
                 failed[node.target] = e
+
+    def _run_nodes(self) -> dict:
+        """Every node in this process; returns target -> the StageError that stopped it. The shared prefix runs
+        first; then the targets whose converter runs in child processes (background_targets) run their chain in a
+        second thread, concurrently with the other targets here: on a 2-core machine onnx2tf converts while the x86
+        plan measures (timings stay interleaved A/B comparisons)."""
+        failed = {}
+        nodes = self.nodes()
+        lane = self.background_targets()
+        prefix = [n for n in nodes if n.target is None]
+        self._run_chain(prefix, failed)
+        rest = [n for n in nodes if n.target is not None]
+        side = [n for n in rest if n.target in lane]
+        thread, crashed, stop = None, [], threading.Event()
+        if side:
+            def work():
+                try:
+                    self._run_chain(side, failed, stop)
+                except BaseException as e:  # noqa: BLE001 - re-raised in the main thread, traceback kept
+                    crashed.append(e)
+                    stop.set()
+            # A daemon thread: a build that ends otherwise than by success does not wait for it; its converter
+            # children die with the process (executors/process.py), its cache tmp/ is debris the next build reclaims.
+            thread = threading.Thread(target=work, name="toolchain-lane", daemon=True)
+            thread.start()
+        try:
+            self._run_chain([n for n in rest if n.target not in lane], failed, stop)
+            while thread is not None and thread.is_alive():
+                thread.join(0.2)  # short waits: Ctrl-C still reaches the main thread
+        except BaseException:
+            stop.set()  # the lane ends after its current node; nothing waits for it
+            raise
+        if crashed:
+            raise crashed[0]
         return failed
 
     def _results(self, failed):

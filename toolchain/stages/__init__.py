@@ -16,5 +16,7 @@ A model stage (run once per build: prune, trace, reference) also declares spec_p
     params_for(table, path, prefix) -> params   the table checked against SCHEMA, defaults filled in
     applies(target)     whether it makes this target's artifact; formats.FORMATS lists the candidates per
                         (format, precision), the first that applies wins
-and may declare extra_deps(params) -> dict for key inputs of its own (a side venv's lock).
+and may declare extra_deps(params) -> dict for key inputs of its own (a side venv's lock), and CHILD_PROCESS = True
+when its work runs in child processes (onnx2tf, a side venv): the pipeline then runs that target's nodes in a
+second thread, concurrently with the other targets (pipeline.Pipeline.run; TOOLCHAIN_SERIAL=1 turns it off).
 """

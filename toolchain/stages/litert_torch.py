@@ -37,6 +37,7 @@ from .litert_side_venv import CHECKOUT, lock_digest, side_python, side_versions,
 from .litert_side_venv import _public
 
 NAME = "litert_torch"
+CHILD_PROCESS = True  # its converter runs in child processes: the pipeline runs its target in a second lane
 VERSION = 2  # 2: app metadata in the artifact (app_metadata.py)
 LIBRARIES = ("torch", "ai-edge-litert")
 OUTPUT = "model.int8.tflite"

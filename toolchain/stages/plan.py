@@ -21,23 +21,27 @@ import time
 from ..errors import StageError, reraise_write_error
 
 NAME = "plan"
-VERSION = 11  # 11: app metadata in the artifact (app_metadata.py)
+VERSION = 12  # 12: time budget kept with a reserve, other static settings, runtime-cheap screening; 11: app metadata
 GLUE = " (every one)"  # a search unit standing for every quantizable glue op of one type
 LIBRARIES = ("onnxruntime", "onnx", "numpy")
 OUTPUT = "model.int8.onnx"
 POST_REASON = ("post-processing after the last compute nodes (decode, NMS, top-K): int8 would round results such "
                "as box coordinates; kept float by quantize.force_float")
 SPEED_MARGIN = 0.95  # a kind is kept float only if that makes the model at least 5% faster
+# Screening: every kind kept float is first timed in one interleaved run with the current plan; a kind that is not
+# faster there at all cannot be >= 5% faster, so it gets no A/B of its own.
+SCREEN_RUNS, SCREEN_MARGIN = 60, 1.0
+LOSER_FACTOR = 1.5  # a scheme this much slower than both fp32 and a scheme already found is dropped unsearched
 
 
 def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, budget, threads) -> dict:
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from . import plan_search, precision
+    from . import plan_budget, plan_search, precision
 
     t0 = time.monotonic()
-    deadline = t0 + params["time_budget_s"]
+    clock = plan_budget.TimeBudget(params["time_budget_s"])  # the search stops in time for the closing steps
     names = [t.name for t in spec.inputs]
     prep = out_dir / "prep.onnx"
     quant_pre_process(str(fp32_path), str(prep), skip_symbolic_shape=True)
@@ -57,6 +61,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     runner = precision.Runner(threads, names)
     feed = {n: evaluation[n][:1] for n in names}
     counter = [0]
+    made, judged_by_path = {}, {}  # each variant is made and judged once, whichever step asks for it again
     raw = out_dir / "raw.onnx"
     shutil.copyfile(fp32_path, raw)
 
@@ -72,19 +77,32 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     def expand(names):
         return set().union(*(glue_units.get(n, [n]) for n in names)) if names else set()
 
-    def make(scheme, exclude=(), only=None, per_channel=None):
+    def make(scheme, exclude=(), only=None, per_channel=None, fmt="qdq", reduce_range=False, weight=None):
         exclude, only = expand(exclude), (sorted(expand(only)) if only is not None else None)
-        method, act, weight = precision.SCHEMES[scheme]
+        method, act, scheme_weight = precision.SCHEMES[scheme]
+        weight = weight or scheme_weight
         per_channel = params["per_channel"] if per_channel is None else per_channel
+        key = (scheme, frozenset(exclude), tuple(only) if only is not None else None, per_channel, fmt, reduce_range,
+               weight)
+        if key in made:
+            return made[key]
+        started = clock.now()
+        made[key] = path = _make(scheme, method, act, weight, exclude, only, per_channel, fmt, reduce_range)
+        clock.track("make", started)
+        return path
+
+    def _make(scheme, method, act, weight, exclude, only, per_channel, fmt, reduce_range):
         counter[0] += 1
         path = out_dir / f"variant{counter[0]}.onnx"
         if method == "static":
             # The tiered scheme quantizes the exported graph as it is: quant_pre_process splits HardSwish into
             # HardSigmoid + Mul, whose extra float boundaries cost more than the int8 convs near them save.
             base = raw if scheme in precision.TIERED else prep
-            if base not in calibs:
+            if base not in calibs:  # one calibration per graph, shared by every variant made from it
+                started = clock.now()
                 calibs[base] = precision.Calibration(base, calibration, names, params["calibrate_method"])
-            onnx.save(calibs[base].static(act, weight, per_channel, only, exclude), str(path))
+                clock.track("calibrate", started)
+            onnx.save(calibs[base].static(act, weight, per_channel, only, exclude, fmt, reduce_range), str(path))
         else:
             precision.dynamic(prep, path, weight, per_channel, only, exclude)
         return path
@@ -99,6 +117,20 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
 
         def outputs(self, path, data):
             return runner.outputs(path, data)
+
+        def judge(self, path):
+            if path not in judged_by_path:
+                started = clock.now()
+                judged_by_path[path] = super().judge(path)
+                clock.track("judge", started)
+            return judged_by_path[path]
+
+    def timed(paths, runs=150, warmup=15):
+        """Interleaved p50s of these variants; what it cost teaches the budget what one timed inference costs."""
+        started = clock.now()
+        lat = runner.latency(paths, feed, runs=runs, warmup=warmup)
+        clock.track("timing", started, inferences=len(paths) * (runs + warmup))
+        return lat
 
     def by_resolution(scheme, backend):
         """int8 for the compute nodes whose output size lies in a band [lo, hi] of the model's feature-map sizes,
@@ -123,8 +155,13 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
         if not tiers:
             steps.append(f"{scheme}: no compute node left to quantize; dropped")
             return None
-        paths = {label: make(scheme, only=sorted(nodes_)) for label, nodes_ in tiers.items()}
-        lat = runner.latency({**paths, "fp32": fp32_path}, feed)
+        paths = {}
+        for label, nodes_ in tiers.items():
+            if paths and clock.search_over(len(candidates) + len(paths) + 3):
+                steps.append(f"{scheme}: {len(tiers) - len(paths)} of {len(tiers)} tiers not made (time budget)")
+                break
+            paths[label] = make(scheme, only=sorted(nodes_))
+        lat = timed({**paths, "fp32": fp32_path})
         steps.append(f"{scheme}: tiers timed against fp32 {lat['fp32']:.4f} ms: "
                      + ", ".join(f"{label} {lat[label]:.4f}" for label in paths))
         for label in sorted(paths, key=lat.get):
@@ -142,8 +179,9 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
 
     candidates, steps, tables = {}, [], {}
     for scheme in params["schemes"]:
-        if time.monotonic() > deadline and candidates:
-            steps.append(f"{scheme}: not tried (time budget of {params['time_budget_s']} s spent)")
+        if candidates and clock.search_over(len(candidates) + 3):
+            steps.append(f"{scheme}: not tried (time budget of {params['time_budget_s']} s spent, keeping time for "
+                         "the closing steps)")
             continue
         backend = OrtBackend(scheme)
         if scheme in precision.TIERED:
@@ -162,12 +200,25 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
         if precision.SCHEMES[scheme][0] == "static":
             units = nodes + [(u, "glue: " + u[:-len(GLUE)]) for u in sorted(glue_units)
                              if not set(glue_units[u]) & forced_int8]
-        found = plan_search.meet_budget(backend, scheme, units, forced_float, forced_int8, deadline, steps, first)
+        found = plan_search.meet_budget(backend, scheme, units, forced_float, forced_int8, clock, steps, first)
         if found["table"]:
             tables[scheme] = found["table"]
         if not found["ok"]:
             continue
         exclude, path, judged = expand(found["exclude"]), found["path"], found["judged"]
+        if candidates and params["speed_search"]:
+            # A scheme far slower than fp32 and than a scheme already found is not worth a speed search: keeping
+            # kinds float moves it toward fp32's speed, not past the other scheme's (s8 activations leave convs
+            # float between Q/DQ pairs on these CPUs: 20x slower here).
+            quick = timed({"this": path, "fp32": fp32_path, **{s: c["path"] for s, c in candidates.items()}},
+                          runs=SCREEN_RUNS, warmup=SCREEN_RUNS // 6)
+            rival = min(candidates, key=quick.get)
+            bar = max(quick[rival], quick["fp32"]) * LOSER_FACTOR
+            if quick["this"] > bar:
+                steps.append(f"{scheme}: p50 {quick['this']:.4f} ms vs {rival} {quick[rival]:.4f} and fp32 "
+                             f"{quick['fp32']:.4f} in a screening run: more than {LOSER_FACTOR}x slower than both; "
+                             "dropped without a speed search")
+                continue
         reasons = {n: POST_REASON if n in post else "forced float by the spec" for n in forced_float}
         for u in found["exclude"] - forced_float:
             why = ("accuracy: among the most sensitive nodes" if u not in glue_units else
@@ -183,19 +234,34 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             glue = {n for n, _ in precision.other_quantizable(model, precision.Calibration.op_types_static())}
             if glue - forced_int8 - exclude:
                 groups["other ops (Add, Mul, activations, pooling)"] = glue - forced_int8 - exclude
-        for kind in (sorted(groups) if params["speed_search"] else []):
-            if time.monotonic() > deadline:
+        kinds = sorted(groups) if params["speed_search"] else []
+        trials = {}
+        for kind in kinds:
+            if clock.search_over(len(candidates) + 3):
+                steps.append(f"{scheme}: speed search stopped (time budget): "
+                             f"{', '.join(k for k in kinds if k not in trials)} not tried")
+                break
+            trials[kind] = make(scheme, exclude | groups[kind])
+        screen = timed({"current": path, **trials}, runs=SCREEN_RUNS, warmup=SCREEN_RUNS // 6) if trials else {}
+        for kind in sorted(trials, key=lambda k: screen[k] / screen["current"]):
+            if screen[kind] >= screen["current"] * SCREEN_MARGIN:  # obviously loses: no A/B of its own
+                steps.append(f"{scheme}: {kind} kept float -> p50 {screen[kind]:.4f} vs {screen['current']:.4f} ms "
+                             f"in the screening run of all {len(trials)} kinds (not faster; not kept)")
+                continue
+            if clock.search_over(len(candidates) + 3):
+                steps.append(f"{scheme}: {kind} kept float: not confirmed (time budget)")
                 break
             trial = exclude | groups[kind]
             tpath = make(scheme, trial)
-            lat = runner.latency({"current": path, "trial": tpath}, feed)
+            lat = timed({"current": path, "trial": tpath})
             verdict = lat["trial"] < lat["current"] * SPEED_MARGIN
             if verdict:  # confirm with a second interleaved measurement: noise must not decide precision
-                again = runner.latency({"trial": tpath, "current": path}, feed)
+                again = timed({"trial": tpath, "current": path})
                 verdict = again["trial"] < again["current"] * SPEED_MARGIN
             tj = backend.judge(tpath) if verdict else None
             tok = bool(tj and tj.ok)
             steps.append(f"{scheme}: {kind} kept float -> p50 {lat['trial']:.4f} vs {lat['current']:.4f} ms"
+                         f" (screening {screen[kind]:.4f} vs {screen['current']:.4f})"
                          + (" (faster; kept float)" if verdict and tok else " (not kept)"))
             if verdict and tok:
                 for n in trial - exclude:
@@ -209,25 +275,42 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     if not candidates:
         raise StageError(NAME, f"no int8 plan meets the budget ({plan_search.budget_text(budget)}): "
                          + "; ".join(steps[-3:]))
-    before = make(params["schemes"][0])  # the naive plan: everything int8 with the first scheme
-    timed = runner.latency({**{s: c["path"] for s, c in candidates.items()}, "all_int8": before,
-                            "fp32": fp32_path}, feed, runs=300, warmup=30)
-    best = min(candidates, key=lambda s: timed[s])
+    before = make(params["schemes"][0])  # the naive plan: everything int8 with the first scheme (made once)
+    closing = {**{s: c["path"] for s, c in candidates.items()}, "all_int8": before, "fp32": fp32_path}
+    runs = clock.runs_for(len(closing), keep=clock.granularity_cost())  # what the time left affords
+    final = timed(closing, runs=runs, warmup=max(runs // 10, 3))
+    best = min(candidates, key=lambda s: final[s])
     chosen = candidates[best]
-    granularity = weight_granularity(chosen, make, runner, feed, OrtBackend(best), params, deadline)
+    granularity = weight_granularity(chosen, make, timed, OrtBackend(best), params, clock)
+    settings = {"per_channel": params["per_channel"], "fmt": "qdq", "reduce_range": False,
+                "weight": precision.SCHEMES[best][2]}
     if granularity.get("kept"):
         chosen = {**chosen, "path": granularity.pop("path"), "judged": granularity.pop("judged")}
+        settings["per_channel"] = not settings["per_channel"]
+    alternatives = []
+    if precision.SCHEMES[best][0] == "static":  # the static quantizer's other settings, on the chosen plan
+        for label, change in STATIC_ALTERNATIVES:
+            trial = {**settings, **change}
+            if trial == settings:
+                continue
+            rec = alternative(label, chosen, lambda t=trial: make(*chosen["args"], **t), timed, OrtBackend(best),
+                              params, clock)
+            if rec.get("kept"):
+                chosen = {**chosen, "path": rec.pop("path"), "judged": rec.pop("judged")}
+                settings = trial
+            alternatives.append(rec)
     shutil.copyfile(chosen["path"], out_dir / OUTPUT)
-    before_judged = OrtBackend(params['schemes'][0]).judge(before)
+    before_judged = OrtBackend(params['schemes'][0]).judge(before)  # judged already when it was a step
     for p in out_dir.glob("*.onnx"):
         if p.name != OUTPUT:
             p.unlink()
-    method, act, weight = precision.SCHEMES[best]
+    method, act, _ = precision.SCHEMES[best]
     top = next(iter(tables.values()), None) or []
-    per_channel = params["per_channel"] != bool(granularity.get("kept"))
     return {
-        "scheme": {"method": method, "activation_type": act, "weight_type": weight,
-                   "per_channel": per_channel, "calibrate_method": params["calibrate_method"]},
+        "scheme": {"method": method, "activation_type": act, "weight_type": settings["weight"],
+                   "per_channel": settings["per_channel"], "calibrate_method": params["calibrate_method"],
+                   **({"quant_format": {"qdq": "QDQ", "qoperator": "QOperator"}[settings["fmt"]],
+                       "reduce_range": settings["reduce_range"]} if method == "static" else {})},
         "plan": {
             "chosen": best,
             "kept_float": [{"node": n, "kind": kind_of.get(n, "?"), "reason": chosen["reasons"].get(n, "")}
@@ -235,50 +318,70 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             "int8_compute_nodes": sum(1 for n, k in nodes if n not in chosen["exclude"]
                                       and (method == "static" or not k.startswith("Conv"))),
             "compute_nodes": len(nodes),
-            "candidates": {s: plan_search.side(s, c["judged"], p50_ms=timed[s], kept_float=len(c["exclude"]))
+            "candidates": {s: plan_search.side(s, c["judged"], p50_ms=final[s], kept_float=len(c["exclude"]))
                            for s, c in candidates.items()},
             "before": plan_search.side(f"{params['schemes'][0]}, every node int8", before_judged,
-                                       p50_ms=timed["all_int8"]),
-            "after": plan_search.side(best, chosen["judged"], p50_ms=timed[best]),
-            "fp32_p50_ms": timed["fp32"],
+                                       p50_ms=final["all_int8"]),
+            "after": plan_search.side(best, chosen["judged"], p50_ms=final[best]),
+            "fp32_p50_ms": final["fp32"],
+            "closing_runs": runs,
             "weight_granularity": granularity,
+            "alternatives": alternatives,
             "sensitivity_top": top[:10],
             "steps": steps,
             "search_seconds": round(time.monotonic() - t0, 1),
+            "time_budget": clock.record(),
             "decided_by_timing": "speed decisions were measured on this host (see the report's host); another "
                                  "CPU may choose differently",
         },
     }
 
 
-def weight_granularity(chosen, make, runner, feed, backend, params, deadline) -> dict:
+# The static quantizer's other settings, each tried on the chosen plan in turn (kept only if faster twice and within
+# the budget): ONNX Runtime's own int8 ops instead of QDQ pairs for it to fuse, 7-bit weights (reduce_range: no
+# saturation in the u8 x s8 multiply-add pairs of CPUs without VNNI), uint8 weights.
+STATIC_ALTERNATIVES = (("QOperator format", {"fmt": "qoperator"}), ("reduce_range", {"reduce_range": True}),
+                       ("uint8 weights", {"weight": "uint8"}))
+
+
+def weight_granularity(chosen, make, timed, backend, params, clock) -> dict:
     """The chosen plan with the other weight granularity (per-tensor for per-channel and back), timed interleaved
     against it twice (noise must not decide) and judged: kept only if >= 5% faster both times and the budget holds.
     Returns the decision with its measurements (and, when kept, the variant's path and judgement)."""
-    scheme, exclude, only = chosen["args"]
     other = not params["per_channel"]
     label = "per-channel" if other else "per-tensor"
     record = {"tried": f"{label} weights", "of": "per-channel" if params["per_channel"] else "per-tensor"}
+    return _trial(record, chosen, lambda: make(*chosen["args"], per_channel=other), timed, backend, params, clock,
+                  f"{label} weights", "granularity")
+
+
+def alternative(label, chosen, make_variant, timed, backend, params, clock) -> dict:
+    """One of STATIC_ALTERNATIVES on the chosen plan, decided like the weight granularity."""
+    return _trial({"tried": label}, chosen, make_variant, timed, backend, params, clock, label, "settings")
+
+
+def _trial(record, chosen, make_variant, timed, backend, params, clock, label, what) -> dict:
     if not params["speed_search"]:
         return {**record, "decision": "not tried (quantize.speed_search = false)"}
-    if time.monotonic() > deadline:
+    if clock.left() < clock.granularity_cost():
         return {**record, "decision": "not tried (time budget spent)"}
     try:
-        path = make(scheme, exclude, only, per_channel=other)
-        first = runner.latency({"current": chosen["path"], "trial": path}, feed)
-        again = runner.latency({"trial": path, "current": chosen["path"]}, feed)
+        path = make_variant()
+        runs = clock.runs_for(2, want=150)
+        first = timed({"current": chosen["path"], "trial": path}, runs=runs)
+        again = timed({"trial": path, "current": chosen["path"]}, runs=runs)
     except Exception as e:  # noqa: BLE001 - a variant ORT cannot run is a decision, not a failed build
         reraise_write_error(e)
         return {**record, "decision": f"ONNX Runtime cannot run it ({str(e).splitlines()[0][:160]})"}
     record["p50_ms"] = {"current": [first["current"], again["current"]], "trial": [first["trial"], again["trial"]]}
     faster = all(t < c * SPEED_MARGIN for t, c in zip(record["p50_ms"]["trial"], record["p50_ms"]["current"]))
     if not faster:
-        return {**record, "decision": "kept the current granularity (the other is not >= 5% faster twice)"}
+        return {**record, "decision": f"kept the current {what} (the other is not >= 5% faster twice)"}
     judged = backend.judge(path)
     record["judged_text"] = judged.text
     if not judged.ok:
-        return {**record, "decision": "kept the current granularity (the faster one misses the budget)"}
-    return {**record, "decision": f"{label} weights: faster twice and within the budget", "kept": True,
+        return {**record, "decision": f"kept the current {what} (the faster one misses the budget)"}
+    return {**record, "decision": f"{label}: faster twice and within the budget", "kept": True,
             "path": path, "judged": judged}
 
 

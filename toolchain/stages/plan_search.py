@@ -4,7 +4,8 @@ gate judges the artifact: every output by its own metric and budget (validation/
 a variant that passes only a weaker measure. Shared by the x86 plan (ONNX Runtime variants) and the
 arm64 plan (TFLite variants), so both decide the same way:
 
-  1. start from everything int8 (minus what the spec forces to stay float);
+  1. start from everything int8 (minus what the spec forces to stay float); if that misses the budget, check that
+     keeping every searchable node float meets it (else the scheme cannot, and is dropped at once);
   2. while an output misses its budget, keep in float the next most sensitive nodes (sensitivity = the lowest
      output SQNR against fp32, in dB, when only that node is int8; see metrics.sqnr_db), 1, 2, 4, ... per step;
   3. the doubling overshoots: give back to int8, least sensitive first, every node the budget did not need.
@@ -82,7 +83,7 @@ def sensitivity(backend, nodes, deadline) -> list:
     """One row per node: the output SQNR (and cosine) when only that node is int8, worst first."""
     rows = []
     for name, kind in nodes:
-        if time.monotonic() > deadline:
+        if over(deadline):
             rows.append({"node": name, "kind": kind, "sqnr_db": None, "cosine": None,
                          "note": "not measured (time budget)"})
             continue
@@ -108,10 +109,21 @@ def meet_budget(backend, label, nodes, forced_float, forced_int8, deadline, step
     steps.append(f"{label}: all compute nodes int8{forced} -> {judged.text}")
     table = []
     if not ok:
+        # Can this scheme meet the budget at all? With every node the search may keep float kept float, what is
+        # still int8 is what the search cannot change: if that already misses, ranking and trying the nodes one
+        # by one (a variant each) cannot succeed: one variant instead of one per node.
+        searchable = {n for n, _ in nodes} - set(forced_int8)
+        if searchable - exclude:
+            ceiling = backend.make(exclude | searchable)
+            cj = backend.judge(ceiling)
+            steps.append(f"{label}: every node the search may keep float kept float -> {cj.text}")
+            if not cj.ok:
+                steps.append(f"{label}: cannot meet the budget even so; dropped without a search")
+                return {"ok": False, "exclude": exclude | searchable, "path": ceiling, "judged": cj, "table": []}
         table = sensitivity(backend, nodes, deadline)
         order = [r["node"] for r in table if r["node"] not in exclude | set(forced_int8)]
         k = 1
-        while not ok and order and time.monotonic() < deadline:
+        while not ok and order and not over(deadline):
             take, order = order[:k], order[k:]
             exclude |= set(take)
             path = backend.make(exclude)
@@ -125,7 +137,7 @@ def meet_budget(backend, label, nodes, forced_float, forced_int8, deadline, step
         return {"ok": False, "exclude": exclude, "path": path, "judged": judged, "table": table}
     rank = {r["node"]: i for i, r in enumerate(table)}
     for name in sorted(exclude - set(forced_float), key=lambda n: -rank.get(n, 0)):
-        if time.monotonic() > deadline:
+        if over(deadline):
             break
         trial = backend.make(exclude - {name})
         tj = backend.judge(trial)
@@ -133,6 +145,12 @@ def meet_budget(backend, label, nodes, forced_float, forced_int8, deadline, step
             exclude, path, judged = exclude - {name}, trial, tj
             steps.append(f"{label}: {name} back to int8 -> {tj.text} (budget still holds)")
     return {"ok": True, "exclude": exclude, "path": path, "judged": judged, "table": table}
+
+
+def over(deadline) -> bool:
+    """A deadline is a time.monotonic() reading, or an object that says itself when it has passed (the x86 plan's
+    TimeBudget, which keeps back time for its closing steps)."""
+    return deadline.passed() if hasattr(deadline, "passed") else time.monotonic() > deadline
 
 
 def budget_text(gates) -> str:

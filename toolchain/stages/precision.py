@@ -45,16 +45,26 @@ class Calibration:
 
         return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 
-    def static(self, activation: str, weight: str, per_channel=True, only=None, exclude=()):
-        """A QDQ model proto: every quantizable node, or `only` these, minus `exclude`."""
-        from onnxruntime.quantization import QuantType
+    def static(self, activation: str, weight: str, per_channel=True, only=None, exclude=(), fmt="qdq",
+               reduce_range=False):
+        """A static int8 model proto from these activation ranges: every quantizable node, or `only` these, minus
+        `exclude`. fmt "qdq": QuantizeLinear/DequantizeLinear pairs ONNX Runtime fuses when it loads the model;
+        "qoperator": ONNX Runtime's quantizer writes the fused int8 ops (QLinearConv, QLinearMatMul...) itself."""
+        from onnxruntime.quantization import QuantizationMode, QuantType
+        from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
         from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
         from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
         qt = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
         model = load_model_with_shape_infer(self.prep_path)
-        q = QDQQuantizer(model, per_channel, False, qt[weight], qt[activation], copy.deepcopy(self.ranges),
-                         list(only or []), list(exclude), self.op_types, {})
+        common = (qt[weight], qt[activation], copy.deepcopy(self.ranges), list(only or []), list(exclude))
+        if fmt == "qoperator":
+            from onnxruntime.quantization.registry import QLinearOpsRegistry
+
+            q = ONNXQuantizer(model, per_channel, reduce_range, QuantizationMode.QLinearOps, True, *common,
+                              sorted(QLinearOpsRegistry), {})
+        else:
+            q = QDQQuantizer(model, per_channel, reduce_range, *common, self.op_types, {})
         q.quantize_model()
         return q.model.model
 

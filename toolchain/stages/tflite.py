@@ -37,6 +37,7 @@ VERSION = 6  # 6: app metadata in the artifact (app_metadata.py)
 LIBRARIES = ("onnx2tf", "tensorflow", "onnx", "onnxsim", "numpy")
 OUTPUT = "model.int8.tflite"
 BASELINE = "model.fp32.tflite"
+CHILD_PROCESS = True  # its converter runs in child processes: the pipeline runs its target in a second lane
 # routes: "auto" picks rewrites and flags from the graph's ops (below); "plain" converts the graph as it is, once.
 # split_at + app_postprocess: the artifact ends at these ONNX tensors (a detector's raw heads) and the app runs the
 # rest (decode, NMS) in float; the build judges the artifact through that app function (validation/target.py).

@@ -29,7 +29,7 @@ def interleaved(calls: dict, warmup: int, runs: int) -> dict:
     return {n: percentiles(s) for n, s in samples.items()}
 
 
-def search_options(candidates, lat, timer_for, what):
+def search_options(candidates, lat, timer_for, what, threads=1):
     """Bounded search over runtime-options candidates, measured interleaved on this machine. timer_for(candidate)
     -> the artifact's timer with those options. Returns (chosen candidate, its timer, the record for the report).
     A candidate that fails to load or run (e.g. CUDA graphs with a node on the CPU) is recorded with its reason,
@@ -46,13 +46,27 @@ def search_options(candidates, lat, timer_for, what):
         raise RuntimeError(f"no runtime-options candidate of {what} could run: {failed}")
     timed = interleaved(calls, max(lat["warmup"] // 2, 5), max(lat["runs"] // 2, 20))
     best = min(timed, key=lambda n: timed[n]["p50"])
-    record = {"chosen": best, "options": {k: v for k, v in by_name[best].items() if k != "name"},
+    # The session settings the figures were taken with travel with the options: an app that runs the artifact
+    # with other thread counts gets other latencies (and, with more threads, other scheduling).
+    session = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+    record = {"chosen": best, "options": {**{k: v for k, v in by_name[best].items() if k != "name"},
+                                          "session": session},
               "p50_ms": {n: t["p50"] for n, t in timed.items()}, "failed": failed,
-              "note": "accuracy is measured with default options; these options change kernels and scheduling"}
+              "note": "the chosen options are those the artifact's accuracy and latency were measured with; they "
+                      "change kernels and scheduling, so an app should run the artifact with them"}
     return by_name[best], calls[best], record
 
 
-def against_baseline(timer, opener, baseline, feed, lat, candidates=(), artifact=None, unpruned=None, what=""):
+def differs_from_default(candidate) -> bool:
+    """A runtime-options candidate that opens another session than the defaults would (its outputs may differ in
+    the last bits, so accuracy is judged with it)."""
+    if not candidate:
+        return False
+    return candidate.get("graph_optimization", "all") != "all" or bool(candidate.get("provider_options"))
+
+
+def against_baseline(timer, opener, baseline, feed, lat, candidates=(), artifact=None, unpruned=None, what="",
+                     threads=1):
     """The target's latency protocol, the same on the build host and in an executor's entry point: the runtime
     options searched (when the target names candidates), then the artifact interleaved with its fp32 baseline
     (default options), the baseline with the chosen options too, and the unpruned build when there is one.
@@ -60,7 +74,8 @@ def against_baseline(timer, opener, baseline, feed, lat, candidates=(), artifact
     percentiles)."""
     chosen = record = None
     if candidates:
-        chosen, timer, record = search_options(candidates, lat, lambda c: opener(artifact, c).timer(feed), what)
+        chosen, timer, record = search_options(candidates, lat, lambda c: opener(artifact, c).timer(feed), what,
+                                               threads)
     calls = {"artifact": timer, "baseline": opener(baseline).timer(feed)}
     if chosen and chosen.get("name") != "default":  # fair comparison too: the baseline with the same options
         calls["baseline_same_options"] = opener(baseline, chosen).timer(feed)

@@ -2,7 +2,7 @@
 libraries of the target's own runtime only (runtimes.RUNTIMES), so a LiteRT upgrade does not re-validate cuda."""
 
 NAME = "validate"
-VERSION = 3  # 2: every output judged (sqnr); 3: int8 ONNX records the optimized graph's op counts
+VERSION = 4  # 2: every output judged (sqnr); 3: int8 ONNX records the optimized graph's op counts; 4: chosen runtime options
 
 
 def libraries(target) -> tuple:

@@ -135,9 +135,18 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
 
     chosen, record, timed = latency.against_baseline(session.timer(feed), opener, baseline, feed, lat,
                                                      target.tables.get("runtime_options"), artifact, unpruned,
-                                                     f"target {target.name}")
+                                                     f"target {target.name}", target.threads)
     if record:
         result["runtime_options"] = record
+        if latency.differs_from_default(chosen):
+            # The app runs with the chosen options: judge what it will compute with them, not with the defaults
+            # (another optimization level fuses other nodes, so int8 results can differ in the last bits).
+            chosen_session = opener(artifact, chosen)
+            if post is not None:
+                chosen_session = AppPostprocessed(chosen_session, post)
+            result.update(accuracy(outputs_on(chosen_session, evaluation, names), evaluation, reference, spec,
+                                   ref_value))
+        record["accuracy_measured_with"] = (chosen or {}).get("name", "default")
     record_latency(result, timed, (chosen or {}).get("name", "default"), batch, lat, session.timing_method)
     if "device_latency" in result:  # measured on the device itself (ssh executor): those figures count
         from .on_executor import prefer_device_latency
