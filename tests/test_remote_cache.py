@@ -27,7 +27,8 @@ from conftest import VENV_BIN, parse_progress
 
 ACCESS, SECRET = "tc-test-access", "tc-test-secret-d41d8cd98f00b204"
 READER, READER_SECRET = "tc-test-reader", "tc-test-reader-secret-e3b0c44298fc"  # may read, not write
-X86 = {("trace", None), ("reference", None), ("quantize", "x86_64"), ("validate", "x86_64")}
+X86 = {("trace", None), ("reference", None), ("quantize", "x86_64"), ("metadata", "x86_64"),
+       ("validate", "x86_64")}
 TARGETS = {"x86_64": {"max_metric_drop": 25.0, "latency": None}}
 
 
