@@ -17,4 +17,8 @@ A model stage (run once per build: prune, trace, reference) also declares spec_p
     applies(target)     whether it makes this target's artifact; formats.FORMATS lists the candidates per
                         (format, precision), the first that applies wins
 and may declare extra_deps(params) -> dict for key inputs of its own (a side venv's lock).
+
+A target stage writes its artifact without app metadata and is keyed on the graph and its options only; where its
+format carries metadata (ONNX, TFLite), the metadata stage (metadata.py) follows it per target and stamps a copy
+(inputs "converted", "conversion", "app_metadata"). That copy is the artifact validate judges and the build ships.
 """
