@@ -84,6 +84,16 @@ def test_a_version_bump_reruns_only_the_metadata_stamp(quantize, transform, mode
     assert t["sha256"] != first.report["targets"]["x86_64"]["sha256"]  # other bytes ship: judged again
     assert read(shipped)["model_version"] == "1.0.1"
     assert onnx.load(str(shipped)).graph.SerializeToString() == graph  # the same converted graph
+    # ... and the file the conversion (the plan: its judged variant) wrote computes exactly what ships.
+    import numpy as np
+    import onnxruntime as ort
+
+    (converted,) = (out / ".cache" / transform).glob("*/model.int8.onnx")
+    assert "model_version" not in read(converted)  # the conversion's own output carries no metadata
+    x = np.load(m.evaluation)["input"][:16]
+    outs = [ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+            for f in (converted, shipped)]
+    assert np.array_equal(outs[0], outs[1])
 
 
 def test_litert_torch_route_depends_on_the_model_only(built_x86, write_spec, tmp_path):
