@@ -84,6 +84,35 @@ def test_tflite_metadata_changes_no_numerics_and_is_deterministic(arm64_build, t
     assert np.array_equal(outs[0], outs[1])
 
 
+@pytest.mark.slow  # the stamp takes 0.03 s; validating the new file on arm64 ~10 s
+def test_a_new_version_and_labels_restamp_the_tflite_artifact_without_converting_again(arm64_build, tmp_path,
+                                                                                      write_spec):
+    """onnx2tf's conversion is keyed on the graph and its options: a release that bumps the version and adds
+    labels reruns only the metadata node (and the validation of the file that now ships), on the same cache."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from toolchain.app_metadata import read
+
+    spec = write_spec(tmp_path / "spec", model={"version": "2.0.0"},
+                      outputs=[{"name": "logits", "class_names": DIGITS}],
+                      # a short latency protocol: in validate's key only, never in tflite's
+                      targets={"x86_64": None, "arm64": {"max_metric_drop": 25.0,
+                                                         "latency": {"warmup": 2, "runs": 20}}})
+    b = run_build(spec, tmp_path / "out", cache_dir=arm64_build.out / ".cache")
+    assert b.code == 0, b.report
+    assert b.ran == {("metadata", "arm64"), ("validate", "arm64")}
+    assert ("tflite", "arm64") in b.cached
+    old = arm64_build.model_dir / arm64_build.report["targets"]["arm64"]["artifact"]
+    new = b.model_dir / b.report["targets"]["arm64"]["artifact"]
+    doc = read(new)
+    assert doc["model_version"] == "2.0.0" and doc["outputs"][0]["labels"] == DIGITS
+    assert doc["inputs"][0]["layout"] == read(old)["inputs"][0]["layout"]  # what the stamp read from the conversion
+    tensors = [[(t.Name(), t.ShapeAsNumpy().tolist(), t.Buffer()) for t in
+                (g.Tensors(i) for i in range(g.TensorsLength()))]
+               for g in (schema.Model.GetRootAs(p.read_bytes(), 0).Subgraphs(0) for p in (old, new))]
+    assert tensors[0] == tensors[1]  # the same converted model, other metadata
+
+
 def test_labels_and_normalisation_reach_every_onnx_artifact(tmp_path, write_spec):
     """A labels file and a declared normalisation: in the int8 (x86_64) and the fp16 (cuda) ONNX artifacts, and
     `toolchain metadata` prints them."""

@@ -14,7 +14,8 @@ from conftest import copy_model, run_build, toolchain_exe
 TARGET_KEYS = {"status", "reason", "artifact", "sha256", "format", "precision", "runtime", "size_bytes",
                "baseline_size_bytes", "metric", "metric_drop", "max_metric_drop", "agreement", "latency_ms",
                "baseline_latency_ms", "latency_ratio", "device", "host", "build", "notes"}
-PIPELINE = {("trace", None), ("reference", None), ("quantize", "x86_64"), ("validate", "x86_64")}
+PIPELINE = {("trace", None), ("reference", None), ("quantize", "x86_64"), ("metadata", "x86_64"),
+            ("validate", "x86_64")}
 
 
 def _eval_inputs(model):
@@ -140,7 +141,7 @@ def test_quantize_option_reruns_quantize_and_validate_only(private_build, tmp_pa
     spec = write_spec(tmp_path / "spec", m, targets={"x86_64": {"quantize": {"calibrate_method": "percentile"}}})
     again = run_build(spec, tmp_path / "out")
     assert again.code == 0
-    assert again.ran == {("quantize", "x86_64"), ("validate", "x86_64")}
+    assert again.ran == {("quantize", "x86_64"), ("metadata", "x86_64"), ("validate", "x86_64")}
     assert {("trace", None), ("reference", None)} <= again.cached
     assert again.report["targets"]["x86_64"]["build"]["scheme"]["calibrate_method"] == "percentile"
     assert first.report["targets"]["x86_64"]["build"]["scheme"]["calibrate_method"] == "minmax"
@@ -174,8 +175,8 @@ def _entry(cache, stage):
 
 
 @pytest.mark.parametrize("stage,file", [("trace", "model.fp32.onnx"), ("quantize", "model.int8.onnx"),
-                                        ("reference", "reference.npz"), ("trace", "entry.json"),
-                                        ("validate", "entry.json")])
+                                        ("metadata", "model.int8.onnx"), ("reference", "reference.npz"),
+                                        ("trace", "entry.json"), ("validate", "entry.json")])
 def test_corrupt_cache_entry_is_a_miss(stage, file, private_build, tmp_path):
     m, spec, first = private_build
     cache = tmp_path / "out" / ".cache"
@@ -183,7 +184,7 @@ def test_corrupt_cache_entry_is_a_miss(stage, file, private_build, tmp_path):
     _flip_byte(entry / file, offset=0 if file == "entry.json" else None)  # entry.json: break its syntax
     again = run_build(spec, tmp_path / "rebuilt", cache_dir=cache)  # a new output dir: the cache is consulted
     assert again.code == 0
-    assert (stage, "x86_64" if stage in ("quantize", "validate") else None) in again.ran
+    assert (stage, "x86_64" if stage in ("quantize", "metadata", "validate") else None) in again.ran
     assert ("trace", None) in again.ran or ("trace", None) in again.cached
     if stage != "trace":
         assert ("trace", None) in again.cached  # only the corrupt entry and what depends on it rerun

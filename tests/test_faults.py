@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from conftest import parse_progress, run_build
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
-X86 = {("trace", None), ("reference", None), ("quantize", "x86_64"), ("validate", "x86_64")}
+X86 = {("trace", None), ("reference", None), ("quantize", "x86_64"), ("metadata", "x86_64"),
+       ("validate", "x86_64")}
 
 
 def cli(*args):

@@ -39,7 +39,7 @@ def test_explain_names_exactly_the_stages_that_run(quantize, transform, models, 
     spec = write_spec(tmp_path / "spec", m, targets={"x86_64": {"quantize": quantize}})
     out = tmp_path / "out"
     before = explain(spec, out)
-    assert list(before) == ["trace", "reference", f"{transform}[x86_64]", "validate[x86_64]"]
+    assert list(before) == ["trace", "reference", f"{transform}[x86_64]", "metadata[x86_64]", "validate[x86_64]"]
     b = run_build(spec, out)
     assert b.code == 0, b.report
     assert labels(b.ran) == would_run(before) == set(before)
@@ -48,9 +48,52 @@ def test_explain_names_exactly_the_stages_that_run(quantize, transform, models, 
     changed = write_spec(tmp_path / "spec2", m, targets={"x86_64": {"quantize": {**quantize, "per_channel": False}}})
     lines = explain(changed, out)
     assert lines[f"{transform}[x86_64]"] == "would run: params changed: per_channel"
+    assert lines["metadata[x86_64]"] == f"would run: its input comes from {transform}[x86_64], which reruns"
     assert lines["validate[x86_64]"] == f"would run: its input comes from {transform}[x86_64], which reruns"
     again = run_build(changed, out)
-    assert labels(again.ran) == would_run(lines) == {f"{transform}[x86_64]", "validate[x86_64]"}
+    assert labels(again.ran) == would_run(lines) == {f"{transform}[x86_64]", "metadata[x86_64]", "validate[x86_64]"}
+
+
+@pytest.mark.parametrize("quantize, transform", [({}, "quantize"), (PLAN, "plan")], ids=["static", "auto-plan"])
+def test_a_version_bump_reruns_only_the_metadata_stamp(quantize, transform, models, write_spec, tmp_path):
+    """A release bumps model.version: the conversion (quantize, or the precision plan) stays cached; the metadata
+    node stamps the new version into a copy of the same converted graph, and validate judges that file, since the
+    shipped bytes changed (validate keys on the stamped artifact's digest)."""
+    import onnx
+
+    from toolchain.app_metadata import read
+
+    m = copy_model(models["tiny_cnn"], tmp_path / "files")
+    spec = write_spec(tmp_path / "spec", m, targets={"x86_64": {"quantize": quantize}})
+    out = tmp_path / "out"
+    first = run_build(spec, out)
+    assert first.code == 0, first.report
+    shipped = out / "tiny_cnn" / first.report["targets"]["x86_64"]["artifact"]
+    graph = onnx.load(str(shipped)).graph.SerializeToString()
+
+    bumped = write_spec(tmp_path / "spec2", m, model={"version": "1.0.1"}, targets={"x86_64": {"quantize": quantize}})
+    lines = explain(bumped, out)
+    assert lines[f"{transform}[x86_64]"] == "up to date"
+    assert lines["metadata[x86_64]"] == "would run: params changed: app_metadata"
+    assert lines["validate[x86_64]"] == "would run: its input comes from metadata[x86_64], which reruns"
+    again = run_build(bumped, out)
+    assert again.code == 0, again.report
+    assert labels(again.ran) == would_run(lines) == {"metadata[x86_64]", "validate[x86_64]"}
+    assert (transform, "x86_64") in again.cached
+    t = again.report["targets"]["x86_64"]
+    assert t["sha256"] != first.report["targets"]["x86_64"]["sha256"]  # other bytes ship: judged again
+    assert read(shipped)["model_version"] == "1.0.1"
+    assert onnx.load(str(shipped)).graph.SerializeToString() == graph  # the same converted graph
+    # ... and the file the conversion (the plan: its judged variant) wrote computes exactly what ships.
+    import numpy as np
+    import onnxruntime as ort
+
+    (converted,) = (out / ".cache" / transform).glob("*/model.int8.onnx")
+    assert "model_version" not in read(converted)  # the conversion's own output carries no metadata
+    x = np.load(m.evaluation)["input"][:16]
+    outs = [ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+            for f in (converted, shipped)]
+    assert np.array_equal(outs[0], outs[1])
 
 
 def test_litert_torch_route_depends_on_the_model_only(built_x86, write_spec, tmp_path):

@@ -20,7 +20,7 @@ from conftest import REPO, copy_model, run_build
 
 from toolchain import debris, faults
 
-STAGES = ("trace", "reference", "quantize", "validate")
+STAGES = ("trace", "reference", "quantize", "metadata", "validate")
 POINTS = faults.stage_points(STAGES)
 # The signal kinds run the command line in a child process (~4 s each): one point each by default, all with
 # -m slow.

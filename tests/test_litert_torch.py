@@ -94,7 +94,7 @@ def test_tiny_encoder_converts_and_runs_on_project_litert(tmp_path):
     assert meta["converter_versions"]["litert-torch"] and meta["converter_versions"]["ai-edge-quantizer"]
     assert sorted(d["name"] for d in meta["io"]["inputs"]) == ["attention_mask", "input_ids"]  # spec names kept
     assert [d["name"] for d in meta["io"]["outputs"]] == ["embedding"]
-    from toolchain.app_metadata import declared, read, stamp_tflite  # what the stage's build() adds
+    from toolchain.app_metadata import declared, read, stamp_tflite  # what the metadata stage adds
 
     stamp_tflite(int8, declared(_spec()), _spec())
     doc = read(int8)  # the runs below use the stamped file

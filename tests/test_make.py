@@ -19,7 +19,8 @@ from click.testing import CliRunner
 from conftest import copy_model, parse_progress, run_build, toolchain_exe
 
 HEAVY = ("torch", "tensorflow", "onnx2tf", "onnx", "onnxruntime", "dask", "distributed")
-X86 = {("trace", None), ("reference", None), ("quantize", "x86_64"), ("validate", "x86_64")}
+X86 = {("trace", None), ("reference", None), ("quantize", "x86_64"), ("metadata", "x86_64"),
+       ("validate", "x86_64")}
 
 
 def sha256(path) -> str:
@@ -139,6 +140,7 @@ def test_explain_cli_quantize_option_changed(built, write_spec, tmp_path):
     rows = {ln.split(None, 1)[0]: ln.split(None, 1)[1] for ln in r.stdout.splitlines() if ln.strip()}
     assert rows == {"trace": "up to date", "reference": "up to date",
                     "quantize[x86_64]": "would run: params changed: per_channel",
+                    "metadata[x86_64]": "would run: its input comes from quantize[x86_64], which reruns",
                     "validate[x86_64]": "would run: its input comes from quantize[x86_64], which reruns"}
     assert snapshot(built["out"]) == before
 
@@ -243,7 +245,8 @@ def test_explain_predicts_what_build_runs(tmp_path, models, write_spec):
     would = {label for label, verdict in lines if verdict.startswith("would run")}
     b = run_build(spec, tmp_path / "out")
     assert b.code == 0
-    assert {f"{s}[{t}]" if t else s for s, t in b.ran} == would == {"quantize[x86_64]", "validate[x86_64]"}
+    assert {f"{s}[{t}]" if t else s for s, t in b.ran} == would == {"quantize[x86_64]", "metadata[x86_64]",
+                                                                    "validate[x86_64]"}
     assert api.explain(spec, tmp_path / "out") == [("build", "up to date: nothing changed since the last build")]
 
 
@@ -264,9 +267,9 @@ def _wait(procs, timeout=300):
 @pytest.fixture(scope="module")
 def parallel(tmp_path_factory, write_spec):
     """Three command-line builds started together on one --cache-dir: the tiny CNN for x86_64 and for cuda into
-    one output directory, and the same network under another name (so the keys of trace and reference are the
-    same and the builds race to publish those entries; the artifacts differ in the name they carry) into
-    another."""
+    one output directory, and the same network under another name (so the keys of trace, reference and the
+    conversions are the same and the builds race to publish those entries; only the metadata stamp, the name the
+    artifact carries, differs) into another."""
     d = tmp_path_factory.mktemp("parallel builds")
     cache = d / "shared cache"
     spec = write_spec(d / "spec", targets={"cuda": {"max_metric_drop": 1.0}})
@@ -302,14 +305,20 @@ def test_parallel_builds_of_two_models_share_one_cache(parallel, tmp_path):
     cnn = assert_report_consistent(parallel["out"] / "tiny_cnn")
     twin = assert_report_consistent(parallel["twin_out"] / "tiny_twin")
     assert twin["status"] == "passed"
-    # The artifacts carry their model's name (app_metadata.py): the same graph, another metadata, another key.
+    # One conversion for both names (quantize keys on the graph and its options only); each artifact is a copy of
+    # it stamped with its own model's name (stages/metadata.py), so each ships and is judged as its own bytes.
     import onnx
 
-    graphs = [onnx.load(str(d / r["targets"]["x86_64"]["artifact"])).graph.SerializeToString()
-              for d, r in ((parallel["out"] / "tiny_cnn", cnn), (parallel["twin_out"] / "tiny_twin", twin))]
+    from toolchain.app_metadata import read
+
+    shipped = [d / r["targets"]["x86_64"]["artifact"]
+               for d, r in ((parallel["out"] / "tiny_cnn", cnn), (parallel["twin_out"] / "tiny_twin", twin))]
+    graphs = [onnx.load(str(f)).graph.SerializeToString() for f in shipped]
     assert graphs[0] == graphs[1] and twin["targets"]["x86_64"]["sha256"] != cnn["targets"]["x86_64"]["sha256"]
+    assert [read(f)["model_name"] for f in shipped] == ["tiny_cnn", "tiny_twin"]
     cache = parallel["cache"]
-    for stage, n in (("trace", 1), ("reference", 1), ("quantize", 2), ("fp16", 1), ("validate", 3)):
+    for stage, n in (("trace", 1), ("reference", 1), ("quantize", 1), ("fp16", 1), ("metadata", 3),
+                     ("validate", 3)):
         entries = list((cache / stage).iterdir())  # one whole entry per key, whoever won the race
         assert len(entries) == n and all((p / "entry.json").is_file() for p in entries), (stage, entries)
     assert not (cache / "tmp").exists() or list((cache / "tmp").iterdir()) == []

@@ -27,7 +27,8 @@ from conftest import VENV_BIN, parse_progress
 
 ACCESS, SECRET = "tc-test-access", "tc-test-secret-d41d8cd98f00b204"
 READER, READER_SECRET = "tc-test-reader", "tc-test-reader-secret-e3b0c44298fc"  # may read, not write
-X86 = {("trace", None), ("reference", None), ("quantize", "x86_64"), ("validate", "x86_64")}
+X86 = {("trace", None), ("reference", None), ("quantize", "x86_64"), ("metadata", "x86_64"),
+       ("validate", "x86_64")}
 TARGETS = {"x86_64": {"max_metric_drop": 25.0, "latency": None}}
 
 
@@ -214,7 +215,7 @@ def _records(s3, bucket, prefix):
 def test_a_build_publishes_records_and_blobs(published, s3):
     keys, records = _records(s3, "team-cache", "models/")
     stages = sorted(r["stage"] for r in records.values())
-    assert stages == ["quantize", "reference", "trace", "validate"]
+    assert stages == ["metadata", "quantize", "reference", "trace", "validate"]
     for path, r in records.items():
         assert path == f"ac/{r['stage']}/{r['key']}.json"
         for name, digest in r["files"].items():  # every blob a record names is there, whole
@@ -231,7 +232,7 @@ def test_second_build_from_an_empty_local_cache_is_all_remote_hits(published, aw
     assert b["code"] == 0, b["text"]
     assert b["progress"]["running"] == set(), b["text"]  # no stage ran
     assert b["progress"]["cached"] == X86
-    assert b["text"].count("cached (remote)") == 4
+    assert b["text"].count("cached (remote)") == 5
     first = published["build"]["report"]
     assert artifact_digest(b) == artifact_digest(published["build"])
     assert b["report"]["fp32_onnx"]["sha256"] == first["fp32_onnx"]["sha256"]
@@ -242,7 +243,7 @@ def test_second_build_from_an_empty_local_cache_is_all_remote_hits(published, aw
     # The hits were copied into the local cache (read-through): a third build needs no remote at all.
     local = tmp_path / "out" / ".cache"
     assert {p.parent.parent.name for p in local.glob("*/*/entry.json")} == {"trace", "reference", "quantize",
-                                                                            "validate"}
+                                                                            "metadata", "validate"}
 
 
 def _layered(tmp_path, url):
@@ -523,11 +524,11 @@ def test_file_backend_basics(published, tmp_path, monkeypatch):
     b = build(published["spec"], tmp_path / "out1", url, cache_dir=local)  # all local hits, pushed to the share
     assert b["code"] == 0 and b["progress"]["running"] == set(), b["text"]
     records = {p.parent.name: json.loads(p.read_text()) for p in shared.glob("ac/*/*.json")}
-    assert set(records) == {"trace", "reference", "quantize", "validate"}
+    assert set(records) == {"trace", "reference", "quantize", "metadata", "validate"}
     assert not list((shared / "tmp").iterdir())  # no temp file left behind
 
     b2 = build(published["spec"], tmp_path / "out2", url)  # an empty local cache
-    assert b2["code"] == 0 and b2["progress"]["running"] == set() and b2["text"].count("cached (remote)") == 4
+    assert b2["code"] == 0 and b2["progress"]["running"] == set() and b2["text"].count("cached (remote)") == 5
     assert artifact_digest(b2) == artifact_digest(published["build"])
 
     from toolchain.python_api import build as python_build  # the Python API takes the same URL

@@ -7,9 +7,10 @@ ONNX: `metadata_props` (ONNX Runtime: `session.get_modelmeta().custom_metadata_m
 `model_version` as plain strings, `inputs` and `outputs` as JSON. TFLite: one entry of the model's `metadata`
 named `toolchain` whose buffer holds the same document as JSON, written with the TFLite schema's object API that
 ships with LiteRT (the way TFLite's own metadata populator does it). Both are deterministic (sorted keys, fixed
-separators), change no tensor or op, and are written by the stage that makes the artifact, so they are part of
-its cache key and the runtime that judges the artifact judges the file as shipped. `read(path)` gives the
-document back for either format (`toolchain metadata FILE`).
+separators) and change no tensor or op. They are written by the metadata stage (stages/metadata.py) into a copy of
+the converted artifact, so a new version or new labels restamp the file without converting again, and the runtime
+that judges the artifact judges the file as shipped. `read(path)` gives the document back for either format
+(`toolchain metadata FILE`).
 """
 
 import json
@@ -21,7 +22,7 @@ UNCHANGED = "as the PyTorch model"
 
 
 def declared(spec) -> dict:
-    """The spec's part: names, versions, normalisation, labels. A value input of the artifact stages (their key)."""
+    """The spec's part: names, versions, normalisation, labels. A value input of the metadata stage (its key)."""
     inputs = []
     for t in spec.inputs:
         d = {"name": t.name, "model_shape": list(t.shape), "model_dtype": t.dtype}

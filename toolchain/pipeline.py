@@ -1,7 +1,12 @@
 """Builds the graph of nodes from the stages' declarations (stages/__init__.py), shares the common prefix
 (trace, reference), and runs every node through the content-addressed cache; `--explain` walks the same nodes.
 
-    [prune] -> trace -> reference -> per target: the stage that makes its artifact (formats.FORMATS) -> validate
+    [prune] -> trace -> reference -> per target: the stage that makes its artifact (formats.FORMATS)
+                                                 -> metadata (stamps the app metadata into a copy) -> validate
+
+The conversion is keyed on the graph and its options only; the cheap metadata node (stages/metadata.py) keys on
+the conversion's output and the spec's app metadata, so a version bump or a rename reruns only the stamp (and
+the validation of the stamped file, which is what ships).
 
 A node is a pure function of its inputs; its cache key covers the stage name and version, its params, the
 digests of its declared inputs, and the versions of the libraries it declares. Failures are never cached.
@@ -194,6 +199,13 @@ class Pipeline:
         """The stage module that makes target `name`'s artifact (None: the traced fp32 ONNX ships as is)."""
         return self.targets[name].transform
 
+    def stamp_module(self, name):
+        """The metadata stage where target `name`'s conversion gets the app metadata stamped (None: it ships as
+        converted)."""
+        from .stages import metadata
+
+        return metadata if metadata.stamps(self.transform_module(name)) else None
+
     def _transform_params(self, name, target):
         """The transform stage's params from the table it declares: the spec's override is checked on its own
         first, so an error in it names the build spec and its key, not the target file."""
@@ -241,6 +253,8 @@ class Pipeline:
             module = self.transform_module(name)
             if module is not None:
                 out.append(self.node(module, name))
+            if self.stamp_module(name) is not None:
+                out.append(self.node(self.stamp_module(name), name))
             out.append(self.node(validate, name))
         return out
 
@@ -251,11 +265,13 @@ class Pipeline:
             return p + "prune" if self.spec.prune is not None else None
         if need in ("fp32", "reference"):
             return p + {"fp32": "trace", "reference": "reference"}[need]
-        if need in ("artifact", "baseline"):
+        if need == "artifact" and self.stamp_module(target) is not None:  # the stamped file: what ships
+            return p + f"{self.stamp_module(target).NAME}[{target}]"
+        if need in ("artifact", "baseline", "converted", "conversion"):
             module = self.transform_module(target)
             return p + (f"{module.NAME}[{target}]" if module else "trace")
-        if need == "unpruned" and self.unpruned is not None:
-            return self.unpruned.upstream_label("artifact", target)
+        if need == "unpruned" and self.unpruned is not None:  # timed only: its conversion, unstamped
+            return self.unpruned.upstream_label("converted", target)
         return None
 
     def inputs(self, node) -> "NodeInputs":
@@ -384,7 +400,7 @@ class Pipeline:
                 results[name] = {"target": target, "error": failed[name]}
                 continue
             module = self.transform_module(name)
-            entry = self.entries[self.upstream_label("artifact", name)]
+            entry = self.entries[self.upstream_label("converted", name)]
             results[name] = {"target": target, "entry": entry, "artifact": self.artifact(name),
                              "baseline": self.baseline(name), "validation": self.entries[f"validate[{name}]"].meta,
                              "transform": entry.meta if module else {}}
@@ -398,6 +414,13 @@ class Pipeline:
         entry = self.entries[self.upstream_label("artifact", name)]
         return entry.file(module.OUTPUT if module else trace.OUTPUT)
 
+    def converted(self, name) -> Path:
+        """Target `name`'s artifact as its conversion stage wrote it, before the metadata stamp."""
+        from .stages import trace
+
+        module = self.transform_module(name)
+        return self.entries[self.upstream_label("converted", name)].file(module.OUTPUT if module else trace.OUTPUT)
+
     def baseline(self, name) -> Path:
         """The fp32 baseline the artifact is timed against on the same runtime: of the artifact's own format
         where its stage writes one, else the traced fp32 ONNX."""
@@ -405,7 +428,7 @@ class Pipeline:
 
         module = self.transform_module(name)
         if module is not None and getattr(module, "BASELINE", None):
-            return self.entries[self.upstream_label("artifact", name)].file(module.BASELINE)
+            return self.entries[self.upstream_label("baseline", name)].file(module.BASELINE)
         return self.entries[self.label_prefix + "trace"].file(trace.OUTPUT)
 
     def explain(self, previous: dict) -> list:
@@ -450,7 +473,7 @@ def _io(pipe):
 
 
 def _unpruned(pipe, target):
-    return pipe.unpruned.artifact(target) if pipe.unpruned is not None else None
+    return pipe.unpruned.converted(target) if pipe.unpruned is not None else None
 
 
 def _reference(pipe, target):
@@ -478,6 +501,9 @@ INPUTS = {
     "threads": ("value", lambda i: i.target.threads),
     "io": ("value", lambda i: _io(i._pipe)),
     "app_metadata": ("value", lambda i: _app_metadata(i.spec)),  # what the artifact carries for an app
+    # the conversion's file before the metadata stamp, and what the stamp reads from its meta (stages/metadata.py)
+    "converted": ("dep", lambda i: _files_digest(i._pipe.converted(i.target_name))),
+    "conversion": ("value", lambda i: _conversion(i._pipe, i.target_name)),
     "metric_params": ("params", lambda i: i._pipe.metric_params),
     # the ARM cost model the arm64 plan searches speed on (its emulator's identity): None where none is set up
     "arm_cost": ("value", lambda i: _arm_cost(i.target)),
@@ -493,6 +519,7 @@ VALUES = {
     "budget": lambda p, t: p.gates[t], "threads": lambda p, t: p.targets[t].threads,
     "arm_cost": lambda p, t: _arm_cost(p.targets[t]),
     "app_metadata": lambda p, t: _app_metadata(p.spec),
+    "converted": lambda p, t: p.converted(t), "conversion": lambda p, t: _conversion(p, t),
 }
 
 
@@ -500,6 +527,12 @@ def _app_metadata(spec):
     from .app_metadata import declared
 
     return declared(spec)
+
+
+def _conversion(pipe, target):
+    from .stages import metadata
+
+    return metadata.facts(pipe.entries[pipe.upstream_label("conversion", target)].meta)
 
 
 def _arm_cost(target):

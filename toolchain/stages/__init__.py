@@ -18,5 +18,9 @@ A model stage (run once per build: prune, trace, reference) also declares spec_p
                         (format, precision), the first that applies wins
 and may declare extra_deps(params) -> dict for key inputs of its own (a side venv's lock), and CHILD_PROCESS = True
 when its work runs in child processes (onnx2tf, a side venv): the pipeline then runs that target's nodes in a
-second thread, concurrently with the other targets (pipeline.Pipeline.run; TOOLCHAIN_SERIAL=1 turns it off).
+second thread, concurrently with the other targets (Pipeline._run_nodes; TOOLCHAIN_SERIAL=1 turns it off).
+
+A target stage writes its artifact without app metadata and is keyed on the graph and its options only; where its
+format carries metadata (ONNX, TFLite), the metadata stage (metadata.py) follows it per target and stamps a copy
+(inputs "converted", "conversion", "app_metadata"). That copy is the artifact validate judges and the build ships.
 """

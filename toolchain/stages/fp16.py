@@ -18,7 +18,7 @@ from ..errors import StageError, reraise_write_error
 from ..options import check_table, defaults
 
 NAME = "fp16"
-VERSION = 6  # 6: app metadata in the artifact (app_metadata.py)
+VERSION = 7  # 7: unstamped again; the metadata stage (stages/metadata.py) stamps a copy
 LIBRARIES = ("onnxconverter-common", "onnx", "onnxruntime", "numpy")
 OUTPUT = "model.fp16.onnx"
 DEFAULTS = defaults("fp16")  # options, types and defaults: options.SCHEMAS["fp16"]
@@ -198,12 +198,8 @@ def applies(target) -> bool:
 
 
 def needs(params) -> tuple:
-    return (("fp32", "calibration") if params["range_guard"] else ("fp32",)) + ("app_metadata",)
+    return ("fp32", "calibration") if params["range_guard"] else ("fp32",)
 
 
 def build(inp, params, out_dir) -> dict:
-    from ..app_metadata import stamp_onnx
-
-    meta = run(inp.fp32, params, out_dir, inp.calibration if params["range_guard"] else None, inp.input_names)
-    stamp_onnx(out_dir / OUTPUT, inp.app_metadata, inp.spec)  # what an app needs, inside the artifact
-    return meta
+    return run(inp.fp32, params, out_dir, inp.calibration if params["range_guard"] else None, inp.input_names)

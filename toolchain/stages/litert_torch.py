@@ -38,7 +38,7 @@ from .litert_side_venv import _public
 
 NAME = "litert_torch"
 CHILD_PROCESS = True  # its converter runs in child processes: the pipeline runs its target in a second lane
-VERSION = 2  # 2: app metadata in the artifact (app_metadata.py)
+VERSION = 3  # 3: unstamped again; the metadata stage (stages/metadata.py) stamps a copy
 LIBRARIES = ("torch", "ai-edge-litert")
 OUTPUT = "model.int8.tflite"
 BASELINE = "model.fp32.tflite"
@@ -274,7 +274,7 @@ def applies(target) -> bool:
 
 
 def needs(params) -> tuple:
-    return ("model", "io", "app_metadata")  # the model only: this route never reads the traced ONNX
+    return ("model", "io")  # the model only: this route never reads the traced ONNX
 
 
 def extra_deps(params) -> dict:
@@ -282,9 +282,4 @@ def extra_deps(params) -> dict:
 
 
 def build(inp, params, out_dir) -> dict:
-    from ..app_metadata import stamp_tflite
-
-    meta = run(inp.model, params, out_dir, inp.spec, inp.target_name)
-    stamp_tflite(Path(out_dir) / OUTPUT, inp.app_metadata, inp.spec)  # what an app needs, inside the artifact
-    meta["sizes"][OUTPUT] = (Path(out_dir) / OUTPUT).stat().st_size
-    return meta
+    return run(inp.model, params, out_dir, inp.spec, inp.target_name)

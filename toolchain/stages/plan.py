@@ -21,7 +21,8 @@ import time
 from ..errors import StageError, reraise_write_error
 
 NAME = "plan"
-VERSION = 12  # 12: time budget kept with a reserve, other static settings, runtime-cheap screening; 11: app metadata
+VERSION = 13  # 13: unstamped again (stages/metadata.py stamps a copy); 12: time budget kept with a reserve, other
+# static settings, runtime-cheap screening; 11: app metadata
 GLUE = " (every one)"  # a search unit standing for every quantizable glue op of one type
 LIBRARIES = ("onnxruntime", "onnx", "numpy")
 OUTPUT = "model.int8.onnx"
@@ -401,13 +402,9 @@ def params_for(table, path, prefix="quantize") -> dict:
 
 def needs(params) -> tuple:
     # timing decisions depend on the host; the budget and thread count decide what is kept float
-    return ("fp32", "calibration", "evaluation", "reference", "host", "budget", "threads", "app_metadata")
+    return ("fp32", "calibration", "evaluation", "reference", "host", "budget", "threads")
 
 
 def build(inp, params, out_dir) -> dict:
-    from ..app_metadata import stamp_onnx
-
-    meta = run(inp.fp32, params, out_dir, inp.calibration, inp.evaluation, inp.reference, inp.spec, inp.budget,
+    return run(inp.fp32, params, out_dir, inp.calibration, inp.evaluation, inp.reference, inp.spec, inp.budget,
                inp.threads)
-    stamp_onnx(out_dir / OUTPUT, inp.app_metadata, inp.spec)  # what an app needs, inside the artifact
-    return meta

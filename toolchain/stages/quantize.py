@@ -8,7 +8,7 @@ from ..options import check_table, defaults
 from .precision import POST_PROCESSING, post_processing_nodes
 
 NAME = "quantize"
-VERSION = 3  # 3: app metadata in the artifact (app_metadata.py)
+VERSION = 4  # 4: unstamped again; the metadata stage (stages/metadata.py) stamps a copy
 LIBRARIES = ("onnxruntime", "onnx", "numpy")
 OUTPUT = "model.int8.onnx"
 
@@ -129,13 +129,9 @@ def applies(target) -> bool:
 
 
 def needs(params) -> tuple:
-    return (("fp32", "calibration") if params["method"] == "static" else ("fp32",)) + ("app_metadata",)
+    return ("fp32", "calibration") if params["method"] == "static" else ("fp32",)
 
 
 def build(inp, params, out_dir) -> dict:
-    from ..app_metadata import stamp_onnx
-
-    meta = run(inp.fp32, params, out_dir, inp.calibration if params["method"] == "static" else None,
+    return run(inp.fp32, params, out_dir, inp.calibration if params["method"] == "static" else None,
                inp.input_names)
-    stamp_onnx(out_dir / OUTPUT, inp.app_metadata, inp.spec)  # what an app needs, inside the artifact
-    return meta

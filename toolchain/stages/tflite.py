@@ -33,7 +33,7 @@ from . import tflite_plan
 from .tflite_worker import FP32_MISMATCH, LITERT_FAILED  # the --check child's verdicts
 
 NAME = "tflite"
-VERSION = 6  # 6: app metadata in the artifact (app_metadata.py)
+VERSION = 7  # 7: unstamped again (the metadata stage stamps a copy); meta onnx_output_shapes for that stamp
 LIBRARIES = ("onnx2tf", "tensorflow", "onnx", "onnxsim", "numpy")
 OUTPUT = "model.int8.tflite"
 BASELINE = "model.fp32.tflite"
@@ -170,21 +170,20 @@ def _route(rewrites, flags, why):
     return {"label": label, "rewrites": list(rewrites), "flags": dict(flags), "why": why}
 
 
-def run(fp32_path, params: dict, out_dir, calibration: dict, spec, target_name, judge=None, app_metadata=None) -> dict:
-    """judge: (evaluation, reference, budget) for the precision plan (convert.precision = "auto"). app_metadata:
-    what the artifact carries for an app (app_metadata.declared), written into it once converted."""
+def run(fp32_path, params: dict, out_dir, calibration: dict, spec, target_name, judge=None) -> dict:
+    """judge: (evaluation, reference, budget) for the precision plan (convert.precision = "auto")."""
     if not params.get("split_at"):
-        return _convert(fp32_path, params, out_dir, calibration, spec, target_name, judge, None, app_metadata)
+        return _convert(fp32_path, params, out_dir, calibration, spec, target_name, judge, None)
     # The artifact ends where the app's post-processing starts: convert the graph cut there (a scratch folder a
     # killed build's successor reclaims).
     with scratch_dir("toolchain-split") as cut_dir:
         cut = Path(cut_dir) / "model.split.onnx"
         split = split_graph(fp32_path, params["split_at"], cut, target_name)
         split["app_postprocess"] = params["app_postprocess"]
-        return _convert(cut, params, out_dir, calibration, spec, target_name, judge, split, app_metadata)
+        return _convert(cut, params, out_dir, calibration, spec, target_name, judge, split)
 
 
-def _convert(fp32_path, params, out_dir, calibration, spec, target_name, judge, split, app_metadata=None) -> dict:
+def _convert(fp32_path, params, out_dir, calibration, spec, target_name, judge, split) -> dict:
     import numpy as np
     import onnx
 
@@ -235,14 +234,12 @@ def _convert(fp32_path, params, out_dir, calibration, spec, target_name, judge, 
                                                      params, spec, *judge, scratch, target_name)
         shutil.copyfile(produced["int8"], out_dir / OUTPUT)
         shutil.copyfile(produced["fp32"], out_dir / BASELINE)
-    if app_metadata is not None:  # what an app needs to feed and read it, inside the artifact
-        from ..app_metadata import stamp_tflite
-
-        stamp_tflite(out_dir / OUTPUT, app_metadata, spec, _output_shapes(model), split=split is not None)
     full = plan is None or plan["full_integer"]
     meta = {"converter": "onnx2tf", "calibration_samples": int(len(calibration[spec.inputs[0].name])),
             "route": "onnx -> onnx2tf -> tflite (" + ("full integer" if full else "int8 with float fallback")
-                     + ", int8 I/O)", "input_shapes": shapes, "full_integer": full}
+                     + ", int8 I/O)", "input_shapes": shapes, "full_integer": full,
+            # the converted graph's output shapes: the metadata stage names the outputs onnx2tf transposed
+            "onnx_output_shapes": _output_shapes(model)}
     if plan is not None:
         meta["plan"] = plan
     if split is not None:
@@ -438,12 +435,11 @@ def needs(params) -> tuple:
     plan = ("evaluation", "reference", "budget") if params["precision"] == "auto" else ()  # judged variants
     if plan and params.get("speed_search", True):  # speed is searched on the ARM cost model: its identity keys it
         plan += ("arm_cost",)
-    return ("fp32", "calibration", *plan, "app_metadata")
+    return ("fp32", "calibration", *plan)
 
 
 def build(inp, params, out_dir) -> dict:
     judge = (inp.evaluation, inp.reference, inp.budget) if params["precision"] == "auto" else None
     if judge is not None and params.get("speed_search", True):
         params = {**params, "arm_cost": inp.arm_cost}
-    return run(inp.fp32, params, out_dir, inp.calibration, inp.spec, inp.target_name, judge=judge,
-               app_metadata=inp.app_metadata)
+    return run(inp.fp32, params, out_dir, inp.calibration, inp.spec, inp.target_name, judge=judge)
