@@ -171,7 +171,6 @@ def _stop(proc):
             proc.wait()
 
 
-@pytest.mark.slow
 def test_killed_worker_its_stage_is_retried_on_another(tmp_path, write_spec):
     """Real processes: a scheduler and `toolchain worker --no-nanny` that SIGKILLs itself once quantize has written
     its outputs (the fault hook, set in that worker only). The build goes on: the scheduler hands the stage to the
