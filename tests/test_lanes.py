@@ -62,7 +62,7 @@ def test_report_says_where_the_build_time_went(tmp_path, write_spec):
 
     spec = write_spec(tmp_path / "spec")
     first = run_build(spec, tmp_path / "out").report["stage_timings"]
-    assert set(first) == {"trace", "reference", "quantize[x86_64]", "validate[x86_64]"}
+    assert set(first) == {"trace", "reference", "quantize[x86_64]", "metadata[x86_64]", "validate[x86_64]"}
     assert all(v["seconds"] >= 0 and v["lane"] == "MainThread" for v in first.values()), first
     (tmp_path / "out" / "tiny_cnn" / "report.json").unlink()  # not a no-op: the stages are looked up again
     again = run_build(spec, tmp_path / "out").report["stage_timings"]
