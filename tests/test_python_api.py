@@ -208,6 +208,21 @@ def test_index_across_models_says_what_to_ship(x86_build):
     assert "tiny_cnn" in page and row["ship"] in page
 
 
+def test_a_budget_in_db_is_shown_where_there_is_no_top1_drop(x86_build):
+    """An sqnr-judged target has no top-1 drop budget: the index and report.html show each output's floor."""
+    from toolchain.report import target_budget
+    from toolchain.report_html import render
+
+    report = json.loads(json.dumps(x86_build.report))
+    t = report["targets"]["x86_64"]
+    assert target_budget(t) == "25"  # a top-1 drop budget, as the spec gave it
+    t["max_metric_drop"] = None
+    t["outputs"] = {"logits": {**next(iter(t["outputs"].values())), "budget_key": "min_sqnr_db", "budget": 15.0,
+                               "unit": "dB"}}
+    assert target_budget(t) == ">= 15 dB"
+    assert "<td>&gt;= 15 dB</td>" in render(report)
+
+
 def test_report_html_shows_every_note_as_a_badge(x86_build):
     from toolchain.index_report import advice
     from toolchain.report_html import render

@@ -30,6 +30,8 @@ def advice(model_dir: Path, t: dict) -> dict:
 
 
 def collect(out_root: Path) -> dict:
+    from .report import target_budget
+
     rows = []
     for report_path in sorted(Path(out_root).glob("*/report.json")):
         try:
@@ -44,7 +46,8 @@ def collect(out_root: Path) -> dict:
             ship = f"{model_dir.name}/{a['ship']}" if a["ship"] else None
             rows.append({"model": report.get("model"), "version": report.get("version"), "target": name,
                          "status": t.get("status"), "metric": t.get("metric"), "metric_drop": t.get("metric_drop"),
-                         "max_metric_drop": t.get("max_metric_drop"), "latency_ratio": t.get("latency_ratio"),
+                         "max_metric_drop": t.get("max_metric_drop"), "budget": target_budget(t),
+                         "latency_ratio": t.get("latency_ratio"),
                          "size_ratio": t.get("size_ratio"), "notes": t.get("notes", []), "ship": ship,
                          "why": a["why"], "report": f"{model_dir.name}/report.html"})
     return {"models": sorted({r["model"] for r in rows if r["model"]}), "rows": rows}
@@ -64,7 +67,7 @@ def render(index: dict) -> str:
         body.append(
             f"<tr class='{cls}'><td><a href='{esc(r['report'])}'>{esc(str(r['model']))}</a></td>"
             f"<td>{esc(r['target'])}</td><td class='st'>{esc(str(r['status']))}</td>"
-            f"<td>{_f(r['metric'], '{:.4g}')}</td><td>{_f(r['metric_drop'], '{:.3g}')} ({esc(str(r['max_metric_drop']))})</td>"
+            f"<td>{_f(r['metric'], '{:.4g}')}</td><td>{_f(r['metric_drop'], '{:.3g}')} ({esc(str(r['budget']))})</td>"
             f"<td>{_f(r['latency_ratio'], '{:.2f}x')}</td><td>{_f(r['size_ratio'], '{:.2f}x')}</td>"
             f"<td>{ship}<br><small>{esc(r['why'])}</small></td><td>{notes}</td></tr>")
     head = ["model", "target", "status", "metric", "drop (budget)", "p50 vs fp32", "size vs fp32", "ship", "notes"]

@@ -101,6 +101,13 @@ def _budget_text(r) -> str:
     return f"{op} {r['budget']:g} {'dB' if r['unit'] == 'dB' else r['unit']}"
 
 
+def target_budget(t) -> str:
+    """A target's budget in one cell: the top-1 drop allowed, else each output's own budget (sqnr's dB floor...)."""
+    if t.get("max_metric_drop") is not None:
+        return f"{t['max_metric_drop']:g}"
+    return "; ".join(_budget_text(r) for r in (t.get("outputs") or {}).values() if r.get("budget_key")) or "-"
+
+
 def _figure_text(r) -> str:
     if r["figure_is"] == "drop":
         return f"{r['value']:.3f} (drop {r['figure']:.3f})"

@@ -122,12 +122,14 @@ def _io_html(report) -> str:
 def render(report) -> str:
     esc = html.escape
     png = _plot_png(report)
+    from .report import target_budget
+
     rows = []
     for name, t in report["targets"].items():
         lat, base = t.get("latency_ms") or {}, t.get("baseline_latency_ms") or {}
         cpu_only = t["status"] == "skipped" and t.get("cpu_check")
         cells = [name, t["status"], f"{t['format']} {t['precision']}", t["runtime"],
-                 _f(t.get("metric")) + (" (CPU check)" if cpu_only else ""), _f(t.get("metric_drop")), _f(t.get("max_metric_drop"), 3), _f(lat.get("p50"), 4),
+                 _f(t.get("metric")) + (" (CPU check)" if cpu_only else ""), _f(t.get("metric_drop")), target_budget(t), _f(lat.get("p50"), 4),
                  _f(base.get("p50"), 4), _f(t.get("latency_ratio"), 2, "x"),
                  _f((t.get("size_bytes") or 0) / 1024 or None, 1), _f(t.get("size_ratio"), 2, "x"),
                  t.get("device", ""), t.get("reason", "")]
