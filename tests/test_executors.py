@@ -118,6 +118,19 @@ def test_emulated_outputs_match_host_litert_bit_for_bit(tiny_tflite, tmp_path):
         np.testing.assert_array_equal(h["default/0"], want)
 
 
+def test_emulator_dir_is_the_env_then_the_checkout(monkeypatch, tmp_path):
+    """$TOOLCHAIN_ARM_EMULATOR first, else the checkout's .arm-emulator (make's); outside a checkout a per-user cache
+    dir (test_python_api.py::test_wheel_carries_the_arm_emulator_setup runs that from the installed wheel)."""
+    from toolchain.executors.emulated import emulator_dir, setup_hint
+
+    monkeypatch.setenv("TOOLCHAIN_ARM_EMULATOR", str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert emulator_dir() == tmp_path / "mine"
+    monkeypatch.delenv("TOOLCHAIN_ARM_EMULATOR")
+    assert emulator_dir() == REPO / ".arm-emulator"
+    assert setup_hint() == "run `toolchain arm-emulator` or make arm-emulator"
+
+
 def test_arm64_falls_back_to_host_litert_and_says_so(arm64_build, write_spec, tmp_path, monkeypatch):
     monkeypatch.setenv("TOOLCHAIN_ARM_EMULATOR", str(tmp_path / "no emulator here"))
     spec = write_spec(tmp_path / "spec", targets={"x86_64": None, "arm64": {"max_metric_drop": 25.0}})
@@ -126,7 +139,8 @@ def test_arm64_falls_back_to_host_litert_and_says_so(arm64_build, write_spec, tm
     assert ("validate", "arm64") in b.ran and ("tflite", "arm64") not in b.ran  # the key names the executor
     assert t["executor"]["fallback"] is True and t["executor"]["wanted"] == "emulated"
     assert "arm_cost" not in t
-    assert any(n.startswith("FELL BACK TO HOST LITERT") and "make arm-emulator" in n for n in t["notes"])
+    assert any(n.startswith("FELL BACK TO HOST LITERT") and "run `toolchain arm-emulator` or make arm-emulator" in n
+               for n in t["notes"])
     assert "NOT on emulated ARM kernels" in (b.model_dir / "report.md").read_text()
 
 

@@ -156,13 +156,15 @@ def test_build_json_is_one_document(tmp_path, write_spec):
     assert doc["exit_code"] == 0 and doc["report"]["targets"]["x86_64"]["status"] == "passed"
 
 
-def test_wheel_builds_a_model_outside_the_checkout(tmp_path, write_spec):
-    """The built wheel carries the target files; installed apart from the repo, it builds a model."""
+@pytest.fixture(scope="module")
+def wheel_site(tmp_path_factory):
+    """The built wheel installed apart from the repository (built once for the tests below)."""
     import shutil
 
+    tmp_path = tmp_path_factory.mktemp("wheel")
     src, wheels = tmp_path / "src", tmp_path / "wheels"  # a copy: setuptools writes build/ next to the sources
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "requirements.lock"):
         shutil.copy(REPO / name, src / name)
     for name in ("toolchain", "targets"):
         shutil.copytree(REPO / name, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
@@ -172,17 +174,74 @@ def test_wheel_builds_a_model_outside_the_checkout(tmp_path, write_spec):
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
-    assert (site / "toolchain" / "builtin_targets" / "x86_64.toml").is_file()
-    spec = write_spec(tmp_path / "spec")
+    return site
+
+
+def _from_wheel(site, code, *args, env=None, cwd=None):
+    """Runs code with the installed wheel first on the path (not the checkout), args in sys.argv[2:]."""
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import toolchain, toolchain.cli; "
-            "assert toolchain.__file__.startswith(sys.argv[1]), toolchain.__file__; "
-            "sys.argv = ['toolchain', 'build', sys.argv[2], '-o', sys.argv[3], '-q']; toolchain.cli.main()")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TOOLCHAIN_TARGETS_DIR")}
-    p = subprocess.run([sys.executable, "-c", code, str(site), str(spec), str(tmp_path / "out")], capture_output=True,
-                       text=True, cwd=tmp_path, env=env, timeout=300)
+            "assert toolchain.__file__.startswith(sys.argv[1]), toolchain.__file__; " + code)
+    base = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TOOLCHAIN_TARGETS_DIR",
+                                                              "TOOLCHAIN_ARM_EMULATOR", "XDG_CACHE_HOME")}
+    return subprocess.run([sys.executable, "-c", code, str(site), *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or site.parent, env={**base, **(env or {})}, timeout=300)
+
+
+def test_wheel_builds_a_model_outside_the_checkout(wheel_site, tmp_path, write_spec):
+    """The built wheel carries the target files; installed apart from the repo, it builds a model."""
+    assert (wheel_site / "toolchain" / "builtin_targets" / "x86_64.toml").is_file()
+    spec = write_spec(tmp_path / "spec")
+    p = _from_wheel(wheel_site, "sys.argv = ['toolchain', 'build', sys.argv[2], '-o', sys.argv[3], '-q']; "
+                    "toolchain.cli.main()", spec, tmp_path / "out", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     report = json.loads((tmp_path / "out" / "tiny_cnn" / "report.json").read_text())
     assert report["targets"]["x86_64"]["status"] == "passed"
+
+
+def test_wheel_carries_the_arm_emulator_setup(wheel_site, tmp_path):
+    """A pip user can prepare the emulator: the script, the plugin's source and the lock are in the wheel, and an
+    installed toolchain keeps it in a per-user cache directory (an installed package has no checkout)."""
+    executors = wheel_site / "toolchain" / "executors"
+    for name in ("setup_arm_emulator.sh", "insn_marker.c", "apt_sources.py"):
+        assert (executors / name).read_bytes() == (REPO / "toolchain" / "executors" / name).read_bytes(), name
+    lock = executors / "requirements.lock"
+    assert not lock.is_symlink() and lock.read_bytes() == (REPO / "requirements.lock").read_bytes()
+    where = ("from toolchain.executors.emulated import emulator_dir, setup_hint; "
+             "print(emulator_dir()); print(setup_hint())")
+    p = _from_wheel(wheel_site, where, env={"XDG_CACHE_HOME": str(tmp_path / "xdg")})
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split("\n")[:2] == [str(tmp_path / "xdg" / "toolchain" / "arm-emulator"),
+                                        "run `toolchain arm-emulator`"]
+    p = _from_wheel(wheel_site, where, env={"HOME": str(tmp_path / "home")})
+    assert p.stdout.split("\n")[0] == str(tmp_path / "home" / ".cache" / "toolchain" / "arm-emulator"), p.stderr
+    p = _from_wheel(wheel_site, where, env={"TOOLCHAIN_ARM_EMULATOR": str(tmp_path / "mine")})
+    assert p.stdout.split("\n")[0] == str(tmp_path / "mine"), p.stderr
+
+
+def test_installed_arm_emulator_finds_a_prepared_one_done(wheel_site):
+    """`toolchain arm-emulator` from the wheel on the emulator make prepared: the same script, lock and stamps, so
+    every step is already done (nothing installed or built) and it says where it is."""
+    from toolchain.executors.emulated import emulator_dir
+
+    prepared = emulator_dir().absolute()  # the checkout's .arm-emulator (make test prepares it), or the env's
+    if not (prepared / "ready.json").is_file():
+        pytest.skip(f"no prepared emulator in {prepared}: make arm-emulator failed or was not run")
+    p = _from_wheel(wheel_site, "sys.argv = ['toolchain', 'arm-emulator', '--dir', sys.argv[2]]; toolchain.cli.main()",
+                    prepared)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(f"arm-emulator: ready in {prepared}"), p.stdout
+    assert not [ln for ln in p.stderr.splitlines() if ln.startswith("arm-emulator:")], p.stderr  # no step ran
+
+
+def test_arm_emulator_setup_failure_is_one_line(tmp_path):
+    """A setup that cannot write its directory: one line naming it, exit 4, no traceback."""
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    p = subprocess.run([toolchain_exe(), "arm-emulator", "--dir", str(blocker / "emulator")], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 4, p.stderr
+    (line,) = p.stderr.strip().splitlines()
+    assert line.startswith("error: stage arm-emulator: setup in ") and "a file" in line and "Traceback" not in line
 
 
 def test_int8_onnx_records_what_onnx_runtime_runs_in_int8(x86_build):

@@ -149,7 +149,7 @@ def side_by_side_arm(name, spec, model_dir: Path, t: dict, calibration, evaluati
     from .options import defaults
 
     if arm_cost.model_for() is None:
-        print(f"\n -- {name} (arm64): no ARM cost model here (make arm-emulator) --")
+        print(f"\n -- {name} (arm64): no ARM cost model here (toolchain arm-emulator) --")
         return {}
     raw_dir = model_dir / "bench-onnx2tf-defaults"
     raw = raw_dir / tflite.OUTPUT

@@ -388,6 +388,24 @@ def list_targets(targets_dir, as_json):
         click.echo(f"{'':<12} {r['file']}")
 
 
+@main.command("arm-emulator")
+@click.option("--dir", "dest", type=click.Path(file_okay=False), default=None,
+              help="Where to prepare it (default: $TOOLCHAIN_ARM_EMULATOR, else the checkout's .arm-emulator, else "
+                   "~/.cache/toolchain/arm-emulator).")
+def arm_emulator(dest):
+    """Prepare the emulated aarch64 executor (qemu-user, an arm64 Debian rootfs, aarch64 LiteRT, the ARM cost model's
+    plugin) so arm64 is judged on ARM kernels. Idempotent; installs Debian packages with apt-get (root)."""
+    from .executors.emulated import emulator_dir
+    from .executors.emulator_setup import prepare, version_mismatches
+
+    for line in version_mismatches():
+        click.echo(f"warning: {line}: arm64 is judged on the emulator's versions (reports record them)", err=True)
+    where = _run(prepare, dest or emulator_dir())
+    hint = "" if dest is None or emulator_dir().absolute() == where else \
+        f" (builds use it with TOOLCHAIN_ARM_EMULATOR={where})"
+    click.echo(f"arm-emulator: ready in {where}{hint}")
+
+
 @main.command()
 @click.argument("factory")
 @click.option("-i", "--input", "inputs", multiple=True, required=True,

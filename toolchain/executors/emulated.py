@@ -1,5 +1,6 @@
 """Emulated aarch64: the entry point runs on an arm64 Debian python under qemu-user, so LiteRT runs its real ARM
-kernels (XNNPACK's NEON/dotprod paths, the builtin kernels). `make arm-emulator` prepares ROOT (.arm-emulator/).
+kernels (XNNPACK's NEON/dotprod paths, the builtin kernels). `toolchain arm-emulator` (or `make arm-emulator` in a
+checkout) prepares ROOT (emulator_dir()).
 
 The cpu is always pinned (-cpu cortex-a76, ...): qemu's default `max` offers SVE/SME, which LiteRT then uses.
 binfmt_misc is not assumed, so the emulated python never starts other processes. With count=True the dynamic
@@ -20,9 +21,27 @@ from .local import ENTRY, child_env, stage_files
 PLUGIN = "plugin/libinsn_marker.so"
 
 
+def checkout_root():
+    """The source checkout this package runs from (editable install, PYTHONPATH), or None when installed."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "Makefile").is_file() and (root / "pyproject.toml").is_file() else None
+
+
 def emulator_dir() -> Path:
+    """$TOOLCHAIN_ARM_EMULATOR, else the checkout's .arm-emulator (what make and CI prepare), else a per-user cache
+    directory (an installed package's own directory may not even be writable)."""
     env = os.environ.get("TOOLCHAIN_ARM_EMULATOR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / ".arm-emulator"
+    if env:
+        return Path(env)
+    if checkout := checkout_root():
+        return checkout / ".arm-emulator"
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "toolchain" / "arm-emulator"
+
+
+def setup_hint() -> str:
+    """What to run to prepare the emulator, for the messages that say it is missing."""
+    return "run `toolchain arm-emulator`" + (" or make arm-emulator" if checkout_root() else "")
 
 
 class EmulatedExecutor(Executor):
@@ -44,15 +63,15 @@ class EmulatedExecutor(Executor):
 
     def check(self, count=False):
         if not self.ready or not self.python.exists():
-            raise ExecutorUnavailable("emulated aarch64 executor", f"not set up in {self.root} (run make arm-emulator)")
+            raise ExecutorUnavailable("emulated aarch64 executor", f"not set up in {self.root} ({setup_hint()})")
         need = ["qemu-aarch64"] if count else ["qemu-aarch64-static"]
         for exe in need:
             if not shutil.which(exe):
                 raise ExecutorUnavailable("emulated aarch64 executor",
-                                          f"{exe} is not installed (run make arm-emulator)")
+                                          f"{exe} is not installed ({setup_hint()})")
         if count and not (self.root / PLUGIN).is_file():
             raise ExecutorUnavailable("emulated aarch64 executor", f"the instruction-count plugin {self.root / PLUGIN} "
-                                      "is missing (run make arm-emulator)")
+                                      f"is missing ({setup_hint()})")
 
     def can_count(self) -> bool:
         try:

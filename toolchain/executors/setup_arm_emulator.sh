@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Prepare the emulated aarch64 executor (make arm-emulator): an arm64 Debian userland run by qemu-user (no
-# binfmt_misc needed), aarch64 wheels of LiteRT and numpy at the lock's versions, and the qemu instruction-count
-# plugin (the ARM cost model). Idempotent: every step keeps a stamp and is skipped when its inputs are unchanged.
+# Prepare the emulated aarch64 executor (make arm-emulator, toolchain arm-emulator): an arm64 Debian userland run
+# by qemu-user (no binfmt_misc needed), aarch64 wheels of LiteRT and numpy at the lock's versions, and the qemu
+# instruction-count plugin (the ARM cost model). Idempotent: every step keeps a stamp and is skipped when its
+# inputs are unchanged.
 #
 #   setup_arm_emulator.sh DEST HOST_PYTHON LOCKFILE
+#
+# Exit status 2: Debian packages are missing and this is not root (nothing was changed); any other failure: 1.
+# The wheel ships this script, insn_marker.c, apt_sources.py and the lock (toolchain/executors/requirements.lock).
 #
 # Packages come from the mirror this machine's apt is configured with (read from /etc/apt/sources.list*).
 set -euo pipefail
@@ -24,8 +28,8 @@ for p in $PACKAGES; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
-        log "missing Debian packages (${missing[*]}) and not root: install them, then rerun make arm-emulator"
-        exit 1
+        log "missing Debian packages (${missing[*]}) and not root: install them as root (apt-get install ${missing[*]}) or run this setup as root"
+        exit 2
     fi
     log "installing ${missing[*]}"
     # Package scripts must not start services (an sshd on port 22): a policy-rc.d, only if none is there.
@@ -105,10 +109,12 @@ if [ "$(cat "$PLUGIN/.toolchain-done" 2>/dev/null)" != "$PWANT" ]; then
     echo "$PWANT" > "$PLUGIN/.toolchain-done"
 fi
 
-# What the executor records as its identity (the validate key and the report).
-cat > "$DEST/ready.json" <<EOF
+# What the executor records as its identity (the validate key and the report); replaced in one step, so a build
+# reading it meanwhile never sees it half-written.
+cat > "$DEST/ready.json.tmp" <<EOF
 {"qemu": "$QVER", "debian": "$CODENAME $(cat "$ROOTFS/etc/debian_version")",
  "python": "$(ls "$ROOTFS/usr/bin" | grep -E '^python3\.[0-9]+$' | head -1)",
  "ai-edge-litert": "$LITERT", "numpy": "$NUMPY"}
 EOF
+mv -f "$DEST/ready.json.tmp" "$DEST/ready.json"
 log "ready in $DEST"

@@ -34,7 +34,7 @@ PRECISIONS = ("full_integer", "auto")
 # Ops that only move data: no arithmetic for int8 to get wrong, so they are not units of the search.
 LAYOUT_OPS = {"PAD", "RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "CONCATENATION", "GATHER", "SLICE",
               "STRIDED_SLICE", "SPLIT", "SPLIT_V", "PACK", "UNPACK", "QUANTIZE", "DEQUANTIZE", "SHAPE"}
-SPEED_NOTE = ("not searched: the ARM cost model is not set up here (make arm-emulator), this host is not an ARM "
+SPEED_NOTE = ("not searched: the ARM cost model is not set up here (toolchain arm-emulator), this host is not an ARM "
               "CPU, and LiteRT's x86 kernels would decide for the wrong one; pin ops with convert.force_float to keep "
               "slow int8 ops float")
 ARM_MARGIN = 0.98  # a variant must cost at least 2% fewer instructions to be kept (counts are deterministic)

@@ -134,7 +134,7 @@ def judge(target, artifact, baseline, evaluation, reference, spec, ref_value, re
     if counted:
         result["arm_cost"] = _arm_cost(counted, resolver, ident)
     elif ex.name == "emulated":
-        notes.append("no ARM cost: the instruction-count plugin is not built (make arm-emulator)")
+        notes.append("no ARM cost: the instruction-count plugin is not built (run `toolchain arm-emulator`)")
     if result.get("latency_note"):
         result["latency_note"] += f"; information only: the {ex.name} executor judges this target"
     result["executor_notes"] = notes
