@@ -84,6 +84,64 @@ def test_tflite_metadata_changes_no_numerics_and_is_deterministic(arm64_build, t
     assert np.array_equal(outs[0], outs[1])
 
 
+def _externalize_buffers(src, dest):
+    """The same model with every weight buffer stored past the flatbuffer (offset/size from the file's start), as
+    litert-torch writes its models."""
+    import flatbuffers
+
+    from toolchain.app_metadata import _schema
+
+    schema = _schema()
+    model = schema.ModelT.InitFromPackedBuf(src.read_bytes(), 0)
+    moved = []
+    for b in model.buffers:
+        if b.data is not None and len(b.data) > 0:
+            moved.append((b, bytes(np.asarray(b.data, dtype=np.uint8))))
+            b.data = None
+    for b, _ in moved:
+        b.offset, b.size = 1, 1  # placeholders of the final width: the flatbuffer's size must not change below
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    head = len(builder.Output())
+    pos, tail = (head + 15) // 16 * 16, b""
+    for b, data in moved:
+        b.offset, b.size = pos + len(tail), len(data)
+        tail += data + b"\0" * (-len(data) % 16)
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    out = bytes(builder.Output())
+    assert len(out) == head
+    dest.write_bytes(out + b"\0" * (pos - head) + tail)
+    return len(moved)
+
+
+def test_weights_kept_past_the_flatbuffer_are_moved_into_it_not_lost(arm64_build, tmp_path, write_spec):
+    """litert-torch keeps its weights past the flatbuffer even for small models (MiniLM's 23 MB): stamping moves
+    them into the flatbuffer, and the interpreter computes exactly what it did on the file as converted."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from toolchain.app_metadata import _schema, declared, read, stamp_tflite
+    from toolchain.spec import load_spec
+
+    src = arm64_build.model_dir / arm64_build.report["targets"]["arm64"]["artifact"]
+    external, stamped = tmp_path / "external.tflite", tmp_path / "stamped.tflite"
+    assert _externalize_buffers(src, external) > 0
+    spec = load_spec(write_spec(tmp_path / "spec", outputs=[{"name": "logits", "class_names": DIGITS}]))
+    shutil.copyfile(external, stamped)
+    stamp_tflite(stamped, declared(spec), spec, [[1, 10]])
+    assert read(stamped)["outputs"][0]["labels"] == DIGITS
+    assert not any((b.offset or 0) > 1 for b in _schema().ModelT.InitFromPackedBuf(stamped.read_bytes(), 0).buffers)
+    x = np.random.default_rng(0).integers(-128, 128, (1, 8, 8, 1)).astype(np.int8)
+    outs = []
+    for p in (src, external, stamped):
+        interp = Interpreter(model_path=str(p))
+        interp.allocate_tensors()
+        interp.set_tensor(interp.get_input_details()[0]["index"], x)
+        interp.invoke()
+        outs.append(interp.get_tensor(interp.get_output_details()[0]["index"]).copy())
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+
+
 @pytest.mark.slow  # the stamp takes 0.03 s; validating the new file on arm64 ~10 s
 def test_a_new_version_and_labels_restamp_the_tflite_artifact_without_converting_again(arm64_build, tmp_path,
                                                                                       write_spec):

@@ -174,12 +174,9 @@ def stamp_tflite(path, declared_doc: dict, spec, output_shapes=None, split=False
 
     schema = _schema()
     path = Path(path)
-    model = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
-    if any((b.offset or 0) > 1 for b in model.buffers or []):  # data past the flatbuffer: a re-pack would lose it
-        from .errors import StageError
-
-        raise StageError("metadata", f"{path.name} keeps its weights outside the flatbuffer (a model over 2 GB); "
-                                     "writing metadata into it is not supported")
+    raw = path.read_bytes()
+    model = schema.ModelT.InitFromPackedBuf(raw, 0)
+    _inline_external_buffers(model, raw, path)
     doc = _merge_tflite(schema, model, declared_doc, output_shapes, split)
     _check_labels(spec, [] if split or len(doc["outputs"]) != len(spec.outputs) else doc["outputs"])
     payload = _dumps(doc).encode()
@@ -196,6 +193,28 @@ def stamp_tflite(path, declared_doc: dict, spec, output_shapes=None, split=False
 
     atomic_write(path, bytes(builder.Output()))
     return doc
+
+
+def _inline_external_buffers(model, raw: bytes, path):
+    """Buffers stored past the flatbuffer (offset/size from the file's start: litert-torch writes its weights so
+    even for small models) would be lost by a re-pack: move their bytes into the flatbuffer, as the converters do
+    for a model under 2 GB. The tensors' bytes are unchanged; only where the file keeps them moves."""
+    import numpy as np
+
+    external = [b for b in model.buffers or [] if (b.offset or 0) > 1]
+    if sum(int(b.size or 0) for b in external) + len(raw) >= 2 ** 31 - 2 ** 24:
+        from .errors import StageError
+
+        raise StageError("metadata", f"{path.name} keeps over 2 GB of weights outside the flatbuffer; writing "
+                                     "metadata into it is not supported")
+    for b in external:
+        off, size = int(b.offset), int(b.size)
+        if off + size > len(raw):
+            from .errors import StageError
+
+            raise StageError("metadata", f"{path.name}: a buffer points past the end of the file (offset {off}, "
+                                         f"size {size}, file {len(raw)} bytes)")
+        b.data, b.offset, b.size = np.frombuffer(raw, dtype=np.uint8, count=size, offset=off).copy(), 0, 0
 
 
 def _signature_names(model, kind):

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 NAME = "metadata"
-VERSION = 1
+VERSION = 2  # 2: weights a converter kept past the flatbuffer (litert-torch) are moved into it, not refused
 LIBRARIES = ("onnx",)  # per target: libraries(target) below
 SUFFIXES = (".onnx", ".tflite")  # the formats that carry app metadata (an OpenVINO IR carries none yet)
 
