@@ -16,6 +16,8 @@ from click.testing import CliRunner
 
 from conftest import VENV_BIN, one_error_line, run_build, toolchain_exe
 
+from toolchain.executors.process import stop_gracefully
+
 FAST = {"max_metric_drop": 25.0, "latency": {"warmup": 2, "runs": 20}}
 
 
@@ -51,6 +53,15 @@ def _cli(args):
     return CliRunner().invoke(main, args, catch_exceptions=True)
 
 
+def _build_both(cluster, a, b, shared, out):
+    """Specs a (tiny_cnn) and b (tiny_cnn_again) built at once on the cluster; (result, report a, report b)."""
+    r = _cli(["build", str(a), str(b), "-o", str(out), "--scheduler", cluster.scheduler_address,
+              "--cache", shared.as_uri(), "--scheduler-timeout", "30"])
+    assert r.exit_code == 0, (r.output[-4000:], r.exception)
+    return (r, json.loads((out / "tiny_cnn" / "report.json").read_text()),
+            json.loads((out / "tiny_cnn_again" / "report.json").read_text()))
+
+
 def test_routed_by_resource_and_shared_stage_runs_once(cluster, tmp_path, write_spec, arm64_build):
     """The default run's cheap form of the test below: the client's local cache starts as a copy of the session's
     arm64 build (trace, reference and the onnx2tf conversion are hits here, pushed to the shared cache for the
@@ -64,11 +75,7 @@ def test_routed_by_resource_and_shared_stage_runs_once(cluster, tmp_path, write_
     shared, local = tmp_path / "shared cache", tmp_path / "out" / ".cache"
     shared.mkdir()
     shutil.copytree(arm64_build.out / ".cache", local, ignore=shutil.ignore_patterns("tmp"))
-    r = _cli(["build", str(a), str(b), "-o", str(tmp_path / "out"), "--scheduler", cluster.scheduler_address,
-              "--cache", shared.as_uri(), "--scheduler-timeout", "30"])
-    assert r.exit_code == 0, (r.output[-4000:], r.exception)
-    ra = json.loads((tmp_path / "out" / "tiny_cnn" / "report.json").read_text())
-    rb = json.loads((tmp_path / "out" / "tiny_cnn_again" / "report.json").read_text())
+    r, ra, rb = _build_both(cluster, a, b, shared, tmp_path / "out")
     na, nb = ra["cluster"]["nodes"], rb["cluster"]["nodes"]
     context = (na, nb, r.output[-3000:])
     assert "tflite[arm64]" not in na and "trace" not in na, context  # hits in the client's cache: no task
@@ -95,11 +102,7 @@ def test_two_models_routed_and_shared_stage_runs_once(cluster, tmp_path, write_s
     b = write_spec(tmp_path / "b", model={"name": "tiny_cnn_again"})
     shared = tmp_path / "shared cache"
     shared.mkdir()
-    r = _cli(["build", str(a), str(b), "-o", str(tmp_path / "out"), "--scheduler", cluster.scheduler_address,
-              "--cache", shared.as_uri(), "--scheduler-timeout", "30"])
-    assert r.exit_code == 0, (r.output[-4000:], r.exception)
-    ra = json.loads((tmp_path / "out" / "tiny_cnn" / "report.json").read_text())
-    rb = json.loads((tmp_path / "out" / "tiny_cnn_again" / "report.json").read_text())
+    r, ra, rb = _build_both(cluster, a, b, shared, tmp_path / "out")
     na, nb = ra["cluster"]["nodes"], rb["cluster"]["nodes"]
     # routing: each validate ran on the worker that offers its target's resource, and measured there
     assert na["validate[arm64]"]["worker"] == "arm" and na["validate[x86_64]"]["worker"] == "x86", na
@@ -161,14 +164,6 @@ def _start(cmd, log: Path, env=None):
                             cwd=log.parent)
 
 
-def _stop(proc):
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_killed_worker_its_stage_is_retried_on_another(tmp_path, write_spec):
@@ -206,7 +201,7 @@ def test_killed_worker_its_stage_is_retried_on_another(tmp_path, write_spec):
         assert build.wait(timeout=600) == 0, (tmp_path / "build.log").read_text()[-3000:]
     finally:
         for p in reversed(procs):
-            _stop(p)
+            stop_gracefully(p)
     report = json.loads((tmp_path / "out" / "tiny_cnn" / "report.json").read_text())
     nodes = report["cluster"]["nodes"]
     assert nodes["trace"]["worker"] == "killer"  # ran before the kill

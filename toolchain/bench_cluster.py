@@ -8,7 +8,6 @@ targets on N workers from the stage times the local build measured.
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -96,13 +95,10 @@ def bench(models):
         print("  validates ran on: " + ", ".join(f"{k} {v}" for k, v in sorted(where.items())))
         estimate(rows, overhead)
     finally:
+        from .executors.process import stop_gracefully
+
         for p in reversed(procs):
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.kill(p.pid, signal.SIGKILL)
+            stop_gracefully(p)
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)

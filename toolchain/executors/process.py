@@ -91,3 +91,14 @@ def stop(proc: subprocess.Popen):
         except ProcessLookupError:
             pass
     proc.wait()
+
+
+def stop_gracefully(proc: subprocess.Popen, timeout: float = 30):
+    """SIGTERM, so a server (a Dask worker, the scheduler) can leave cleanly; SIGKILL if it has not after `timeout`."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
