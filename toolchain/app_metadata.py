@@ -201,17 +201,15 @@ def _inline_external_buffers(model, raw: bytes, path):
     for a model under 2 GB. The tensors' bytes are unchanged; only where the file keeps them moves."""
     import numpy as np
 
+    from .errors import StageError
+
     external = [b for b in model.buffers or [] if (b.offset or 0) > 1]
     if sum(int(b.size or 0) for b in external) + len(raw) >= 2 ** 31 - 2 ** 24:
-        from .errors import StageError
-
         raise StageError("metadata", f"{path.name} keeps over 2 GB of weights outside the flatbuffer; writing "
                                      "metadata into it is not supported")
     for b in external:
         off, size = int(b.offset), int(b.size)
         if off + size > len(raw):
-            from .errors import StageError
-
             raise StageError("metadata", f"{path.name}: a buffer points past the end of the file (offset {off}, "
                                          f"size {size}, file {len(raw)} bytes)")
         b.data, b.offset, b.size = np.frombuffer(raw, dtype=np.uint8, count=size, offset=off).copy(), 0, 0
