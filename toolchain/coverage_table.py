@@ -67,7 +67,8 @@ def row_for(pattern: str, target: str, entry: dict | None) -> dict:
     measured = "target runtime"
     if entry["status"] == "passed":
         status = "pass"
-    elif entry["status"] == "skipped" and entry.get("cpu_check") and "failed_stage" not in entry:
+    elif entry["status"] == "skipped" and entry.get("cpu_check") and "failed_stage" not in entry \
+            and entry["cpu_check"].get("where", "the CPU provider") == "the CPU provider":
         measured = "fp16 on CPU provider"
         judged = entry.get("outputs") or {}  # the gate's verdicts on the CPU provider's outputs
         ok = bool(judged) and all(r["passed"] for r in judged.values()) \

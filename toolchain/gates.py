@@ -9,14 +9,15 @@ def judge(name, validation: dict, budget: list, transform_meta: dict) -> dict:
     notes = []
     if validation.get("status") in ("skipped", "failed"):
         cpu = validation.get("cpu_check") or {}
+        where = cpu.get("where", "the CPU provider")
         if cpu.get("non_finite_outputs"):  # not runnable here, but already known to be broken
             return {"status": "failed", "notes": notes,
                     "reason": f"{cpu['non_finite_outputs']} NaN/Inf values in the artifact's outputs on the "
-                              f"evaluation data (checked on the CPU provider; {validation['reason']})"}
+                              f"evaluation data (checked on {where}; {validation['reason']})"}
         rows = verdicts(cpu.get("outputs", {}), budget) if cpu else []
         for row in rows:
             if not row["passed"]:
-                notes.append(f"on the CPU provider {verdict_text(row)}: expect this target to fail where it can run")
+                notes.append(f"on {where} {verdict_text(row)}: expect this target to fail where it can run")
         return {"status": validation["status"], "reason": validation["reason"], "notes": notes, "outputs": rows}
     reasons = []
     if validation["non_finite_outputs"]:

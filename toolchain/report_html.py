@@ -85,8 +85,9 @@ def _notes_html(report) -> str:
             kind = _BADGE.get(head.strip(), "info")
             parts.append(f"<br><span class='badge {kind}'>{esc(head)}</span> {esc(rest.strip())}")
         if t.get("cpu_check") and t["status"] == "skipped":
+            where = t["cpu_check"].get("where", "the CPU provider")
             parts.append("<br><span class='badge info'>CPU CHECK ONLY</span> the metric shown comes from running "
-                         "the artifact on ONNX Runtime's CPU provider for agreement; the target itself was not judged")
+                         f"the artifact on {esc(where)} for agreement; the target itself was not judged")
         if t.get("latency_ms"):
             h = t.get("host", {})
             parts.append(f"<br><span class='badge info'>MEASURED ON</span> {esc(str(t.get('device', h.get('cpu'))))} "

@@ -5,7 +5,8 @@ Runtime), the device, and the ARM cost."""
 def lines(name, t) -> list:
     ex = t["executor"]
     if ex.get("fallback"):
-        return [f"- **{name}** judged on host LiteRT, NOT on {ex['wanted']} ARM kernels: {ex['reason']}"]
+        return [f"- **{name}** NOT judged: no {ex['wanted']} ARM kernels here ({ex['reason']}); host LiteRT ran it "
+                "for agreement only"]
     if t.get("runtime") == "onnxruntime":
         return _onnxruntime_lines(name, t, ex)
     where = ex["name"] + (f" aarch64 (qemu {ex.get('qemu', '?')}, -cpu {ex['cores'][0]})" if ex["name"] == "emulated"

@@ -95,7 +95,8 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
         result.update(status="failed", reason=f"runtime fell back: {e}")
         return result
     host_outputs = outputs_on(session, evaluation, names)
-    result.update(accuracy(host_outputs, evaluation, reference, spec, ref_value))
+    host_accuracy = accuracy(host_outputs, evaluation, reference, spec, ref_value)
+    result.update(host_accuracy)
     result["device"] = _device(target, session)
     result["providers"] = list(getattr(session, "providers", [target.runtime]))
     if hasattr(session, "io_details"):
@@ -124,6 +125,8 @@ def run(target, artifact, baseline, evaluation, reference, spec, ref_value, unpr
 
         judge(target, artifact, baseline, evaluation, reference, spec, ref_value, result, host_outputs, session,
               accuracy)
+        if result.get("executor", {}).get("fallback"):
+            return _fell_back_to_host(result, host_accuracy)
 
     lat = target.latency
     batch = min(lat["batch"], len(evaluation[names[0]]))
@@ -174,12 +177,27 @@ def record_latency(result, timed, chosen_name, batch, lat, timing_method):
                                     "artifact_runtime_options": chosen_name, "timing": timing_method})
 
 
+def _fell_back_to_host(result, host_accuracy) -> dict:
+    """ARM asked, only this host's LiteRT kernels here (no emulator, no device): not a pass, as CUDA without a GPU
+    is not. The host figures stay as a check (`cpu_check`), so a gate they already miss is still reported."""
+    for k in host_accuracy:
+        result.pop(k, None)
+    arch = result["host"]["arch"]
+    result["cpu_check"] = {**host_accuracy, "where": f"host LiteRT ({arch} kernels)",
+                           "note": f"run on LiteRT's {arch} kernels on this host for agreement only; "
+                                   "not a pass for the target"}
+    result.update(status="skipped", reason=f"not judged on ARM kernels: {result['executor']['reason']}; a target "
+                                           "file with executor = \"local\" accepts host LiteRT instead")
+    return result
+
+
 def cpu_check(target, artifact, evaluation, reference, spec, ref_value) -> dict:
     """An ONNX artifact whose provider is not there: its agreement on this host's CPU provider, never a pass."""
     names = [t.name for t in spec.inputs]
     cpu = open_artifact(target, artifact, providers=["CPUExecutionProvider"])
     check = accuracy(outputs_on(cpu, evaluation, names), evaluation, reference, spec, ref_value)
-    check["note"] = "run on CPUExecutionProvider for agreement only; not a pass for the target"
+    check.update(where="the CPU provider", note="run on CPUExecutionProvider for agreement only; not a pass for "
+                                                   "the target")
     return check
 
 
