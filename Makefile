@@ -80,7 +80,7 @@ $(BUILD)/minilm/report.json: $(LITERT_STAMP)
 # The emulated aarch64 executor (arm64 validation on real ARM kernels, the ARM cost model): qemu-user, an arm64
 # Debian rootfs, aarch64 LiteRT/numpy wheels at the lock's versions and the instruction-count plugin, under
 # .arm-emulator/. Idempotent (each step is stamped). build/test call it but do not depend on it succeeding: without
-# it arm64 validation falls back to host LiteRT and the report says so.
+# it arm64 is skipped (not judged on ARM kernels), with host LiteRT's figures as a check.
 # `toolchain arm-emulator` runs the same script (shipped in the wheel, with the lock) for pip-installed users.
 ARM_EMULATOR := .arm-emulator
 ARM_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY))

@@ -221,3 +221,26 @@ def test_validate_refuses_a_stale_report(x86_build, tmp_path):
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     assert "did not finish" in r.stderr and "internal error" in r.stderr
     assert json.loads((out / "tiny_cnn" / "report.json").read_text())["status"] == "stale"
+
+
+def test_a_spec_that_no_longer_loads_leaves_no_passed_report(x86_build, tmp_path):
+    """Broken TOML: the model's name cannot be read, yet its last report must not go on saying `passed`."""
+    import shutil
+
+    spec = Path(x86_build.report["provenance"]["spec"])
+    work = tmp_path / "spec"
+    shutil.copytree(spec.parent, work)
+    out = tmp_path / "out"
+    assert run_build(work / spec.name, out, cache_dir=x86_build.out / ".cache").code == 0
+    other = out / "someone_else"  # a build of another spec in the same directory is left alone
+    shutil.copytree(out / "tiny_cnn", other)
+    stamp_file = other / ".stamp.json"
+    record = json.loads(stamp_file.read_text())
+    record["inputs"] = {str(tmp_path / "elsewhere.toml"): v for v in record["inputs"].values()}
+    stamp_file.write_text(json.dumps(record))
+    (work / spec.name).write_text((work / spec.name).read_text() + "\n[model\n")
+    r = cli("build", work / spec.name, "-o", out)
+    assert r.exit_code == 2 and "invalid TOML" in r.stderr and "Traceback" not in r.output, r.output
+    report = json.loads((out / "tiny_cnn" / "report.json").read_text())
+    assert report["status"] == "stale" and "did not start" in report["reason"] and "invalid TOML" in report["reason"]
+    assert json.loads((other / "report.json").read_text())["status"] == "passed"

@@ -9,7 +9,7 @@ from pathlib import Path
 from . import __version__, debris, formats, stamp
 from .cache import copy_atomic, write_json_atomic
 from .digest import sha256_file
-from .errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_STAGE_FAILED, StageError, ToolchainError
+from .errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_STAGE_FAILED, SpecError, StageError, ToolchainError
 from .faults import checkpoint
 from .gates import judge
 from .locking import locked
@@ -47,7 +47,7 @@ def build(spec_path, out_root="build", cache_dir=None, targets=None, targets_dir
             return build(spec_path, out_root, cache_dir, targets, targets_dir, progress, remote_cache, session)
         finally:
             session.close()
-    spec = load_spec(spec_path)
+    spec = load_build_spec(spec_path, out_root)
     model_dir = Path(out_root) / spec.name
     target_files, options = _stamp_inputs(spec, out_root, cache_dir, targets, targets_dir)
     with locked(model_dir):
@@ -86,6 +86,30 @@ def build(spec_path, out_root="build", cache_dir=None, targets=None, targets_dir
             stamp.invalidate(model_dir, "the last build did not finish")
             _mark_stale(model_dir, _interruption(e))
             raise
+
+
+def load_build_spec(spec_path, out_root):
+    """load_spec for a build into out_root: a spec that no longer loads stales the reports built from it."""
+    try:
+        return load_spec(spec_path)
+    except SpecError as e:
+        _stale_builds_of(spec_path, out_root, e)
+        raise
+
+
+def _stale_builds_of(spec_path, out_root, error):
+    """The spec no longer loads, so its model's name is unknown: the builds whose stamp lists this spec file as
+    an input must not go on saying `passed` for it (the stamp records every input path, resolved)."""
+    spec_file = str(Path(spec_path).resolve())
+    try:
+        dirs = [d for d in Path(out_root).iterdir() if (d / stamp.STAMP).is_file()]
+    except OSError:
+        return
+    for d in dirs:
+        if spec_file in ((stamp.read(d) or {}).get("inputs") or {}):
+            with locked(d):
+                stamp.invalidate(d, "the build spec no longer loads")
+                _mark_stale(d, f"the last build did not start: {error}")
 
 
 def _cluster_runner(session):

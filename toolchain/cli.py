@@ -160,9 +160,9 @@ def build(specs, out_root, cache_dir, remote_cache, targets, targets_dir, quiet,
         for label, verdict in lines:
             click.echo(f"{label:<22} {verdict}")
         return
-    from .spec import load_spec
+    from .api import load_build_spec
 
-    name = _run(load_spec, spec).name
+    name = _run(load_build_spec, spec, out_root).name
     report, code = _run(do_build, spec, out_root, cache_dir, list(targets) or None, targets_dir,
                         progress(name), remote_cache, scheduler, scheduler_timeout)
     _exit_with_statuses(report, code, as_json)
@@ -176,9 +176,9 @@ def _build_many(specs, out_root, cache_dir, remote_cache, targets, targets_dir, 
     from .build_many import build_all
     from .cache_backends import resolve
     from .cluster import open_session
-    from .spec import load_spec
+    from .api import load_build_spec
 
-    names = {s: _run(load_spec, s).name for s in specs}
+    names = {s: _run(load_build_spec, s, out_root).name for s in specs}
     session = _run(open_session, scheduler, resolve(remote_cache), scheduler_timeout)
     kwargs = {"out_root": out_root, "cache_dir": cache_dir, "targets": list(targets) or None,
               "targets_dir": targets_dir, "remote_cache": remote_cache}
