@@ -300,7 +300,8 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     naive = next(s for s in params["schemes"] if s not in not_applicable)
     before = make(naive)  # the naive plan: everything int8 with the first scheme (made once)
     closing = {**{s: c["path"] for s, c in candidates.items()}, "all_int8": before, "fp32": fp32_path}
-    runs = clock.runs_for(len(closing), keep=clock.granularity_cost())  # what the time left affords
+    # what the time left affords, keeping time for the granularity trial (and the fused scheme's confirmation)
+    runs = clock.runs_for(len(closing), keep=clock.granularity_cost() * (2 if set(candidates) & precision.FUSED else 1))
     final = timed(closing, runs=runs, warmup=max(runs // 10, 3))
     best = min(candidates, key=lambda s: final[s])
     if best in precision.FUSED:
