@@ -305,7 +305,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     final = timed(closing, runs=runs, warmup=max(runs // 10, 3))
     best = min(candidates, key=lambda s: final[s])
     if best in precision.FUSED:
-        best, fusion["record"]["confirmation"] = confirm_fused(best, candidates, final, timed, clock)
+        best, fusion["record"]["confirmation"] = confirm_fused(best, candidates, final, timed, clock, params)
     chosen = candidates[best]
     granularity = weight_granularity(chosen, make, timed, OrtBackend(best), params, clock)
     settings = {"per_channel": params["per_channel"], "fmt": "qdq", "reduce_range": False,
@@ -384,7 +384,7 @@ def fused_scheme_applies(scheme, model, fused_graph, steps) -> bool:
     return True
 
 
-def confirm_fused(best, candidates, final, timed, clock):
+def confirm_fused(best, candidates, final, timed, clock, params):
     """The fused-transformer scheme changes the graph beyond int8 (GELU's tanh approximation), so being fastest in
     the closing timing is not enough: like the plan's other speed choices it ships only if >= 5% faster than the
     fastest unfused scheme in two more interleaved A/Bs. Returns (the scheme that ships, the decision's record)."""
@@ -395,6 +395,8 @@ def confirm_fused(best, candidates, final, timed, clock):
         return best, {"decision": f"{best}: the only scheme that meets the budget"}
     rival = min(rivals, key=final.get)
     record = {"against": rival, "closing_p50_ms": {best: final[best], rival: final[rival]}}
+    if not params["speed_search"]:
+        return rival, {**record, "decision": f"not confirmed (quantize.speed_search = false): {rival} ships"}
     if clock.left() < clock.granularity_cost():
         return rival, {**record, "decision": f"not confirmed (time budget spent): {rival} ships"}
     runs = clock.runs_for(2, want=150)
