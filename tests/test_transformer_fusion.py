@@ -198,6 +198,7 @@ def test_plan_measures_the_fused_scheme_on_a_transformer_and_ships_a_valid_artif
     assert ("MatMulInteger" in ops) is (plan["int8_compute_nodes"] > 0), (ops, plan["steps"])
 
 
+@pytest.mark.slow
 def test_fused_artifact_passes_the_validate_stage(tiny_bert, tmp_path):
     """The fused scheme alone: the only candidate ships without a confirmation A/B, and the artifact (com.microsoft
     FastGelu / SkipLayerNormalization with dynamic int8 MatMuls) is judged by the normal validate stage's gates."""
