@@ -255,7 +255,8 @@ def write_sources(name, root: Path, x86_plan_s=240, arm_plan_s=600, arm=True) ->
         inputs = [("input_ids", [1, 128], "int64"), ("attention_mask", [1, 128], "int64")]
         outputs, metric = ["embedding"], 'name = "cosine"\nalso = ["sqnr"]'
         x86 = {"max_metric_drop": 0.01,
-               "quantize": {"method": "auto", "schemes": ["dynamic_s8", "static_u8s8"], "time_budget_s": x86_plan_s}}
+               "quantize": {"method": "auto", "schemes": ["dynamic_s8", "dynamic_s8_fused", "static_u8s8"],
+                            "time_budget_s": x86_plan_s}}
         targets = {"x86_64": x86}
     else:
         from safetensors.torch import save

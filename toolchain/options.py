@@ -32,7 +32,7 @@ KINDS = {"bool": ((bool,), "true/false"), "int": ((int,), "an integer"), "number
          "tables": ((list,), "an array of tables")}
 
 SECONDS = Range(0, 86400 * 7, lo_open=True)
-QUANTIZE_SCHEMES = ("static_u8s8", "static_s8s8", "dynamic_s8", "static_u8s8_by_resolution")
+QUANTIZE_SCHEMES = ("static_u8s8", "static_s8s8", "dynamic_s8", "static_u8s8_by_resolution", "dynamic_s8_fused")
 
 SCHEMAS = {
     # the top level of targets/NAME.toml

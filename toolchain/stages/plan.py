@@ -8,7 +8,8 @@ For each candidate scheme (static uint8/int8 activations with int8 per-channel w
   3. speed: for each kind of compute node still int8 (Conv 1x1 / kxk / depthwise, MatMul, Gemm), measure
      the model with that kind kept float against the current plan, interleaved; keep it float if that is
      >= 5% faster and the budget still holds;
-(static_u8s8_by_resolution instead times bands of feature-map sizes against fp32: see by_resolution),
+(static_u8s8_by_resolution instead times bands of feature-map sizes against fp32: see by_resolution; dynamic_s8_fused
+is dynamic_s8 on ONNX Runtime's fused transformer graph, tried on transformers only: see transformer_fusion.py),
 then take the fastest scheme that meets the budget, and try it with the other weight granularity (per-tensor for
 per-channel), kept only if faster twice and within the budget (weight_granularity). Every step, the sensitivity table and the timings go
 into the stage's meta (and so into report.json). The search stops at its time budget with the best plan
@@ -21,8 +22,9 @@ import time
 from ..errors import StageError, reraise_write_error
 
 NAME = "plan"
-VERSION = 13  # 13: unstamped again (stages/metadata.py stamps a copy); 12: time budget kept with a reserve, other
-# static settings, runtime-cheap screening; 11: app metadata
+VERSION = 14  # 14: the fused-transformer scheme dynamic_s8_fused (stages/transformer_fusion.py); 13: unstamped again
+# (stages/metadata.py stamps a copy); 12: time budget kept with a reserve, other static settings, runtime-cheap
+# screening; 11: app metadata
 GLUE = " (every one)"  # a search unit standing for every quantizable glue op of one type
 LIBRARIES = ("onnxruntime", "onnx", "numpy")
 OUTPUT = "model.int8.onnx"
@@ -39,7 +41,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from . import plan_budget, plan_search, precision
+    from . import plan_budget, plan_search, precision, transformer_fusion
 
     t0 = time.monotonic()
     clock = plan_budget.TimeBudget(params["time_budget_s"])  # the search stops in time for the closing steps
@@ -104,9 +106,24 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                 calibs[base] = precision.Calibration(base, calibration, names, params["calibrate_method"])
                 clock.track("calibrate", started)
             onnx.save(calibs[base].static(act, weight, per_channel, only, exclude, fmt, reduce_range), str(path))
+        elif scheme in precision.FUSED:
+            transformer_fusion.dynamic(fused_graph(), path, weight, per_channel, only, exclude)
         else:
             precision.dynamic(prep, path, weight, per_channel, only, exclude)
         return path
+
+    fusion = {}  # the fused-transformer scheme's fp32 graph, made once (and what was fused, for the meta)
+
+    def fused_graph():
+        if "path" not in fusion:
+            started = clock.now()
+            path = out_dir / "fused.fp32.onnx"
+            fusion["record"] = {"fused_ops": transformer_fusion.fuse(prep, path),
+                                "by": "onnxruntime.transformers.optimizer (model_type bert, opt_level 0, attention "
+                                      "fusion off, GELU tanh approximation)"}
+            fusion["path"] = path
+            clock.track("make", started)
+        return fusion["path"]
 
     class OrtBackend(plan_search.Backend):
         def __init__(self, scheme):
@@ -179,7 +196,11 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
         return None
 
     candidates, steps, tables = {}, [], {}
+    not_applicable = set()  # schemes this model is not for (the fused-transformer scheme on a CNN)
     for scheme in params["schemes"]:
+        if scheme in precision.FUSED and not fused_scheme_applies(scheme, model, fused_graph, steps):
+            not_applicable.add(scheme)
+            continue
         if candidates and clock.search_over(len(candidates) + 3):
             steps.append(f"{scheme}: not tried (time budget of {params['time_budget_s']} s spent, keeping time for "
                          "the closing steps)")
@@ -276,11 +297,15 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     if not candidates:
         raise StageError(NAME, f"no int8 plan meets the budget ({plan_search.budget_text(budget)}): "
                          + "; ".join(steps[-3:]))
-    before = make(params["schemes"][0])  # the naive plan: everything int8 with the first scheme (made once)
+    naive = next(s for s in params["schemes"] if s not in not_applicable)
+    before = make(naive)  # the naive plan: everything int8 with the first scheme (made once)
     closing = {**{s: c["path"] for s, c in candidates.items()}, "all_int8": before, "fp32": fp32_path}
-    runs = clock.runs_for(len(closing), keep=clock.granularity_cost())  # what the time left affords
+    # what the time left affords, keeping time for the granularity trial (and the fused scheme's confirmation)
+    runs = clock.runs_for(len(closing), keep=clock.granularity_cost() * (2 if set(candidates) & precision.FUSED else 1))
     final = timed(closing, runs=runs, warmup=max(runs // 10, 3))
     best = min(candidates, key=lambda s: final[s])
+    if best in precision.FUSED:
+        best, fusion["record"]["confirmation"] = confirm_fused(best, candidates, final, timed, clock, params)
     chosen = candidates[best]
     granularity = weight_granularity(chosen, make, timed, OrtBackend(best), params, clock)
     settings = {"per_channel": params["per_channel"], "fmt": "qdq", "reduce_range": False,
@@ -301,7 +326,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                 settings = trial
             alternatives.append(rec)
     shutil.copyfile(chosen["path"], out_dir / OUTPUT)
-    before_judged = OrtBackend(params['schemes'][0]).judge(before)  # judged already when it was a step
+    before_judged = OrtBackend(naive).judge(before)  # judged already when it was a step
     for p in out_dir.glob("*.onnx"):
         if p.name != OUTPUT:
             p.unlink()
@@ -321,7 +346,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             "compute_nodes": len(nodes),
             "candidates": {s: plan_search.side(s, c["judged"], p50_ms=final[s], kept_float=len(c["exclude"]))
                            for s, c in candidates.items()},
-            "before": plan_search.side(f"{params['schemes'][0]}, every node int8", before_judged,
+            "before": plan_search.side(f"{naive}, every node int8", before_judged,
                                        p50_ms=final["all_int8"]),
             "after": plan_search.side(best, chosen["judged"], p50_ms=final[best]),
             "fp32_p50_ms": final["fp32"],
@@ -329,6 +354,8 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             "weight_granularity": granularity,
             "alternatives": alternatives,
             "sensitivity_top": top[:10],
+            **({"transformer_fusion": {**fusion["record"], "chosen": best in precision.FUSED}}
+               if "record" in fusion else {}),
             "steps": steps,
             "search_seconds": round(time.monotonic() - t0, 1),
             "time_budget": clock.record(),
@@ -336,6 +363,50 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                                  "CPU may choose differently",
         },
     }
+
+
+def fused_scheme_applies(scheme, model, fused_graph, steps) -> bool:
+    """The fused-transformer scheme is tried only on a transformer, and only if ORT's optimizer can fuse it: either
+    way the reason goes into the steps (a CNN plan pays one look at its graph)."""
+    from . import transformer_fusion
+
+    why = transformer_fusion.transformer_reason(model)
+    if why:
+        steps.append(f"{scheme}: not tried ({why}: the fusions are for transformers)")
+        return False
+    try:
+        fused_graph()
+    except Exception as e:  # noqa: BLE001 - a graph the optimizer cannot take disqualifies the scheme, not the build
+        reraise_write_error(e)
+        steps.append(f"{scheme}: ONNX Runtime's transformer optimizer failed ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0][:160] if str(e) else ''}); dropped")
+        return False
+    return True
+
+
+def confirm_fused(best, candidates, final, timed, clock, params):
+    """The fused-transformer scheme changes the graph beyond int8 (GELU's tanh approximation), so being fastest in
+    the closing timing is not enough: like the plan's other speed choices it ships only if >= 5% faster than the
+    fastest unfused scheme in two more interleaved A/Bs. Returns (the scheme that ships, the decision's record)."""
+    from .precision import FUSED
+
+    rivals = [s for s in candidates if s not in FUSED]
+    if not rivals:
+        return best, {"decision": f"{best}: the only scheme that meets the budget"}
+    rival = min(rivals, key=final.get)
+    record = {"against": rival, "closing_p50_ms": {best: final[best], rival: final[rival]}}
+    if not params["speed_search"]:
+        return rival, {**record, "decision": f"not confirmed (quantize.speed_search = false): {rival} ships"}
+    if clock.left() < clock.granularity_cost():
+        return rival, {**record, "decision": f"not confirmed (time budget spent): {rival} ships"}
+    runs = clock.runs_for(2, want=150)
+    pair = {"trial": candidates[best]["path"], "current": candidates[rival]["path"]}
+    first = timed(pair, runs=runs)
+    again = timed(dict(reversed(pair.items())), runs=runs)
+    record["p50_ms"] = {best: [first["trial"], again["trial"]], rival: [first["current"], again["current"]]}
+    if all(t < c * SPEED_MARGIN for t, c in zip(record["p50_ms"][best], record["p50_ms"][rival])):
+        return best, {**record, "decision": f"{best}: >= 5% faster than {rival} twice; ships"}
+    return rival, {**record, "decision": f"{best} is not >= 5% faster than {rival} twice; {rival} ships"}
 
 
 # The static quantizer's other settings, each tried on the chosen plan in turn (kept only if faster twice and within

@@ -15,8 +15,11 @@ SCHEMES = {  # name -> (method, activation type, weight type)
     "dynamic_s8": ("dynamic", None, "int8"),
     # int8 only where the feature maps are small: tiers of output resolution, timed against each other (plan.py)
     "static_u8s8_by_resolution": ("static", "uint8", "int8"),
+    # dynamic int8 of ONNX Runtime's fused transformer graph; transformers only (stages/transformer_fusion.py)
+    "dynamic_s8_fused": ("dynamic", None, "int8"),
 }
 TIERED = {"static_u8s8_by_resolution"}
+FUSED = {"dynamic_s8_fused"}
 
 
 class Calibration:
