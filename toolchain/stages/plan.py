@@ -9,7 +9,7 @@ For each candidate scheme (static uint8/int8 activations with int8 per-channel w
      the model with that kind kept float against the current plan, interleaved; keep it float if that is
      >= 5% faster and the budget still holds;
 (static_u8s8_by_resolution instead times bands of feature-map sizes against fp32: see by_resolution),
-then take the fastest scheme that meets the budget, and try it with the other weight granularity (per-tensor for
+then take the fastest scheme (or ONNX Runtime's documented recipe, judged first by the same gate: plan_recipe.py) that meets the budget, and try it with the other weight granularity (per-tensor for
 per-channel), kept only if faster twice and within the budget (weight_granularity). Every step, the sensitivity table and the timings go
 into the stage's meta (and so into report.json). The search stops at its time budget with the best plan
 so far. Timing decisions depend on the host, so the host is part of the stage's cache key.
@@ -21,8 +21,9 @@ import time
 from ..errors import StageError, reraise_write_error
 
 NAME = "plan"
-VERSION = 13  # 13: unstamped again (stages/metadata.py stamps a copy); 12: time budget kept with a reserve, other
-# static settings, runtime-cheap screening; 11: app metadata
+VERSION = 14  # 14: ONNX Runtime's documented recipe is a candidate (plan_recipe.py); 13: unstamped again
+# (stages/metadata.py stamps a copy); 12: time budget kept with a reserve, other static settings, runtime-cheap
+# screening; 11: app metadata
 GLUE = " (every one)"  # a search unit standing for every quantizable glue op of one type
 LIBRARIES = ("onnxruntime", "onnx", "numpy")
 OUTPUT = "model.int8.onnx"
@@ -39,7 +40,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from . import plan_budget, plan_search, precision
+    from . import plan_budget, plan_recipe, plan_search, precision
 
     t0 = time.monotonic()
     clock = plan_budget.TimeBudget(params["time_budget_s"])  # the search stops in time for the closing steps
@@ -78,32 +79,34 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     def expand(names):
         return set().union(*(glue_units.get(n, [n]) for n in names)) if names else set()
 
-    def make(scheme, exclude=(), only=None, per_channel=None, fmt="qdq", reduce_range=False, weight=None):
+    def make(scheme, exclude=(), only=None, per_channel=None, fmt="qdq", reduce_range=False, weight=None, calib=None):
         exclude, only = expand(exclude), (sorted(expand(only)) if only is not None else None)
         method, act, scheme_weight = precision.SCHEMES[scheme]
         weight = weight or scheme_weight
         per_channel = params["per_channel"] if per_channel is None else per_channel
+        calib = calib or params["calibrate_method"]
         key = (scheme, frozenset(exclude), tuple(only) if only is not None else None, per_channel, fmt, reduce_range,
-               weight)
+               weight, calib)
         if key in made:
             return made[key]
         started = clock.now()
-        made[key] = path = _make(scheme, method, act, weight, exclude, only, per_channel, fmt, reduce_range)
+        made[key] = path = _make(scheme, method, act, weight, exclude, only, per_channel, fmt, reduce_range, calib)
         clock.track("make", started)
         return path
 
-    def _make(scheme, method, act, weight, exclude, only, per_channel, fmt, reduce_range):
+    def _make(scheme, method, act, weight, exclude, only, per_channel, fmt, reduce_range, calib):
         counter[0] += 1
         path = out_dir / f"variant{counter[0]}.onnx"
         if method == "static":
             # The tiered scheme quantizes the exported graph as it is: quant_pre_process splits HardSwish into
             # HardSigmoid + Mul, whose extra float boundaries cost more than the int8 convs near them save.
             base = raw if scheme in precision.TIERED else prep
-            if base not in calibs:  # one calibration per graph, shared by every variant made from it
+            if (base, calib) not in calibs:  # one calibration per graph and method, shared by every variant
                 started = clock.now()
-                calibs[base] = precision.Calibration(base, calibration, names, params["calibrate_method"])
+                calibs[base, calib] = precision.Calibration(base, calibration, names, calib)
                 clock.track("calibrate", started)
-            onnx.save(calibs[base].static(act, weight, per_channel, only, exclude, fmt, reduce_range), str(path))
+            onnx.save(calibs[base, calib].static(act, weight, per_channel, only, exclude, fmt, reduce_range),
+                      str(path))
         else:
             precision.dynamic(prep, path, weight, per_channel, only, exclude)
         return path
@@ -179,6 +182,14 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
         return None
 
     candidates, steps, tables = {}, [], {}
+    # The recipe a user can copy from ONNX Runtime's docs, judged by the same gate first (its variant is also where
+    # static_u8s8's search starts, made once): where it holds the budget it is a candidate of the closing timing,
+    # so the plan ships at worst the recipe's model.
+    recipe = plan_recipe.candidate(make, OrtBackend(plan_recipe.SCHEME).judge, forced_float,
+                                   {n: POST_REASON if n in post else "forced float by the spec" for n in forced_float},
+                                   clock, steps)
+    if recipe:
+        candidates[plan_recipe.LABEL] = recipe
     for scheme in params["schemes"]:
         if candidates and clock.search_over(len(candidates) + 3):
             steps.append(f"{scheme}: not tried (time budget of {params['time_budget_s']} s spent, keeping time for "
@@ -207,13 +218,14 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
         if not found["ok"]:
             continue
         exclude, path, judged = expand(found["exclude"]), found["path"], found["judged"]
-        if candidates and params["speed_search"]:
+        searched = {s: c for s, c in candidates.items() if s != plan_recipe.LABEL}
+        if searched and params["speed_search"]:
             # A scheme far slower than fp32 and than a scheme already found is not worth a speed search: keeping
             # kinds float moves it toward fp32's speed, not past the other scheme's (s8 activations leave convs
             # float between Q/DQ pairs on these CPUs: 20x slower here).
-            quick = timed({"this": path, "fp32": fp32_path, **{s: c["path"] for s, c in candidates.items()}},
+            quick = timed({"this": path, "fp32": fp32_path, **{s: c["path"] for s, c in searched.items()}},
                           runs=SCREEN_RUNS, warmup=SCREEN_RUNS // 6)
-            rival = min(candidates, key=quick.get)
+            rival = min(searched, key=quick.get)
             bar = max(quick[rival], quick["fp32"]) * LOSER_FACTOR
             if quick["this"] > bar:
                 steps.append(f"{scheme}: p50 {quick['this']:.4f} ms vs {rival} {quick[rival]:.4f} and fp32 "
@@ -282,20 +294,22 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     final = timed(closing, runs=runs, warmup=max(runs // 10, 3))
     best = min(candidates, key=lambda s: final[s])
     chosen = candidates[best]
-    granularity = weight_granularity(chosen, make, timed, OrtBackend(best), params, clock)
-    settings = {"per_channel": params["per_channel"], "fmt": "qdq", "reduce_range": False,
-                "weight": precision.SCHEMES[best][2]}
+    base_scheme = chosen.get("scheme", best)  # the recipe candidate is a static_u8s8 variant with fixed settings
+    kw = chosen.get("make_kw", {})
+    granularity = weight_granularity(chosen, make, timed, OrtBackend(base_scheme), params, clock)
+    settings = {"per_channel": kw.get("per_channel", params["per_channel"]), "fmt": "qdq", "reduce_range": False,
+                "weight": precision.SCHEMES[base_scheme][2]}
     if granularity.get("kept"):
         chosen = {**chosen, "path": granularity.pop("path"), "judged": granularity.pop("judged")}
         settings["per_channel"] = not settings["per_channel"]
     alternatives = []
-    if precision.SCHEMES[best][0] == "static":  # the static quantizer's other settings, on the chosen plan
+    if precision.SCHEMES[base_scheme][0] == "static":  # the static quantizer's other settings, on the chosen plan
         for label, change in STATIC_ALTERNATIVES:
             trial = {**settings, **change}
             if trial == settings:
                 continue
-            rec = alternative(label, chosen, lambda t=trial: make(*chosen["args"], **t), timed, OrtBackend(best),
-                              params, clock)
+            rec = alternative(label, chosen, lambda t=trial: make(*chosen["args"], **{**kw, **t}), timed,
+                              OrtBackend(base_scheme), params, clock)
             if rec.get("kept"):
                 chosen = {**chosen, "path": rec.pop("path"), "judged": rec.pop("judged")}
                 settings = trial
@@ -305,11 +319,11 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     for p in out_dir.glob("*.onnx"):
         if p.name != OUTPUT:
             p.unlink()
-    method, act, _ = precision.SCHEMES[best]
+    method, act, _ = precision.SCHEMES[base_scheme]
     top = next(iter(tables.values()), None) or []
     return {
         "scheme": {"method": method, "activation_type": act, "weight_type": settings["weight"],
-                   "per_channel": settings["per_channel"], "calibrate_method": params["calibrate_method"],
+                   "per_channel": settings["per_channel"], "calibrate_method": kw.get("calib", params["calibrate_method"]),
                    **({"quant_format": {"qdq": "QDQ", "qoperator": "QOperator"}[settings["fmt"]],
                        "reduce_range": settings["reduce_range"]} if method == "static" else {})},
         "plan": {
@@ -349,10 +363,12 @@ def weight_granularity(chosen, make, timed, backend, params, clock) -> dict:
     """The chosen plan with the other weight granularity (per-tensor for per-channel and back), timed interleaved
     against it twice (noise must not decide) and judged: kept only if >= 5% faster both times and the budget holds.
     Returns the decision with its measurements (and, when kept, the variant's path and judgement)."""
-    other = not params["per_channel"]
+    kw = chosen.get("make_kw", {})
+    other = not kw.get("per_channel", params["per_channel"])
     label = "per-channel" if other else "per-tensor"
-    record = {"tried": f"{label} weights", "of": "per-channel" if params["per_channel"] else "per-tensor"}
-    return _trial(record, chosen, lambda: make(*chosen["args"], per_channel=other), timed, backend, params, clock,
+    record = {"tried": f"{label} weights", "of": "per-tensor" if other else "per-channel"}
+    return _trial(record, chosen, lambda: make(*chosen["args"], **{**kw, "per_channel": other}), timed, backend,
+                  params, clock,
                   f"{label} weights", "granularity")
 
 
