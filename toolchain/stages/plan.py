@@ -40,7 +40,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from . import plan_budget, plan_recipe, plan_search, precision
+    from . import plan_budget, plan_calibration, plan_recipe, plan_search, precision
 
     t0 = time.monotonic()
     clock = plan_budget.TimeBudget(params["time_budget_s"])  # the search stops in time for the closing steps
@@ -284,6 +284,11 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                 exclude, path, judged = trial, tpath, tj
         candidates[scheme] = {"path": path, "exclude": exclude, "judged": judged, "reasons": reasons,
                               "args": (scheme, sorted(exclude), None)}
+        if precision.SCHEMES[scheme][0] == "static":  # percentile ranges may need fewer float nodes (plan_calibration)
+            twin = plan_calibration.twin(scheme, candidates[scheme], found["exclude"] - forced_float, tables.get(scheme),
+                                         make, backend.judge, expand, clock, steps, params, len(candidates) + 4)
+            if twin:
+                candidates[twin["label"]] = twin
 
     if not candidates:
         raise StageError(NAME, f"no int8 plan meets the budget ({plan_search.budget_text(budget)}): "

@@ -66,6 +66,10 @@ class Calibration:
         else:
             q = QDQQuantizer(model, per_channel, reduce_range, *common, self.op_types, {})
         q.quantize_model()
+        if fmt == "qdq":  # same arithmetic, placed where ONNX Runtime keeps its fast kernels (qdq_placement.py)
+            from .qdq_placement import pool_before_float_relu
+
+            pool_before_float_relu(q.model.model)
         return q.model.model
 
 
