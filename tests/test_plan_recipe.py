@@ -67,7 +67,10 @@ def test_the_plans_recipe_variant_is_the_recipes_model(tmp_path):
     method, act, weight = precision.SCHEMES[plan_recipe.SCHEME]
     assert (method, act, weight) == ("static", "uint8", "int8")
     kw = plan_recipe.MAKE_KW
-    ours = precision.Calibration(prep, {"input": x}, ["input"], kw["calib"]).static(act, weight, kw["per_channel"])
+    cal = precision.Calibration(prep, {"input": x}, ["input"], kw["calib"])
+    cal.static(act, weight, kw["per_channel"], exclude=["conv1"])  # another variant first: its weights are memoized
+    ours = cal.static(act, weight, kw["per_channel"])
+    assert cal.memo.hits > 0  # ... and reused here (stages/quant_memo.py), with the recipe's results
 
     recipe = onnx.load(str(tmp_path / "recipe.onnx"))
 
