@@ -58,7 +58,7 @@ def test_percentile_twin_gives_accuracy_float_nodes_back_and_joins_the_closing_t
            "data": {"calibration": str(hot_pixel / "cal.npz"), "evaluation": str(hot_pixel / "eval.npz")},
            "metric": {"name": "cosine"},
            "targets": {"x86_64": {"max_metric_drop": 0.002, "latency": {"warmup": 2, "runs": 20},
-                                  "quantize": {"method": "auto", "schemes": ["static_u8s8"], "speed_search": False}}}}
+                                  "quantize": {"method": "auto", "schemes": ["static_u8s8"]}}}}
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "build.toml").write_text(dumps_toml(doc))
     b = run_build(tmp_path / "s" / "build.toml", tmp_path / "out")

@@ -187,7 +187,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     # so the plan ships at worst the recipe's model.
     recipe = plan_recipe.candidate(make, OrtBackend(plan_recipe.SCHEME).judge, forced_float,
                                    {n: POST_REASON if n in post else "forced float by the spec" for n in forced_float},
-                                   clock, steps)
+                                   clock, steps, params)
     if recipe:
         candidates[plan_recipe.LABEL] = recipe
     for scheme in params["schemes"]:

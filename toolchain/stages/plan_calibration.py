@@ -19,8 +19,8 @@ def twin(scheme, cand, units, table, make, judge, expand, clock, steps, params, 
     kept float (node names and glue units such as 'Add (every one)'); table: its sensitivity rows (worst first) or
     None. Returns the twin candidate, or None (the reason goes into `steps`)."""
     label = f"{scheme}_{METHOD}"
-    if params["calibrate_method"] == METHOD:
-        return None
+    if params["calibrate_method"] == METHOD or not params["speed_search"]:  # speed_search false: accuracy alone,
+        return None  # one candidate per scheme, no timing decides what ships
     accuracy = [u for u in units if any(cand["reasons"].get(n, "").startswith("accuracy") for n in expand([u]))]
     if not accuracy:
         return None  # nothing is float for accuracy: other ranges cannot give anything back

@@ -1,7 +1,8 @@
 """The x86 plan's floor: the model a user gets by copying ONNX Runtime's documented recipe (quant_pre_process, then
 quantize_static with QDQ, uint8 activations, int8 per-channel weights, MinMax calibration), judged by the same gate
 as every plan variant. Where it holds the budget it is a candidate of the plan's closing timing (interleaved with
-the searched plans), so the plan never ships something slower than the recipe at the same accuracy.
+the searched plans), so the plan never ships something slower than the recipe at the same accuracy. Not with
+quantize.speed_search = false: that plan is decided by accuracy alone and rebuilds byte for byte.
 
 The plan makes it with its own calibration and quantizer (precision.Calibration.static with the recipe's settings
 on the same quant_pre_process'ed graph): that is the recipe's graph, node for node and initializer for initializer
@@ -18,9 +19,12 @@ MAKE_KW = {"per_channel": True, "calib": "minmax"}  # the recipe's settings, wha
 WHAT = "ORT recipe (static QDQ u8s8 per-channel, MinMax)"
 
 
-def candidate(make, judge, forced_float, reasons, clock, steps) -> dict | None:
+def candidate(make, judge, forced_float, reasons, clock, steps, params) -> dict | None:
     """The recipe's variant as a plan candidate ({path, exclude, judged, reasons, args, make_kw, scheme}), or None
     when it misses the budget or cannot run; the outcome goes into `steps`."""
+    if not params["speed_search"]:  # a plan decided by accuracy alone ships its scheme's variant, never a timing
+        steps.append(f"{WHAT}: not a candidate (quantize.speed_search = false)")
+        return None
     if clock.search_over(3):
         steps.append(f"{WHAT}: not tried (time budget)")
         return None
