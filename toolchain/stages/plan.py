@@ -165,7 +165,8 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                 steps.append(f"{scheme}: {len(tiers) - len(paths)} of {len(tiers)} tiers not made (time budget)")
                 break
             paths[label] = make(scheme, only=sorted(nodes_))
-        lat = timed({**paths, "fp32": fp32_path})
+        runs = clock.runs_for(len(paths) + 1, want=150, keep=clock.reserve(len(candidates) + 3))  # what time allows
+        lat = timed({**paths, "fp32": fp32_path}, runs=runs, warmup=max(runs // 10, 3))
         steps.append(f"{scheme}: tiers timed against fp32 {lat['fp32']:.4f} ms: "
                      + ", ".join(f"{label} {lat[label]:.4f}" for label in paths))
         for label in sorted(paths, key=lat.get):
