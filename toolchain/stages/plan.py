@@ -9,9 +9,10 @@ For each candidate scheme (static uint8/int8 activations with int8 per-channel w
      the model with that kind kept float against the current plan, interleaved; keep it float if that is
      >= 5% faster and the budget still holds;
 (static_u8s8_by_resolution instead times bands of feature-map sizes against fp32: see by_resolution),
-then take the fastest scheme (or ONNX Runtime's documented recipe, judged first by the same gate: plan_recipe.py) that meets the budget, and try it with the other weight granularity (per-tensor for
-per-channel), kept only if faster twice and within the budget (weight_granularity). Every step, the sensitivity table and the timings go
-into the stage's meta (and so into report.json). The search stops at its time budget with the best plan
+then take the fastest scheme that meets the budget (ONNX Runtime's documented recipe, judged first by the same gate,
+is a candidate too: plan_recipe.py; and a static plan's percentile-calibrated twin: plan_calibration.py), and try it
+with the other weight granularity (per-tensor for per-channel), kept only if faster twice and within the budget
+(weight_granularity). Every step, the sensitivity table and the timings go into the stage's meta (and so into report.json). The search stops at its time budget with the best plan
 so far. Timing decisions depend on the host, so the host is part of the stage's cache key.
 """
 
@@ -286,8 +287,9 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
         candidates[scheme] = {"path": path, "exclude": exclude, "judged": judged, "reasons": reasons,
                               "args": (scheme, sorted(exclude), None)}
         if precision.SCHEMES[scheme][0] == "static":  # percentile ranges may need fewer float nodes (plan_calibration)
-            twin = plan_calibration.twin(scheme, candidates[scheme], found["exclude"] - forced_float, tables.get(scheme),
-                                         make, backend.judge, expand, clock, steps, params, len(candidates) + 4)
+            twin = plan_calibration.twin(scheme, candidates[scheme], found["exclude"] - forced_float,
+                                         tables.get(scheme), make, backend.judge, expand, clock, steps, params,
+                                         len(candidates) + 4)
             if twin:
                 candidates[twin["label"]] = twin
 
@@ -329,7 +331,8 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     top = next(iter(tables.values()), None) or []
     return {
         "scheme": {"method": method, "activation_type": act, "weight_type": settings["weight"],
-                   "per_channel": settings["per_channel"], "calibrate_method": kw.get("calib", params["calibrate_method"]),
+                   "per_channel": settings["per_channel"],
+                   "calibrate_method": kw.get("calib", params["calibrate_method"]),
                    **({"quant_format": {"qdq": "QDQ", "qoperator": "QOperator"}[settings["fmt"]],
                        "reduce_range": settings["reduce_range"]} if method == "static" else {})},
         "plan": {
