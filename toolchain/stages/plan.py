@@ -12,8 +12,9 @@ For each candidate scheme (static uint8/int8 activations with int8 per-channel w
 then take the fastest scheme that meets the budget (ONNX Runtime's documented recipe, judged first by the same gate,
 is a candidate too: plan_recipe.py; and a static plan's percentile-calibrated twin: plan_calibration.py), and try it
 with the other weight granularity (per-tensor for per-channel), kept only if faster twice and within the budget
-(weight_granularity). Every step, the sensitivity table and the timings go into the stage's meta (and so into report.json). The search stops at its time budget with the best plan
-so far. Timing decisions depend on the host, so the host is part of the stage's cache key.
+(weight_granularity). Every step, the sensitivity table and the timings go into the stage's meta (and so into
+report.json). The search stops at its time budget with the best plan so far. Timing decisions depend on the host,
+so the host is part of the stage's cache key.
 """
 
 import shutil
