@@ -23,7 +23,7 @@ import time
 from ..errors import StageError, reraise_write_error
 
 NAME = "plan"
-VERSION = 14  # 14: ONNX Runtime's documented recipe is a candidate (plan_recipe.py); 13: unstamped again
+VERSION = 15  # 15: percentile twin, pooled-first stem; 14: the ORT recipe is a candidate; 13: unstamped again
 # (stages/metadata.py stamps a copy); 12: time budget kept with a reserve, other static settings, runtime-cheap
 # screening; 11: app metadata
 GLUE = " (every one)"  # a search unit standing for every quantizable glue op of one type
@@ -240,6 +240,11 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             why = ("accuracy: among the most sensitive nodes" if u not in glue_units else
                    f"accuracy: the {u[:-len(GLUE)]} glue ops as a unit are among the most sensitive")
             reasons.update({n: why for n in expand([u])})
+        twin = None  # percentile ranges may need fewer float nodes (plan_calibration.py); before the speed search,
+        if precision.SCHEMES[scheme][0] == "static":  # whose timings are what a tight budget runs out of
+            twin = plan_calibration.twin(scheme, {"exclude": set(exclude), "reasons": dict(reasons)},
+                                         found["exclude"] - forced_float, tables.get(scheme), make, backend.judge,
+                                         expand, clock, steps, params, len(candidates) + 4)
         # Kinds of compute node, plus the quantizable glue (Add, Mul, activations, pooling): in static schemes
         # each glue op brings its own Q/DQ pairs, which can cost more than its int8 form saves.
         groups = {}
@@ -287,12 +292,8 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                 exclude, path, judged = trial, tpath, tj
         candidates[scheme] = {"path": path, "exclude": exclude, "judged": judged, "reasons": reasons,
                               "args": (scheme, sorted(exclude), None)}
-        if precision.SCHEMES[scheme][0] == "static":  # percentile ranges may need fewer float nodes (plan_calibration)
-            twin = plan_calibration.twin(scheme, candidates[scheme], found["exclude"] - forced_float,
-                                         tables.get(scheme), make, backend.judge, expand, clock, steps, params,
-                                         len(candidates) + 4)
-            if twin:
-                candidates[twin["label"]] = twin
+        if twin:
+            candidates[twin["label"]] = twin
 
     if not candidates:
         raise StageError(NAME, f"no int8 plan meets the budget ({plan_search.budget_text(budget)}): "
