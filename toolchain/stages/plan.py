@@ -10,10 +10,12 @@ For each candidate scheme (static uint8/int8 activations with int8 per-channel w
      >= 5% faster and the budget still holds;
 (static_u8s8_by_resolution instead times bands of feature-map sizes against fp32: see by_resolution; dynamic_s8_fused
 is dynamic_s8 on ONNX Runtime's fused transformer graph, tried on transformers only: see transformer_fusion.py),
-then take the fastest scheme that meets the budget, and try it with the other weight granularity (per-tensor for
-per-channel), kept only if faster twice and within the budget (weight_granularity). Every step, the sensitivity table and the timings go
-into the stage's meta (and so into report.json). The search stops at its time budget with the best plan
-so far. Timing decisions depend on the host, so the host is part of the stage's cache key.
+then take the fastest scheme that meets the budget (ONNX Runtime's documented recipe, judged first by the same gate,
+is a candidate too: plan_recipe.py; and a static plan's percentile-calibrated twin: plan_calibration.py), and try it
+with the other weight granularity (per-tensor for per-channel), kept only if faster twice and within the budget
+(weight_granularity). Every step, the sensitivity table and the timings go into the stage's meta (and so into
+report.json). The search stops at its time budget with the best plan so far. Timing decisions depend on the host,
+so the host is part of the stage's cache key.
 """
 
 import shutil
@@ -22,7 +24,8 @@ import time
 from ..errors import StageError, reraise_write_error
 
 NAME = "plan"
-VERSION = 14  # 14: the fused-transformer scheme dynamic_s8_fused (stages/transformer_fusion.py); 13: unstamped again
+VERSION = 16  # 16: both 14s merged; 15: percentile twin, pooled-first stem; 14: the ORT recipe is a candidate,
+# and the fused-transformer scheme dynamic_s8_fused (stages/transformer_fusion.py); 13: unstamped again
 # (stages/metadata.py stamps a copy); 12: time budget kept with a reserve, other static settings, runtime-cheap
 # screening; 11: app metadata
 GLUE = " (every one)"  # a search unit standing for every quantizable glue op of one type
@@ -41,7 +44,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from . import plan_budget, plan_search, precision, transformer_fusion
+    from . import plan_budget, plan_calibration, plan_recipe, plan_search, precision, transformer_fusion
 
     t0 = time.monotonic()
     clock = plan_budget.TimeBudget(params["time_budget_s"])  # the search stops in time for the closing steps
@@ -80,32 +83,34 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     def expand(names):
         return set().union(*(glue_units.get(n, [n]) for n in names)) if names else set()
 
-    def make(scheme, exclude=(), only=None, per_channel=None, fmt="qdq", reduce_range=False, weight=None):
+    def make(scheme, exclude=(), only=None, per_channel=None, fmt="qdq", reduce_range=False, weight=None, calib=None):
         exclude, only = expand(exclude), (sorted(expand(only)) if only is not None else None)
         method, act, scheme_weight = precision.SCHEMES[scheme]
         weight = weight or scheme_weight
         per_channel = params["per_channel"] if per_channel is None else per_channel
+        calib = calib or params["calibrate_method"]
         key = (scheme, frozenset(exclude), tuple(only) if only is not None else None, per_channel, fmt, reduce_range,
-               weight)
+               weight, calib)
         if key in made:
             return made[key]
         started = clock.now()
-        made[key] = path = _make(scheme, method, act, weight, exclude, only, per_channel, fmt, reduce_range)
+        made[key] = path = _make(scheme, method, act, weight, exclude, only, per_channel, fmt, reduce_range, calib)
         clock.track("make", started)
         return path
 
-    def _make(scheme, method, act, weight, exclude, only, per_channel, fmt, reduce_range):
+    def _make(scheme, method, act, weight, exclude, only, per_channel, fmt, reduce_range, calib):
         counter[0] += 1
         path = out_dir / f"variant{counter[0]}.onnx"
         if method == "static":
             # The tiered scheme quantizes the exported graph as it is: quant_pre_process splits HardSwish into
             # HardSigmoid + Mul, whose extra float boundaries cost more than the int8 convs near them save.
             base = raw if scheme in precision.TIERED else prep
-            if base not in calibs:  # one calibration per graph, shared by every variant made from it
+            if (base, calib) not in calibs:  # one calibration per graph and method, shared by every variant
                 started = clock.now()
-                calibs[base] = precision.Calibration(base, calibration, names, params["calibrate_method"])
+                calibs[base, calib] = precision.Calibration(base, calibration, names, calib)
                 clock.track("calibrate", started)
-            onnx.save(calibs[base].static(act, weight, per_channel, only, exclude, fmt, reduce_range), str(path))
+            onnx.save(calibs[base, calib].static(act, weight, per_channel, only, exclude, fmt, reduce_range),
+                      str(path))
         elif scheme in precision.FUSED:
             transformer_fusion.dynamic(fused_graph(), path, weight, per_channel, only, exclude)
         else:
@@ -179,7 +184,8 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                 steps.append(f"{scheme}: {len(tiers) - len(paths)} of {len(tiers)} tiers not made (time budget)")
                 break
             paths[label] = make(scheme, only=sorted(nodes_))
-        lat = timed({**paths, "fp32": fp32_path})
+        runs = clock.runs_for(len(paths) + 1, want=150, keep=clock.reserve(len(candidates) + 3))  # what time allows
+        lat = timed({**paths, "fp32": fp32_path}, runs=runs, warmup=max(runs // 10, 3))
         steps.append(f"{scheme}: tiers timed against fp32 {lat['fp32']:.4f} ms: "
                      + ", ".join(f"{label} {lat[label]:.4f}" for label in paths))
         for label in sorted(paths, key=lat.get):
@@ -197,6 +203,14 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
 
     candidates, steps, tables = {}, [], {}
     not_applicable = set()  # schemes this model is not for (the fused-transformer scheme on a CNN)
+    # The recipe a user can copy from ONNX Runtime's docs, judged by the same gate first (its variant is also where
+    # static_u8s8's search starts, made once): where it holds the budget it is a candidate of the closing timing,
+    # so the plan ships at worst the recipe's model.
+    recipe = plan_recipe.candidate(make, OrtBackend(plan_recipe.SCHEME).judge, forced_float,
+                                   {n: POST_REASON if n in post else "forced float by the spec" for n in forced_float},
+                                   clock, steps, params)
+    if recipe:
+        candidates[plan_recipe.LABEL] = recipe
     for scheme in params["schemes"]:
         if scheme in precision.FUSED and not fused_scheme_applies(scheme, model, fused_graph, steps):
             not_applicable.add(scheme)
@@ -228,13 +242,14 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
         if not found["ok"]:
             continue
         exclude, path, judged = expand(found["exclude"]), found["path"], found["judged"]
-        if candidates and params["speed_search"]:
+        searched = {s: c for s, c in candidates.items() if s != plan_recipe.LABEL}
+        if searched and params["speed_search"]:
             # A scheme far slower than fp32 and than a scheme already found is not worth a speed search: keeping
             # kinds float moves it toward fp32's speed, not past the other scheme's (s8 activations leave convs
             # float between Q/DQ pairs on these CPUs: 20x slower here).
-            quick = timed({"this": path, "fp32": fp32_path, **{s: c["path"] for s, c in candidates.items()}},
+            quick = timed({"this": path, "fp32": fp32_path, **{s: c["path"] for s, c in searched.items()}},
                           runs=SCREEN_RUNS, warmup=SCREEN_RUNS // 6)
-            rival = min(candidates, key=quick.get)
+            rival = min(searched, key=quick.get)
             bar = max(quick[rival], quick["fp32"]) * LOSER_FACTOR
             if quick["this"] > bar:
                 steps.append(f"{scheme}: p50 {quick['this']:.4f} ms vs {rival} {quick[rival]:.4f} and fp32 "
@@ -246,6 +261,11 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             why = ("accuracy: among the most sensitive nodes" if u not in glue_units else
                    f"accuracy: the {u[:-len(GLUE)]} glue ops as a unit are among the most sensitive")
             reasons.update({n: why for n in expand([u])})
+        twin = None  # percentile ranges may need fewer float nodes (plan_calibration.py); before the speed search,
+        if precision.SCHEMES[scheme][0] == "static":  # whose timings are what a tight budget runs out of
+            twin = plan_calibration.twin(scheme, {"exclude": set(exclude), "reasons": dict(reasons)},
+                                         found["exclude"] - forced_float, tables.get(scheme), make, backend.judge,
+                                         expand, clock, steps, params, len(candidates) + 4)
         # Kinds of compute node, plus the quantizable glue (Add, Mul, activations, pooling): in static schemes
         # each glue op brings its own Q/DQ pairs, which can cost more than its int8 form saves.
         groups = {}
@@ -293,6 +313,8 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                 exclude, path, judged = trial, tpath, tj
         candidates[scheme] = {"path": path, "exclude": exclude, "judged": judged, "reasons": reasons,
                               "args": (scheme, sorted(exclude), None)}
+        if twin:
+            candidates[twin["label"]] = twin
 
     if not candidates:
         raise StageError(NAME, f"no int8 plan meets the budget ({plan_search.budget_text(budget)}): "
@@ -307,20 +329,22 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     if best in precision.FUSED:
         best, fusion["record"]["confirmation"] = confirm_fused(best, candidates, final, timed, clock, params)
     chosen = candidates[best]
-    granularity = weight_granularity(chosen, make, timed, OrtBackend(best), params, clock)
-    settings = {"per_channel": params["per_channel"], "fmt": "qdq", "reduce_range": False,
-                "weight": precision.SCHEMES[best][2]}
+    base_scheme = chosen.get("scheme", best)  # the recipe candidate is a static_u8s8 variant with fixed settings
+    kw = chosen.get("make_kw", {})
+    granularity = weight_granularity(chosen, make, timed, OrtBackend(base_scheme), params, clock)
+    settings = {"per_channel": kw.get("per_channel", params["per_channel"]), "fmt": "qdq", "reduce_range": False,
+                "weight": precision.SCHEMES[base_scheme][2]}
     if granularity.get("kept"):
         chosen = {**chosen, "path": granularity.pop("path"), "judged": granularity.pop("judged")}
         settings["per_channel"] = not settings["per_channel"]
     alternatives = []
-    if precision.SCHEMES[best][0] == "static":  # the static quantizer's other settings, on the chosen plan
+    if precision.SCHEMES[base_scheme][0] == "static":  # the static quantizer's other settings, on the chosen plan
         for label, change in STATIC_ALTERNATIVES:
             trial = {**settings, **change}
             if trial == settings:
                 continue
-            rec = alternative(label, chosen, lambda t=trial: make(*chosen["args"], **t), timed, OrtBackend(best),
-                              params, clock)
+            rec = alternative(label, chosen, lambda t=trial: make(*chosen["args"], **{**kw, **t}), timed,
+                              OrtBackend(base_scheme), params, clock)
             if rec.get("kept"):
                 chosen = {**chosen, "path": rec.pop("path"), "judged": rec.pop("judged")}
                 settings = trial
@@ -330,11 +354,12 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     for p in out_dir.glob("*.onnx"):
         if p.name != OUTPUT:
             p.unlink()
-    method, act, _ = precision.SCHEMES[best]
+    method, act, _ = precision.SCHEMES[base_scheme]
     top = next(iter(tables.values()), None) or []
     return {
         "scheme": {"method": method, "activation_type": act, "weight_type": settings["weight"],
-                   "per_channel": settings["per_channel"], "calibrate_method": params["calibrate_method"],
+                   "per_channel": settings["per_channel"],
+                   "calibrate_method": kw.get("calib", params["calibrate_method"]),
                    **({"quant_format": {"qdq": "QDQ", "qoperator": "QOperator"}[settings["fmt"]],
                        "reduce_range": settings["reduce_range"]} if method == "static" else {})},
         "plan": {
@@ -420,10 +445,12 @@ def weight_granularity(chosen, make, timed, backend, params, clock) -> dict:
     """The chosen plan with the other weight granularity (per-tensor for per-channel and back), timed interleaved
     against it twice (noise must not decide) and judged: kept only if >= 5% faster both times and the budget holds.
     Returns the decision with its measurements (and, when kept, the variant's path and judgement)."""
-    other = not params["per_channel"]
+    kw = chosen.get("make_kw", {})
+    other = not kw.get("per_channel", params["per_channel"])
     label = "per-channel" if other else "per-tensor"
-    record = {"tried": f"{label} weights", "of": "per-channel" if params["per_channel"] else "per-tensor"}
-    return _trial(record, chosen, lambda: make(*chosen["args"], per_channel=other), timed, backend, params, clock,
+    record = {"tried": f"{label} weights", "of": "per-tensor" if other else "per-channel"}
+    return _trial(record, chosen, lambda: make(*chosen["args"], **{**kw, "per_channel": other}), timed, backend,
+                  params, clock,
                   f"{label} weights", "granularity")
 
 

@@ -7,6 +7,8 @@ The judgement lives in plan.py; this module only knows how to make and measure v
 import copy
 from pathlib import Path
 
+from .quant_memo import WeightMemo
+
 # The ops whose int8 form carries the compute (and the weights): the units of sensitivity analysis.
 COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 SCHEMES = {  # name -> (method, activation type, weight type)
@@ -39,6 +41,7 @@ class Calibration:
                                        calibrate_method=method)
         calibrator.collect_data(_Reader(arrays, list(input_names)))
         self.ranges = calibrator.compute_data()
+        self.memo = WeightMemo()  # every variant from these ranges quantizes the same weights: once (quant_memo.py)
         del calibrator
         self.prep_path.with_suffix(".augmented.onnx").unlink(missing_ok=True)
 
@@ -68,7 +71,12 @@ class Calibration:
                               sorted(QLinearOpsRegistry), {})
         else:
             q = QDQQuantizer(model, per_channel, reduce_range, *common, self.op_types, {})
-        q.quantize_model()
+        with self.memo.active():
+            q.quantize_model()
+        if fmt == "qdq":  # same arithmetic, placed where ONNX Runtime keeps its fast kernels (qdq_placement.py)
+            from .qdq_placement import pool_before_float_relu
+
+            pool_before_float_relu(q.model.model)
         return q.model.model
 
 
