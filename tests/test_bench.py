@@ -70,3 +70,16 @@ def test_bench_make_builds_what_make_build_builds():
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     models = re.search(r"(?m)^MODELS := (.*)$", makefile).group(1).split()
     assert sorted(MAKE_MODELS) == sorted(models)
+
+
+def test_suite_nets_are_keyed_on_their_own_code_only(tmp_path):
+    """A factory's cache key covers every .py of its package (imports.module_sources): the suite's nets live in a
+    package of their own, so editing the toolchain does not retrace (and re-plan) the bench's models."""
+    from toolchain import bench_models
+    from toolchain.imports import module_sources
+    from toolchain.spec import load_spec
+
+    spec = load_spec(bench_models.write_sources("unet_small", tmp_path, arm=False))
+    files = module_sources(spec.factory, spec.python_path)
+    assert files and {f.parent.name for f in files} == {"bench_nets"}, files
+    assert spec.weights.is_file()
