@@ -133,6 +133,8 @@ def test_plan_cannot_pick_a_variant_that_passes_only_plain_cosine(tmp_path, writ
     assert all_int8 and all_int8[0].endswith("(misses)"), plan["steps"]  # what plain cosine (~1.0) would pass
     assert plan["before"]["outputs"]["probs"] < 5.0 <= 15.0 <= plan["after"]["outputs"]["probs"]
     assert t["outputs"]["probs"]["value"] >= 15.0
+    # speed_search = false: accuracy alone decides, so the first scheme in order that meets the budget ships
+    assert list(plan["candidates"]) == [plan["chosen"]], plan["steps"]
 
 
 def test_broken_second_output_fails_the_gate(tmp_path, write_spec):

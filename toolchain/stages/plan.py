@@ -215,6 +215,10 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
         if scheme in precision.FUSED and not fused_scheme_applies(scheme, model, fused_graph, steps):
             not_applicable.add(scheme)
             continue
+        if candidates and not params["speed_search"]:  # accuracy alone: no timing may decide between schemes
+            steps.append(f"{scheme}: not tried (quantize.speed_search = false: the first scheme in order that meets "
+                         "the budget ships)")
+            continue
         if candidates and clock.search_over(len(candidates) + 3):
             steps.append(f"{scheme}: not tried (time budget of {params['time_budget_s']} s spent, keeping time for "
                          "the closing steps)")
@@ -325,7 +329,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     # what the time left affords, keeping time for the granularity trial (and the fused scheme's confirmation)
     runs = clock.runs_for(len(closing), keep=clock.granularity_cost() * (2 if set(candidates) & precision.FUSED else 1))
     final = timed(closing, runs=runs, warmup=max(runs // 10, 3))
-    best = min(candidates, key=lambda s: final[s])
+    best = min(candidates, key=lambda s: final[s]) if params["speed_search"] else next(iter(candidates))
     if best in precision.FUSED:
         best, fusion["record"]["confirmation"] = confirm_fused(best, candidates, final, timed, clock, params)
     chosen = candidates[best]

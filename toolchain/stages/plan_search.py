@@ -132,8 +132,9 @@ def meet_budget(backend, label, nodes, forced_float, forced_int8, deadline, step
             steps.append(f"{label}: keep {len(take)} more most-sensitive node(s) float ({', '.join(take[:4])}"
                          f"{', ...' if len(take) > 4 else ''}) -> {judged.text}")
             k *= 2
-    if not ok:
-        steps.append(f"{label}: cannot meet the budget; dropped")
+    if not ok:  # say which: a scheme that ran out of time is not one that cannot meet the budget
+        steps.append(f"{label}: time budget spent before the search met the budget; dropped" if over(deadline)
+                     else f"{label}: cannot meet the budget; dropped")
         return {"ok": False, "exclude": exclude, "path": path, "judged": judged, "table": table}
     rank = {r["node"]: i for i, r in enumerate(table)}
     for name in sorted(exclude - set(forced_float), key=lambda n: -rank.get(n, 0)):
