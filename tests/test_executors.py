@@ -233,10 +233,17 @@ def test_arm_cost_counts_each_labelled_model_deterministically(tiny_tflite):
     with np.load(tiny_tflite["inputs.npz"]) as z:
         inputs = {"input": z["input"]}
     models = {"int8 artifact": tiny_tflite["artifact.tflite"], "fp32 baseline": tiny_tflite["baseline.tflite"]}
+    arm_cost._COUNTED.clear()
     first = arm_cost.count(models, inputs, ["input"], ["logits"], [(10,)], core="cortex-a76")
     assert set(first) == set(models) and all(isinstance(v, int) and v > 0 for v in first.values())
+    assert len(arm_cost._COUNTED) == 2
+    arm_cost._COUNTED.clear()  # emulated again, not remembered
     assert arm_cost.count(models, inputs, ["input"], ["logits"], [(10,)], core="cortex-a76") == first
     assert first["int8 artifact"] < first["fp32 baseline"]
+    # a model counted before in this process (the same bytes under another label) is not emulated again
+    again = arm_cost.count({"same bytes": tiny_tflite["artifact.tflite"], **models}, inputs, ["input"], ["logits"],
+                           [(10,)], core="cortex-a76")
+    assert again == {"same bytes": first["int8 artifact"], **first} and len(arm_cost._COUNTED) == 2
 
 
 def test_report_lines_of_an_sqnr_judged_target_have_no_drop():
