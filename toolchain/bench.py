@@ -20,7 +20,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("digits_cnn", "digits_resnet", "digits_mobilenet")
 OPTIONAL = ("digits_resnet_pruned", "minilm")  # benched when built
-MAKE_MODELS = MODELS + OPTIONAL + ("shapes_detector",)  # what `make build` builds (the Makefile's MODELS)
+# what `make build` builds, in the Makefile's order (longest first)
+MAKE_MODELS = ("minilm", "digits_resnet_pruned", "digits_mobilenet", "digits_resnet", "shapes_detector", "digits_cnn")
 SUITE_MODELS = ("mobilenet_v3_small", "resnet18", "unet_small", "minilm_seq128")  # bench_models.SUITE
 
 
