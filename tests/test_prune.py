@@ -237,7 +237,7 @@ def test_prune_runs_with_its_own_torch_threads(tmp_path):
 
 
 def test_spec_reads_threads_and_stop_within(tmp_path, write_spec):
-    """The sample spec stops its recovery early; a wrong value names its key."""
+    """The keys are read (defaults: one thread, no early stop); a wrong value names its key."""
     from pathlib import Path
 
     from toolchain.errors import SpecError
@@ -245,7 +245,8 @@ def test_spec_reads_threads_and_stop_within(tmp_path, write_spec):
 
     sample = Path(__file__).resolve().parents[1] / "sample_models" / "digits_resnet_pruned" / "build.toml"
     p = load_spec(sample).prune
-    assert p.stop_within == 0.5 and p.threads == 1
+    assert p.stop_within is None and p.threads == 1
+    assert load_spec(write_spec(tmp_path / "stop", prune={"ratio": 0.5, "stop_within": 0.5})).prune.stop_within == 0.5
     assert load_spec(write_spec(tmp_path / "ok", prune={"ratio": 0.5, "threads": 0})).prune.threads == 0
     for i, (table, key) in enumerate((({"threads": -1}, "prune.threads"), ({"stop_within": "all"}, "prune.stop_within"),
                                       ({"stop_within": 101}, "prune.stop_within"))):
