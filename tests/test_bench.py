@@ -15,7 +15,9 @@ def test_stage_times_reads_the_progress_lines_of_stages_that_ran():
     p.line("plan", "x86_64", "running")
     p.line("plan", "x86_64", "done", 150.5)
     p.line("validate", "arm64", "cached")
-    assert stage_times(out.getvalue()) == [("m1", "trace", None, 1.25), ("m1", "plan", "x86_64", 150.5)]
+    p.line("unpruned tflite", "arm64", "done", 126.9)  # a pruned build's unpruned twin did this work
+    assert stage_times(out.getvalue()) == [("m1", "trace", None, 1.25), ("m1", "plan", "x86_64", 150.5),
+                                           ("m1", "tflite", "arm64", 126.9)]
 
 
 def test_bench_peers_are_made_in_a_scratch_folder_that_goes_away(tmp_path, monkeypatch):

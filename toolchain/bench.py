@@ -182,8 +182,9 @@ def bench_prune(build_dir, model="digits_resnet_pruned"):
             _line(f"{t} int8 p50 pruned / unpruned", f"{1 / s:.3f}x", "<= 0.6x", 1 / s <= 0.6)
 
 
-STAGE_DONE = re.compile(r"^\[(?P<model>[^\]]+)\] (?P<stage>[a-z_0-9]+)(?:\[(?P<target>[^\]]+)\])?\s+done\s+"
-                        r"(?P<s>[0-9.]+)s")
+# "unpruned ": a pruned sample's unpruned twin (built by whichever build gets there first, then cached)
+STAGE_DONE = re.compile(r"^\[(?P<model>[^\]]+)\] (?:unpruned )?(?P<stage>[a-z_0-9]+)(?:\[(?P<target>[^\]]+)\])?"
+                        r"\s+done\s+(?P<s>[0-9.]+)s")
 
 
 def stage_times(progress_text: str) -> list:
