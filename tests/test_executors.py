@@ -12,6 +12,7 @@ import pytest
 from toolchain.errors import SpecError
 from toolchain.executors import ExecutorError
 from toolchain.executors.emulated import EmulatedExecutor
+from toolchain.executors.litert_entry import COUNT_INVOKES
 from toolchain.executors.local import LocalExecutor
 from toolchain.runtimes.litert import LiteRTSession
 from toolchain.targets import load_target
@@ -87,7 +88,7 @@ def test_emulated_counts_repeat_exactly_and_errors_are_one_line(tiny_tflite, tmp
     job = _job(resolvers=(), count={"models": ["artifact", "baseline"], "resolver": "default"})
     job["outputs"] = None
     runs = [ex.run(job, tiny_tflite, tmp_path / f"run{i}", 300, cpu="cortex-a53", count=True) for i in range(2)]
-    assert runs[0].counts == runs[1].counts and len(runs[0].counts) == 10
+    assert runs[0].counts == runs[1].counts and len(runs[0].counts) == 2 * COUNT_INVOKES
     assert runs[0].result["platform"]["machine"] == "aarch64"
     assert set(runs[0].result["count_segments"].values()) == {"artifact", "baseline"}
     broken = {**tiny_tflite, "artifact.tflite": tmp_path / "corrupt.tflite"}
@@ -116,6 +117,39 @@ def test_emulated_outputs_match_host_litert_bit_for_bit(tiny_tflite, tmp_path):
             x = z["input"]
         want = np.concatenate([here.run({"input": x[i:i + 1]})[0] for i in range(len(x))])
         np.testing.assert_array_equal(h["default/0"], want)
+
+
+def test_sliced_runs_give_the_whole_sets_outputs(tiny_tflite, models, tmp_path):
+    """The judgement's runs side by side (validation/executor_runs.py): with more cores than resolvers each
+    resolver's samples are split into slices run by separate emulated processes; put back together they are the
+    outputs one run over the whole set gives, bit for bit, for every resolver."""
+    from toolchain.validation import executor_runs
+
+    with np.load(models["tiny_cnn"].evaluation) as z:
+        x = z["input"][:20]
+    whole = {**tiny_tflite, "inputs.npz": tmp_path / "all.npz"}
+    np.savez(whole["inputs.npz"], input=x)
+    resolvers = ["default", "builtin_without_default_delegates"]
+    ex = EmulatedExecutor()
+    runs = executor_runs.plan(_job(resolvers=resolvers), resolvers, ["cortex-a76"], False, len(x), cpus=4)
+    assert [(r.resolvers, r.samples) for r in runs] == [(("default",), (0, 10)), (("default",), (10, 20)),
+                                                        ((resolvers[1],), (0, 10)), ((resolvers[1],), (10, 20))]
+    done = {}
+    for r in runs:
+        a, b = r.samples
+        np.savez(tmp_path / f"{a}.npz", input=x[a:b])
+        done[r.name] = ex.run(r.job, {**tiny_tflite, "inputs.npz": tmp_path / f"{a}.npz"}, tmp_path / r.name, 300,
+                              cpu=r.cpu)
+    joined = executor_runs.outputs(done, runs, resolvers, 1)
+    one = ex.run(_job(resolvers=resolvers), whole, tmp_path / "whole", 300, cpu="cortex-a76")
+    with np.load(one.out_dir / "outputs.npz") as z:
+        for r in resolvers:
+            assert joined[r][0].shape == (20, 10)
+            np.testing.assert_array_equal(joined[r][0], z[f"{r}/0"])
+    # a device that times latency gets one run; counting adds one run per core; tiny sets are not split
+    timed = executor_runs.plan({**_job(), "latency": {"warmup": 1, "runs": 2}}, resolvers, ["a"], True, 99, cpus=8)
+    assert [(r.name, r.resolvers, r.count) for r in timed] == [("accuracy", tuple(resolvers), False), ("a", (), True)]
+    assert executor_runs.slices_of(12, 4) == [(0, 12)] and executor_runs.slices_of(350, 2) == [(0, 175), (175, 350)]
 
 
 def test_emulator_dir_is_the_env_then_the_checkout(monkeypatch, tmp_path):
@@ -201,10 +235,17 @@ def test_arm_cost_counts_each_labelled_model_deterministically(tiny_tflite):
     with np.load(tiny_tflite["inputs.npz"]) as z:
         inputs = {"input": z["input"]}
     models = {"int8 artifact": tiny_tflite["artifact.tflite"], "fp32 baseline": tiny_tflite["baseline.tflite"]}
+    arm_cost._COUNTED.clear()
     first = arm_cost.count(models, inputs, ["input"], ["logits"], [(10,)], core="cortex-a76")
     assert set(first) == set(models) and all(isinstance(v, int) and v > 0 for v in first.values())
+    assert len(arm_cost._COUNTED) == 2
+    arm_cost._COUNTED.clear()  # emulated again, not remembered
     assert arm_cost.count(models, inputs, ["input"], ["logits"], [(10,)], core="cortex-a76") == first
     assert first["int8 artifact"] < first["fp32 baseline"]
+    # a model counted before in this process (the same bytes under another label) is not emulated again
+    again = arm_cost.count({"same bytes": tiny_tflite["artifact.tflite"], **models}, inputs, ["input"], ["logits"],
+                           [(10,)], core="cortex-a76")
+    assert again == {"same bytes": first["int8 artifact"], **first} and len(arm_cost._COUNTED) == 2
 
 
 def test_report_lines_of_an_sqnr_judged_target_have_no_drop():

@@ -192,6 +192,68 @@ def test_recovery_is_deterministic_and_recovers(tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)  # the seed drives the shuffle
 
 
+def test_recovery_stops_once_held_out_agreement_is_reached(tmp_path):
+    """prune.stop_within: every 10th training sample is held out; after each epoch the student's top-1 agreement
+    with the teacher on them is measured and recovery ends once it is within stop_within of 100 %. Deterministic
+    like the full run; without stop_within nothing is held out and every planned step runs."""
+    model = tiny_model()
+    train = make_data(model, 160, 2)
+    evaluation = {k: v[:64] for k, v in train.items()}
+    metas = [run(model, spec(epochs=8, lr=1e-2, stop_within=40.0), tmp_path / d, train=train,
+                 evaluation=evaluation) for d in ("a", "b")]
+    rec = metas[0]["recovery"]
+    held = rec["held_out"]
+    assert held["samples"] == 16 and rec["samples"] == 144 and held["planned_steps"] == 8 * 3
+    assert held["stopped_early"] and rec["optimizer_steps"] < held["planned_steps"]
+    assert rec["optimizer_steps"] == 3 * len(held["top1_agreement_by_epoch"])  # checked after each whole epoch
+    assert held["top1_agreement_by_epoch"][-1] >= 60.0
+    assert all(a < 60.0 for a in held["top1_agreement_by_epoch"][:-1])
+    a, b = (state_of(P.load(tiny_model(), tmp_path / d)) for d in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert metas[1]["recovery"]["held_out"] == held
+
+    full = run(model, spec(epochs=2, lr=1e-2, stop_within=0.0), tmp_path / "c", train=train, evaluation=evaluation)
+    assert full["recovery"]["optimizer_steps"] == 6 and not full["recovery"]["held_out"]["stopped_early"]
+    assert len(full["recovery"]["held_out"]["top1_agreement_by_epoch"]) == 2  # after epoch 1, and the last
+    plain = run(model, spec(epochs=1, lr=1e-2), tmp_path / "d", train=train, evaluation=evaluation)
+    assert "held_out" not in plain["recovery"] and plain["recovery"]["samples"] == 160
+
+
+def test_prune_runs_with_its_own_torch_threads(tmp_path):
+    """prune.threads (default 1) holds for the stage and torch's setting is restored afterwards; 0 leaves torch's."""
+    torch.set_num_threads(2)  # the autouse fixture's 1 would hide whether the stage set anything
+    before = torch.get_num_threads()
+    seen = []
+
+    def metric(model):
+        seen.append(torch.get_num_threads())
+        return 0.0
+    meta = run(tiny_model(), spec(threads=1), tmp_path / "a", metric=metric)
+    assert set(seen) == {1} and torch.get_num_threads() == before
+    assert meta["recovery"]["torch_threads"] == 1
+    seen.clear()
+    meta = run(tiny_model(), spec(threads=0), tmp_path / "b", metric=metric)
+    assert set(seen) == {before} and meta["recovery"]["torch_threads"] == "torch default"
+
+
+def test_spec_reads_threads_and_stop_within(tmp_path, write_spec):
+    """The keys are read (defaults: one thread, no early stop); a wrong value names its key."""
+    from pathlib import Path
+
+    from toolchain.errors import SpecError
+    from toolchain.spec import load_spec
+
+    sample = Path(__file__).resolve().parents[1] / "sample_models" / "digits_resnet_pruned" / "build.toml"
+    p = load_spec(sample).prune
+    assert p.stop_within is None and p.threads == 1
+    assert load_spec(write_spec(tmp_path / "stop", prune={"ratio": 0.5, "stop_within": 0.5})).prune.stop_within == 0.5
+    assert load_spec(write_spec(tmp_path / "ok", prune={"ratio": 0.5, "threads": 0})).prune.threads == 0
+    for i, (table, key) in enumerate((({"threads": -1}, "prune.threads"), ({"stop_within": "all"}, "prune.stop_within"),
+                                      ({"stop_within": 101}, "prune.stop_within"))):
+        with pytest.raises(SpecError, match=key.replace(".", r"\.")):
+            load_spec(write_spec(tmp_path / str(i), prune={"ratio": 0.5, **table}))
+
+
 def test_recovery_needs_training_data(tmp_path):
     with pytest.raises(StageError, match="needs training data"):
         run(tiny_model(), spec(epochs=1), tmp_path)

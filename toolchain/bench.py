@@ -20,7 +20,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("digits_cnn", "digits_resnet", "digits_mobilenet")
 OPTIONAL = ("digits_resnet_pruned", "minilm")  # benched when built
-MAKE_MODELS = MODELS + OPTIONAL + ("shapes_detector",)  # what `make build` builds (the Makefile's MODELS)
+# what `make build` builds, in the Makefile's order (longest first)
+MAKE_MODELS = ("minilm", "digits_resnet_pruned", "digits_mobilenet", "digits_resnet", "shapes_detector", "digits_cnn")
 SUITE_MODELS = ("mobilenet_v3_small", "resnet18", "unet_small", "minilm_seq128")  # bench_models.SUITE
 
 
@@ -181,8 +182,9 @@ def bench_prune(build_dir, model="digits_resnet_pruned"):
             _line(f"{t} int8 p50 pruned / unpruned", f"{1 / s:.3f}x", "<= 0.6x", 1 / s <= 0.6)
 
 
-STAGE_DONE = re.compile(r"^\[(?P<model>[^\]]+)\] (?P<stage>[a-z_0-9]+)(?:\[(?P<target>[^\]]+)\])?\s+done\s+"
-                        r"(?P<s>[0-9.]+)s")
+# "unpruned ": a pruned sample's unpruned twin (built by whichever build gets there first, then cached)
+STAGE_DONE = re.compile(r"^\[(?P<model>[^\]]+)\] (?:unpruned )?(?P<stage>[a-z_0-9]+)(?:\[(?P<target>[^\]]+)\])?"
+                        r"\s+done\s+(?P<s>[0-9.]+)s")
 
 
 def stage_times(progress_text: str) -> list:

@@ -44,6 +44,8 @@ class PruneSpec:
     lr: float
     seed: int
     temperature: float
+    threads: int = 1  # torch threads for pruning and recovery (0: torch's default); stages/prune.py says why 1
+    stop_within: float | None = None  # recovery ends early once held-out top-1 agreement is within this of 100 %
 
 
 @dataclass(frozen=True)
@@ -473,7 +475,7 @@ def _normalization(path, t, shape):
 def _prune(path, top) -> PruneSpec:
     p = top.table("prune")
     p.reject_unknown({"method", "ratio", "layer_ratios", "ignore", "importance", "train", "epochs", "steps",
-                      "lr", "seed", "temperature"})
+                      "lr", "seed", "temperature", "threads", "stop_within"})
     method = p.get("method", (str,), "channel", check=_one_of(PRUNE_METHODS))
     ratio = p.get("ratio", (float,), check=_in_range(0.0, 1.0, hi_open=True))
     layer_ratios = p.get("layer_ratios", (dict,), {})
@@ -495,5 +497,7 @@ def _prune(path, top) -> PruneSpec:
     lr = p.get("lr", (float,), 1e-3, check=_in_range(0.0, 10.0))
     seed = p.get("seed", (int,), 0)
     temperature = p.get("temperature", (float,), 4.0, check=_in_range(0.01, 100.0))
+    threads = p.get("threads", (int,), 1, check=_in_range(0, 1024))
+    stop_within = p.get("stop_within", (float,), None, check=_in_range(0.0, 100.0))
     return PruneSpec(method, ratio, {str(k): float(v) for k, v in layer_ratios.items()}, tuple(ignore),
-                     importance, train, epochs, steps, lr, seed, temperature)
+                     importance, train, epochs, steps, lr, seed, temperature, threads, stop_within)

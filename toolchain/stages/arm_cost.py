@@ -7,6 +7,7 @@ byte-identically, unlike one that decides by host timings. They are a cost model
 and cache misses are not in them.
 """
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -29,13 +30,32 @@ def model_for(target=None) -> dict | None:
     return {"executor": ex.identity(), "core": cores[0]}
 
 
+# (model sha256, core, first input sample's sha256, emulator) -> instructions: a model counted once in a process
+# (the arm64 plan counts its best candidate again next to a combined one) is not emulated again.
+_COUNTED = {}
+
+
 def count(models: dict, inputs: dict, input_names, output_names, output_shapes, core=DEFAULT_CORE,
           timeout_s=3600) -> dict:
     """models: label -> .tflite path. Returns label -> instructions per inference (median of the counted single
     invokes on the first input sample, after a warm-up invoke; default resolver, i.e. XNNPACK, one thread)."""
+    from ..digest import sha256_arrays, sha256_file
     from ..executors.emulated import EmulatedExecutor
 
     ex = EmulatedExecutor()
+    sample = sha256_arrays({n: np.asarray(inputs[n][:1]) for n in input_names})
+    emulator = json.dumps(ex.identity(), sort_keys=True)
+    keys = {label: (sha256_file(p), core, sample, emulator) for label, p in models.items()}
+    known = {label: _COUNTED[k] for label, k in keys.items() if k in _COUNTED}
+    todo = {label: p for label, p in models.items() if label not in known}
+    if todo:
+        got = _count(ex, todo, inputs, input_names, output_names, output_shapes, core, timeout_s)
+        _COUNTED.update({keys[label]: n for label, n in got.items()})
+        known.update(got)
+    return {label: known[label] for label in models}
+
+
+def _count(ex, models, inputs, input_names, output_names, output_shapes, core, timeout_s) -> dict:
     labels = list(models)
     keys = {label: f"m{i}" for i, label in enumerate(labels)}  # file-name-safe model keys
     with tempfile.TemporaryDirectory(prefix="toolchain-armcost-") as tmp:

@@ -12,7 +12,6 @@ Without the emulator (make arm-emulator failed or was not run) ARM kernels were 
 CUDA without a GPU; a device or a set-up emulator that fails is a stage error (exit 4).
 """
 
-import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 
 from ..errors import StageError
 from ..executors import ExecutorError, ExecutorUnavailable, config
+from . import executor_runs
 
 
 
@@ -58,23 +58,22 @@ def judge(target, artifact, baseline, evaluation, reference, spec, ref_value, re
                "count": {"models": ["artifact", "baseline"], "resolver": resolver} if can_count else None,
                "latency": ({**{k: target.latency[k] for k in ("warmup", "runs")}, "resolver": resolver}
                            if getattr(ex, "measures_latency", False) else None)}
-        # The accuracy run and one counting run per core are separate processes (instruction counts do not
-        # depend on timing), run side by side where the machine has the cores.
-        runs = {"accuracy": ({**job, "count": None}, cores[0], False)}
-        if can_count:
-            runs.update({core: ({**job, "resolvers": [], "outputs": None, "latency": None}, core, True)
-                         for core in cores})
-        with ThreadPoolExecutor(max(1, min(len(runs), os.cpu_count() or 1))) as pool:
-            futures = {name: pool.submit(ex.run, j, files, tmp / f"run-{name}", timeout, cpu=cpu, count=count)
-                       for name, (j, cpu, count) in runs.items()}
+        # One accuracy run per resolver (and per slice of the samples where there are more cores than resolvers)
+        # and one counting run per core, side by side (executor_runs.py); a device timing latency runs alone.
+        runs = executor_runs.plan(job, resolvers, cores, can_count, len(evaluation[names[0]]))
+        for run in runs:
+            if run.samples is not None and not (tmp / _slice_file(run.samples)).exists():
+                a, b = run.samples
+                np.savez(tmp / _slice_file(run.samples), **{n: np.asarray(evaluation[n])[a:b] for n in names})
+        with ThreadPoolExecutor(executor_runs.workers(runs)) as pool:
+            futures = {run.name: pool.submit(ex.run, run.job, _run_files(files, run, tmp), tmp / f"run-{run.name}",
+                                             timeout, cpu=run.cpu, count=run.count) for run in runs}
             try:
                 done = {name: f.result() for name, f in futures.items()}
             except ExecutorError as e:
                 raise StageError("validate", e.one_line(), target.name) from None
-        first = done["accuracy"]
-        with np.load(first.out_dir / "outputs.npz") as z:
-            n_out = len(spec.outputs) if post is None else sum(k.startswith(f"{resolver}/") for k in z.files)
-            outs = {r: [z[f"{r}/{i}"] for i in range(n_out)] for r in resolvers}
+        first = done[next(r.name for r in runs if not r.count)]  # the primary resolver's (first slice's) run
+        outs = executor_runs.outputs(done, runs, resolvers, len(spec.outputs) if post is None else None)
         if post is not None:
             outs = {r: _postprocessed(post, o) for r, o in outs.items()}
         counted = {core: (done[core].counts, done[core].result["count_segments"]) for core in cores if core in done}
@@ -135,6 +134,15 @@ def judge(target, artifact, baseline, evaluation, reference, spec, ref_value, re
     if result.get("latency_note"):
         result["latency_note"] += f"; information only: the {ex.name} executor judges this target"
     result["executor_notes"] = notes
+
+
+def _slice_file(samples) -> str:
+    return f"inputs-{samples[0]}-{samples[1]}.npz"
+
+
+def _run_files(files, run, tmp) -> dict:
+    """The files a run needs: a slice of the samples gets its own inputs.npz."""
+    return files if run.samples is None else {**files, "inputs.npz": tmp / _slice_file(run.samples)}
 
 
 def _max_abs(a_list, b_list) -> float:
