@@ -80,16 +80,20 @@ class Calibration:
         return q.model.model
 
 
-def dynamic(prep_path: Path, out_path: Path, weight="int8", per_channel=True, only=None, exclude=()):
+def dynamic(prep_path: Path, out_path: Path, weight="int8", per_channel=True, only=None, exclude=(),
+            untyped_as_float=False):
     """Dynamic int8 (weights int8, activations quantized at run time). Convolutions are left out: ORT's CPU
-    ConvInteger takes only uint8 weights and is rarely faster than float."""
+    ConvInteger takes only uint8 weights and is rarely faster than float. untyped_as_float: tensors the quantizer
+    cannot type are float (a graph with com.microsoft ops, which have no ONNX shape inference)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.registry import IntegerOpsRegistry
 
     quantize_dynamic(str(prep_path), str(out_path), per_channel=per_channel,
                      weight_type={"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[weight],
                      nodes_to_quantize=list(only or []), nodes_to_exclude=list(exclude),
-                     op_types_to_quantize=[t for t in IntegerOpsRegistry if t != "Conv"])
+                     op_types_to_quantize=[t for t in IntegerOpsRegistry if t != "Conv"],
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT} if untyped_as_float else None)
     return out_path
 
 

@@ -61,15 +61,8 @@ def fuse(src: Path, out: Path) -> dict:
 
 
 def dynamic(fused_path: Path, out_path: Path, weight="int8", per_channel=True, only=None, exclude=()):
-    """Dynamic int8 of the fused graph (the same op types and settings as precision.dynamic). The com.microsoft ops
-    have no ONNX shape inference, so the quantizer is told that tensors it cannot type are float."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.registry import IntegerOpsRegistry
+    """Dynamic int8 of the fused graph: precision.dynamic, with untyped tensors taken as float (the com.microsoft
+    ops have no ONNX shape inference)."""
+    from .precision import dynamic as dynamic_int8
 
-    quantize_dynamic(str(fused_path), str(out_path), per_channel=per_channel,
-                     weight_type={"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[weight],
-                     nodes_to_quantize=list(only or []), nodes_to_exclude=list(exclude),
-                     op_types_to_quantize=[t for t in IntegerOpsRegistry if t != "Conv"],
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    return out_path
+    return dynamic_int8(fused_path, out_path, weight, per_channel, only, exclude, untyped_as_float=True)
