@@ -24,7 +24,8 @@ import time
 from ..errors import StageError, reraise_write_error
 
 NAME = "plan"
-VERSION = 16  # 16: both 14s merged; 15: percentile twin, pooled-first stem; 14: the ORT recipe is a candidate,
+VERSION = 17  # 17: a scheme that cannot win is not searched (cannot_win); 16: both 14s merged; 15: percentile
+# twin, pooled-first stem; 14: the ORT recipe is a candidate,
 # and the fused-transformer scheme dynamic_s8_fused (stages/transformer_fusion.py); 13: unstamped again
 # (stages/metadata.py stamps a copy); 12: time budget kept with a reserve, other static settings, runtime-cheap
 # screening; 11: app metadata
@@ -236,6 +237,9 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             reraise_write_error(e)
             steps.append(f"{scheme}: ONNX Runtime cannot run it ({str(e).splitlines()[0][:160]}); dropped")
             continue
+        if not first[1].ok and candidates and params["speed_search"]:
+            if cannot_win(scheme, path, candidates, timed, steps):
+                continue
         units = nodes
         if precision.SCHEMES[scheme][0] == "static":
             units = nodes + [(u, "glue: " + u[:-len(GLUE)]) for u in sorted(glue_units)
@@ -392,6 +396,22 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                                  "CPU may choose differently",
         },
     }
+
+
+def cannot_win(scheme, path, candidates, timed, steps) -> bool:
+    """A scheme whose every-node-int8 variant misses the budget is searched by keeping nodes float, which moves it
+    toward fp32's speed. If even that all-int8 variant is not faster than a plan already found to meet the budget
+    (one screening run, interleaved), the search cannot end faster than that plan: drop the scheme unsearched
+    (static int8 of a transformer: a search of minutes for a plan that would lose the closing timing)."""
+    quick = timed({"this": path, **{s: c["path"] for s, c in candidates.items()}}, runs=SCREEN_RUNS,
+                  warmup=SCREEN_RUNS // 6)
+    rival = min(candidates, key=quick.get)
+    if quick["this"] < quick[rival] * SCREEN_MARGIN:
+        return False
+    steps.append(f"{scheme}: every node int8 misses the budget and is already not faster than {rival} (p50 "
+                 f"{quick['this']:.4f} vs {quick[rival]:.4f} ms in a screening run); keeping nodes float cannot make "
+                 "it faster: dropped without an accuracy search")
+    return True
 
 
 def fused_scheme_applies(scheme, model, fused_graph, steps) -> bool:
