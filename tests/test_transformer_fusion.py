@@ -181,19 +181,24 @@ def test_plan_measures_the_fused_scheme_on_a_transformer_and_ships_a_valid_artif
     t = b.report["targets"]["x86_64"]
     assert b.code == 0 and t["status"] == "passed", t.get("reason")
     plan = t["build"]["plan"]
-    assert set(plan["candidates"]) == {"dynamic_s8", "dynamic_s8_fused"}, plan["steps"]
+    # ONNX Runtime's recipe is a candidate too where it holds the budget (plan_recipe.py)
+    assert set(plan["candidates"]) - {"ort_recipe"} == {"dynamic_s8", "dynamic_s8_fused"}, plan["steps"]
     fusion = plan["transformer_fusion"]
     assert fusion["fused_ops"]["FastGelu"] == 2 and fusion["chosen"] is (plan["chosen"] == "dynamic_s8_fused")
     p50 = {s: c["p50_ms"] for s, c in plan["candidates"].items()}
-    if p50["dynamic_s8"] <= p50["dynamic_s8_fused"]:  # not fastest in the closing timing: the unfused one ships
-        assert plan["chosen"] == "dynamic_s8" and "confirmation" not in fusion
-    else:  # fastest: it ships only if >= 5% faster than dynamic_s8 in two more interleaved A/Bs
+    rival = min((s for s in p50 if s != "dynamic_s8_fused"), key=p50.get)
+    if p50[rival] <= p50["dynamic_s8_fused"]:  # not fastest in the closing timing: the fastest other one ships
+        assert plan["chosen"] == rival and "confirmation" not in fusion
+    else:  # fastest: it ships only if >= 5% faster than the fastest unfused scheme in two more interleaved A/Bs
         c = fusion["confirmation"]
-        assert c["against"] == "dynamic_s8" and len(c["p50_ms"]["dynamic_s8_fused"]) == 2, c
-        faster = all(t < 0.95 * u for t, u in zip(c["p50_ms"]["dynamic_s8_fused"], c["p50_ms"]["dynamic_s8"]))
+        assert c["against"] == rival and len(c["p50_ms"]["dynamic_s8_fused"]) == 2, c
+        faster = all(t < 0.95 * u for t, u in zip(c["p50_ms"]["dynamic_s8_fused"], c["p50_ms"][rival]))
         assert fusion["chosen"] is faster, c
     ops = {n.op_type for n in onnx.load(str(b.model_dir / t["artifact"])).graph.node}
     assert ("FastGelu" in ops) is fusion["chosen"], ops
+    if plan["chosen"] == "ort_recipe":  # static QDQ: int8 through Q/DQ pairs, no MatMulInteger
+        assert "QuantizeLinear" in ops and "MatMulInteger" not in ops, ops
+        return
     # int8 MatMuls unless the speed search kept them float (on a model this small float can be faster)
     assert ("MatMulInteger" in ops) is (plan["int8_compute_nodes"] > 0), (ops, plan["steps"])
 
@@ -231,5 +236,6 @@ def test_plan_does_not_try_the_fused_scheme_on_a_cnn(tmp_path):
     t = b.report["targets"]["x86_64"]
     assert b.code == 0 and t["status"] == "passed", t.get("reason")
     plan = t["build"]["plan"]
-    assert "dynamic_s8_fused: not tried (no LayerNormalization in the graph" in plan["steps"][0]
-    assert set(plan["candidates"]) == {"static_u8s8"} and "transformer_fusion" not in plan
+    assert any(st.startswith("dynamic_s8_fused: not tried (no LayerNormalization in the graph")
+               for st in plan["steps"]), plan["steps"]
+    assert set(plan["candidates"]) - {"ort_recipe"} == {"static_u8s8"} and "transformer_fusion" not in plan
