@@ -51,6 +51,9 @@ def test_arm64_report_is_judged_on_emulated_arm(arm64_build):
     ex = t["executor"]
     assert ex["name"] == "emulated" and not ex.get("fallback"), ex
     assert ex["platform"]["machine"] == "aarch64"
+    # the guest read cortex-a76's /proc/cpuinfo (the accuracy core), not the x86 build host's
+    assert "CPU part\t: 0xd0b" in ex["platform"]["cpuinfo"] and "Intel" not in ex["platform"]["cpuinfo"], ex
+    assert "cortex-a76" in ex["platform"]["cpuinfo_from"] and ex["guest_cpuinfo"] == 1
     assert ex["runtime_versions"] == {"ai-edge-litert": _lock("ai-edge-litert"), "numpy": _lock("numpy")}
     assert ex["cores"] == ["cortex-a76", "cortex-a53"]
     assert t["resolver"] == "default"
@@ -90,6 +93,7 @@ def test_emulated_counts_repeat_exactly_and_errors_are_one_line(tiny_tflite, tmp
     runs = [ex.run(job, tiny_tflite, tmp_path / f"run{i}", 300, cpu="cortex-a53", count=True) for i in range(2)]
     assert runs[0].counts == runs[1].counts and len(runs[0].counts) == 2 * COUNT_INVOKES
     assert runs[0].result["platform"]["machine"] == "aarch64"
+    assert "CPU part\t: 0xd03" in runs[0].result["platform"]["cpuinfo"]  # cortex-a53's own, as on the device
     assert set(runs[0].result["count_segments"].values()) == {"artifact", "baseline"}
     broken = {**tiny_tflite, "artifact.tflite": tmp_path / "corrupt.tflite"}
     (tmp_path / "corrupt.tflite").write_bytes(b"not a flatbuffer")

@@ -14,7 +14,7 @@ import shutil
 from functools import cached_property
 from pathlib import Path
 
-from . import process
+from . import guest_cpuinfo, process
 from .base import Executor, ExecutorUnavailable, RunResult
 from .local import ENTRY, child_env, stage_files
 
@@ -81,7 +81,7 @@ class EmulatedExecutor(Executor):
             return False
 
     def identity(self) -> dict:
-        return {"name": "emulated", "arch": "aarch64", **self.ready}
+        return {"name": "emulated", "arch": "aarch64", **self.ready, "guest_cpuinfo": guest_cpuinfo.VERSION}
 
     def run(self, job, files, out_dir, timeout_s, cpu="cortex-a76", count=False) -> RunResult:
         self.check(count)
@@ -90,7 +90,9 @@ class EmulatedExecutor(Executor):
         counts_file = out_dir / "counts.txt"
         qemu = [shutil.which("qemu-aarch64"), "-plugin", f"{self.root / PLUGIN},out={counts_file}"] if count \
             else [shutil.which("qemu-aarch64-static")]
-        cmd = [*qemu, "-cpu", cpu, "-L", str(self.root / "rootfs"), str(self.python), str(ENTRY), "job.json"]
+        # -L: the rootfs, seen through a prefix whose /proc/cpuinfo is the pinned core's (guest_cpuinfo.py)
+        cmd = [*qemu, "-cpu", cpu, "-L", str(guest_cpuinfo.prefix(self.root, cpu)), str(self.python), str(ENTRY),
+               "job.json"]
         env = child_env({"PYTHONPATH": str(self.root / "site"), "PYTHONHASHSEED": "0"})  # same code path each run
         process.run(cmd, f"emulated aarch64 executor (qemu -cpu {cpu})", timeout_s, env=env, cwd=out_dir)
         counts = {}

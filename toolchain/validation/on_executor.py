@@ -106,8 +106,9 @@ def judge(target, artifact, baseline, evaluation, reference, spec, ref_value, re
                       for row in metrics.verdicts(acc["outputs"], gates) if not row["passed"]]
     ident = config.identity(target, opts.get("device"))
     ident["platform"] = first.result.get("platform", {})
-    if ex.name == "emulated":  # qemu 7.2's linux-user passes the build host's /proc/cpuinfo through
-        ident["platform"]["cpuinfo"] = f"emulated by qemu -cpu {cores[0]} (the guest sees the host's /proc/cpuinfo)"
+    if ex.name == "emulated":  # what the guest read is the core's own, written by us (executors/guest_cpuinfo.py)
+        ident["platform"]["cpuinfo_from"] = (f"qemu -cpu {cores[0]}: the guest reads that core's /proc/cpuinfo (as "
+                                             "qemu 10 emulates it), not the build host's")
     ident["runtime_versions"] = first.result.get("versions", {})
     result["executor"] = ident
     from ..versions import versions
