@@ -1,6 +1,6 @@
 """Content-addressed stage cache (DVC-style): key -> a directory of output files plus entry.json.
 
-- The key is a full sha256 over everything that can change a stage's output (see pipeline.stage_key).
+- The key is a full sha256 over everything that can change a stage's output (see pipeline_run_node.key_inputs).
 - Writes go to a private temp directory that is renamed into place: a build killed at any moment leaves
   either no entry or a whole one. Two builds racing for the same key both succeed; the first rename wins.
 - An entry is trusted only if entry.json parses and every file's digest matches; anything else is a miss

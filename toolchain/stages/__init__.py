@@ -6,7 +6,7 @@ A stage module declares:
     LIBRARIES           distributions whose versions key its outputs
     OUTPUT              the file it writes (the artifact's main file, for a target stage)
     BASELINE            (optional) the fp32 baseline of the artifact's own format, when it writes one
-    needs(params)       the inputs it reads, from pipeline.INPUTS: data ("model", "fp32", "calibration",
+    needs(params)       the inputs it reads, from stage_inputs.INPUTS: data ("model", "fp32", "calibration",
                         "evaluation", "reference", "host" ...) keys the node as a digest; values ("budget",
                         "threads", "io") key it as params
     build(inp, params, out_dir) -> meta   makes its outputs; `inp` hands out the declared inputs by name
