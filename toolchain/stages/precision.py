@@ -52,10 +52,11 @@ class Calibration:
         return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 
     def static(self, activation: str, weight: str, per_channel=True, only=None, exclude=(), fmt="qdq",
-               reduce_range=False):
+               reduce_range=False, hard_int8=False):
         """A static int8 model proto from these activation ranges: every quantizable node, or `only` these, minus
         `exclude`. fmt "qdq": QuantizeLinear/DequantizeLinear pairs ONNX Runtime fuses when it loads the model;
-        "qoperator": ONNX Runtime's quantizer writes the fused int8 ops (QLinearConv, QLinearMatMul...) itself."""
+        "qoperator": ONNX Runtime's quantizer writes the fused int8 ops (QLinearConv, QLinearMatMul...) itself.
+        hard_int8: HardSigmoid / HardSwish in int8 regions written as QLinearMuls (qdq_activations.py)."""
         from onnxruntime.quantization import QuantizationMode, QuantType
         from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
         from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
@@ -77,6 +78,13 @@ class Calibration:
             from .qdq_placement import pool_before_float_relu
 
             pool_before_float_relu(q.model.model)
+            if hard_int8:
+                from .qdq_activations import int8_hard_activations
+
+                import numpy as np
+
+                int8_hard_activations(q.model.model, {k: tuple(float(np.ravel(v)[0]) for v in d.range_value)
+                                                      for k, d in self.ranges.items()})
         return q.model.model
 
 
