@@ -378,7 +378,9 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                    "per_channel": settings["per_channel"],
                    "calibrate_method": kw.get("calib", params["calibrate_method"]),
                    **({"quant_format": {"qdq": "QDQ", "qoperator": "QOperator"}[settings["fmt"]],
-                       "reduce_range": settings["reduce_range"]} if method == "static" else {})},
+                       "reduce_range": settings["reduce_range"]} if method == "static" else {}),
+                   **({"hard_activations": "int8" if kw.get("hard_int8", True) and settings["fmt"] == "qdq"
+                       else "float"} if has_hard and method == "static" else {})},
         "plan": {
             "chosen": best,
             "kept_float": [{"node": n, "kind": kind_of.get(n, "?"), "reason": chosen["reasons"].get(n, "")}
