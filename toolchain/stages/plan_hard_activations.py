@@ -39,7 +39,10 @@ def decide(best, candidates, twins, final, backend_for, steps) -> dict:
     for the plan's meta; with "twin": label when the twin ships (faster and within the budget)."""
     label = best + TWIN
     if label not in twins:
-        return {"decision": f"{best}: no float-activation twin (no int8 HardSigmoid/HardSwish in it)"}
+        why = ("made as ONNX Runtime's docs make it, its HardSigmoid/HardSwish float" if
+               candidates[best].get("make_kw", {}).get("hard_int8") is False else
+               "no int8 HardSigmoid/HardSwish in it, or not a static scheme")
+        return {"decision": f"{best}: no float-activation twin to time ({why})"}
     record = {"p50_ms": {"int8": final[best], "float": final[label]}}
     if final[label] >= final[best]:
         steps.append(f"hard activations: int8 {final[best]:.4f} ms vs float {final[label]:.4f} ms in the closing "
