@@ -24,8 +24,9 @@ import time
 from ..errors import StageError, reraise_write_error
 
 NAME = "plan"
-VERSION = 17  # 17: a scheme that cannot win is not searched (cannot_win); 16: both 14s merged; 15: percentile
-# twin, pooled-first stem; 14: the ORT recipe is a candidate,
+VERSION = 18  # 18: both 17s merged; 17: a scheme that cannot win is not searched (cannot_win), and int8
+# HardSigmoid/HardSwish in static variants (qdq_activations.py); 16: both 14s merged; 15: percentile twin,
+# pooled-first stem; 14: the ORT recipe is a candidate,
 # and the fused-transformer scheme dynamic_s8_fused (stages/transformer_fusion.py); 13: unstamped again
 # (stages/metadata.py stamps a copy); 12: time budget kept with a reserve, other static settings, runtime-cheap
 # screening; 11: app metadata
@@ -45,7 +46,8 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from . import plan_budget, plan_calibration, plan_recipe, plan_search, precision, transformer_fusion
+    from . import (plan_budget, plan_calibration, plan_hard_activations, plan_recipe, plan_search, precision,
+                   qdq_activations, transformer_fusion)
 
     t0 = time.monotonic()
     clock = plan_budget.TimeBudget(params["time_budget_s"])  # the search stops in time for the closing steps
@@ -77,6 +79,8 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     # HardSigmoid, pooling...): each glue op brings its own Q/DQ pair, and where the glue loses the signal
     # (squeeze-excite gates, residual adds) keeping every compute node float cannot meet the budget.
     glue_units = {}
+    # HardSigmoid/HardSwish int8 in static variants, the float twin timed at the closing (plan_hard_activations.py)
+    has_hard = params["speed_search"] and qdq_activations.applies(model)
     for n, t in precision.other_quantizable(model, precision.Calibration.op_types_static()):
         kind_of.setdefault(n, t)
         glue_units.setdefault(t + GLUE, []).append(n)
@@ -84,22 +88,25 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
     def expand(names):
         return set().union(*(glue_units.get(n, [n]) for n in names)) if names else set()
 
-    def make(scheme, exclude=(), only=None, per_channel=None, fmt="qdq", reduce_range=False, weight=None, calib=None):
+    def make(scheme, exclude=(), only=None, per_channel=None, fmt="qdq", reduce_range=False, weight=None, calib=None,
+             hard_int8=True):
         exclude, only = expand(exclude), (sorted(expand(only)) if only is not None else None)
         method, act, scheme_weight = precision.SCHEMES[scheme]
         weight = weight or scheme_weight
         per_channel = params["per_channel"] if per_channel is None else per_channel
         calib = calib or params["calibrate_method"]
+        hard_int8 = bool(hard_int8 and has_hard and method == "static" and fmt == "qdq")  # qdq_activations.py
         key = (scheme, frozenset(exclude), tuple(only) if only is not None else None, per_channel, fmt, reduce_range,
-               weight, calib)
+               weight, calib, hard_int8)
         if key in made:
             return made[key]
         started = clock.now()
-        made[key] = path = _make(scheme, method, act, weight, exclude, only, per_channel, fmt, reduce_range, calib)
+        made[key] = path = _make(scheme, method, act, weight, exclude, only, per_channel, fmt, reduce_range, calib,
+                                 hard_int8)
         clock.track("make", started)
         return path
 
-    def _make(scheme, method, act, weight, exclude, only, per_channel, fmt, reduce_range, calib):
+    def _make(scheme, method, act, weight, exclude, only, per_channel, fmt, reduce_range, calib, hard_int8):
         counter[0] += 1
         path = out_dir / f"variant{counter[0]}.onnx"
         if method == "static":
@@ -110,8 +117,8 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                 started = clock.now()
                 calibs[base, calib] = precision.Calibration(base, calibration, names, calib)
                 clock.track("calibrate", started)
-            onnx.save(calibs[base, calib].static(act, weight, per_channel, only, exclude, fmt, reduce_range),
-                      str(path))
+            onnx.save(calibs[base, calib].static(act, weight, per_channel, only, exclude, fmt, reduce_range,
+                                                 hard_int8), str(path))
         elif scheme in precision.FUSED:
             transformer_fusion.dynamic(fused_graph(), path, weight, per_channel, only, exclude)
         else:
@@ -329,11 +336,17 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                          + "; ".join(steps[-3:]))
     naive = next(s for s in params["schemes"] if s not in not_applicable)
     before = make(naive)  # the naive plan: everything int8 with the first scheme (made once)
-    closing = {**{s: c["path"] for s, c in candidates.items()}, "all_int8": before, "fp32": fp32_path}
+    twins = plan_hard_activations.float_twins(candidates, make, steps) if has_hard else {}
+    closing = {**{s: c["path"] for s, c in candidates.items()}, **{t: c["path"] for t, c in twins.items()},
+               "all_int8": before, "fp32": fp32_path}
     # what the time left affords, keeping time for the granularity trial (and the fused scheme's confirmation)
     runs = clock.runs_for(len(closing), keep=clock.granularity_cost() * (2 if set(candidates) & precision.FUSED else 1))
     final = timed(closing, runs=runs, warmup=max(runs // 10, 3))
     best = min(candidates, key=lambda s: final[s]) if params["speed_search"] else next(iter(candidates))
+    hard = plan_hard_activations.decide(best, candidates, twins, final, OrtBackend, steps) if twins else None
+    if hard and hard.get("twin"):
+        candidates[hard["twin"]] = twins[hard["twin"]]
+        best = hard["twin"]
     if best in precision.FUSED:
         best, fusion["record"]["confirmation"] = confirm_fused(best, candidates, final, timed, clock, params)
     chosen = candidates[best]
@@ -369,7 +382,9 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                    "per_channel": settings["per_channel"],
                    "calibrate_method": kw.get("calib", params["calibrate_method"]),
                    **({"quant_format": {"qdq": "QDQ", "qoperator": "QOperator"}[settings["fmt"]],
-                       "reduce_range": settings["reduce_range"]} if method == "static" else {})},
+                       "reduce_range": settings["reduce_range"]} if method == "static" else {}),
+                   **({"hard_activations": "int8" if kw.get("hard_int8", True) and settings["fmt"] == "qdq"
+                       else "float"} if has_hard and method == "static" else {})},
         "plan": {
             "chosen": best,
             "kept_float": [{"node": n, "kind": kind_of.get(n, "?"), "reason": chosen["reasons"].get(n, "")}
@@ -384,6 +399,7 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             "after": plan_search.side(best, chosen["judged"], p50_ms=final[best]),
             "fp32_p50_ms": final["fp32"],
             "closing_runs": runs,
+            **({"hard_activations": hard} if hard else {}),
             "weight_granularity": granularity,
             "alternatives": alternatives,
             "sensitivity_top": top[:10],

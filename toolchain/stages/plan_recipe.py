@@ -6,8 +6,9 @@ quantize.speed_search = false: that plan is decided by accuracy alone and rebuil
 
 The plan makes it with its own calibration and quantizer (precision.Calibration.static with the recipe's settings
 on the same quant_pre_process'ed graph): that is the recipe's graph, node for node and initializer for initializer
-(tests/test_plan_recipe.py checks it against quantize_static), and it is the very variant static_u8s8's search
-starts from, so it is made and judged once. The spec's forced-float nodes stay float in it too: a user who forces
+(tests/test_plan_recipe.py checks it against quantize_static), and, in a model without HardSigmoid/HardSwish (which the
+plan's variants make int8: qdq_activations.py), it is the very variant static_u8s8's search starts from, so it is
+made and judged once. The spec's forced-float nodes stay float in it too: a user who forces
 a node float would do the same to the recipe.
 """
 
@@ -15,7 +16,8 @@ from ..errors import reraise_write_error
 
 LABEL = "ort_recipe"
 SCHEME = "static_u8s8"
-MAKE_KW = {"per_channel": True, "calib": "minmax"}  # the recipe's settings, whatever the spec's quantize table says
+# the recipe's settings, whatever the spec's quantize table says (its HardSigmoid/HardSwish float, as the docs' are)
+MAKE_KW = {"per_channel": True, "calib": "minmax", "hard_int8": False}
 WHAT = "ORT recipe (static QDQ u8s8 per-channel, MinMax)"
 
 

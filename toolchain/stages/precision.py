@@ -52,10 +52,11 @@ class Calibration:
         return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 
     def static(self, activation: str, weight: str, per_channel=True, only=None, exclude=(), fmt="qdq",
-               reduce_range=False):
+               reduce_range=False, hard_int8=False):
         """A static int8 model proto from these activation ranges: every quantizable node, or `only` these, minus
         `exclude`. fmt "qdq": QuantizeLinear/DequantizeLinear pairs ONNX Runtime fuses when it loads the model;
-        "qoperator": ONNX Runtime's quantizer writes the fused int8 ops (QLinearConv, QLinearMatMul...) itself."""
+        "qoperator": ONNX Runtime's quantizer writes the fused int8 ops (QLinearConv, QLinearMatMul...) itself.
+        hard_int8: HardSigmoid / HardSwish in int8 regions written as QLinearMuls (qdq_activations.py)."""
         from onnxruntime.quantization import QuantizationMode, QuantType
         from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
         from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
@@ -76,7 +77,17 @@ class Calibration:
         if fmt == "qdq":  # same arithmetic, placed where ONNX Runtime keeps its fast kernels (qdq_placement.py)
             from .qdq_placement import pool_before_float_relu
 
+            from .qdq_stem import space_to_depth_stems
+
             pool_before_float_relu(q.model.model)
+            space_to_depth_stems(q.model.model)  # the same integer sums, faster in ORT (qdq_stem.py)
+            if hard_int8:
+                import numpy as np
+
+                from .qdq_activations import int8_hard_activations
+
+                int8_hard_activations(q.model.model, {k: tuple(float(np.ravel(v)[0]) for v in d.range_value)
+                                                      for k, d in self.ranges.items()})
         return q.model.model
 
 
