@@ -165,7 +165,7 @@ def test_plan_stops_its_search_in_time_for_its_closing_steps(planted, tmp_path, 
 
     monkeypatch.setattr(plan_budget, "CLOCK", StepClock())
     # This test is about the budget, so the static schemes must be searched: on this tiny model their all-int8
-    # variants can time slower than dynamic_s8's plan, which plan.cannot_win (its own test) would drop unsearched.
+    # variants can time slower than dynamic_s8's plan, which plan_admission.cannot_win (its own test) would drop unsearched.
     monkeypatch.setattr(plan, "cannot_win", lambda *a: False)
     schemes = ["dynamic_s8", "static_u8s8", "static_s8s8"]  # the first meets the budget with every node int8
     b = run_build(spec(planted, tmp_path / "s", {"method": "auto", "schemes": schemes, "time_budget_s": budget_s}),

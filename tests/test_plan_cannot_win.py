@@ -1,4 +1,4 @@
-"""plan.cannot_win: a scheme whose every-node-int8 variant misses the budget is only searched if that variant is
+"""plan_admission.cannot_win: a scheme whose every-node-int8 variant misses the budget is only searched if that variant is
 faster than a plan already found (keeping nodes float moves it toward fp32, not past the other plan). Timed for real
 with ONNX Runtime: a chain of eight MatMuls against one."""
 
@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from toolchain.stages import plan, precision
+from toolchain.stages import plan_admission, precision
 
 
 def chain(path, n):
@@ -30,11 +30,11 @@ def test_a_scheme_slower_than_a_found_plan_even_all_int8_is_dropped_unsearched(t
         return runner.latency(paths, feed, runs=runs, warmup=warmup)
 
     steps = []
-    assert plan.cannot_win("static_u8s8", slow, {"dynamic_s8": {"path": fast}}, timed, steps)
+    assert plan_admission.cannot_win("static_u8s8", slow, {"dynamic_s8": {"path": fast}}, timed, steps)
     assert len(steps) == 1 and steps[0].startswith("static_u8s8: every node int8 misses the budget")
     assert "not faster than dynamic_s8" in steps[0] and "dropped without an accuracy search" in steps[0]
 
     # faster than every plan found so far: the search goes on, and nothing is recorded for it here
     steps = []
-    assert not plan.cannot_win("static_u8s8", fast, {"dynamic_s8": {"path": slow}}, timed, steps)
+    assert not plan_admission.cannot_win("static_u8s8", fast, {"dynamic_s8": {"path": slow}}, timed, steps)
     assert steps == []

@@ -13,7 +13,8 @@ is dynamic_s8 on ONNX Runtime's fused transformer graph, tried on transformers o
 then take the fastest scheme that meets the budget (ONNX Runtime's documented recipe, judged first by the same gate,
 is a candidate too: plan_recipe.py; and a static plan's percentile-calibrated twin: plan_calibration.py), and try it
 with the other weight granularity (per-tensor for per-channel), kept only if faster twice and within the budget
-(weight_granularity). Every step, the sensitivity table and the timings go into the stage's meta (and so into
+(weight_granularity). Which schemes are searched at all: plan_admission.py; the closing trials: plan_closing.py.
+Every step, the sensitivity table and the timings go into the stage's meta (and so into
 report.json). The search stops at its time budget with the best plan so far. Timing decisions depend on the host,
 so the host is part of the stage's cache key.
 """
@@ -22,6 +23,8 @@ import shutil
 import time
 
 from ..errors import StageError, reraise_write_error
+from .plan_admission import SCREEN_MARGIN, SCREEN_RUNS, cannot_win, fused_scheme_applies, too_slow_to_search
+from .plan_closing import SPEED_MARGIN, STATIC_ALTERNATIVES, alternative, confirm_fused, weight_granularity
 
 NAME = "plan"
 VERSION = 18  # 18: both 17s merged; 17: a scheme that cannot win is not searched (cannot_win), and int8
@@ -35,11 +38,6 @@ LIBRARIES = ("onnxruntime", "onnx", "numpy")
 OUTPUT = "model.int8.onnx"
 POST_REASON = ("post-processing after the last compute nodes (decode, NMS, top-K): int8 would round results such "
                "as box coordinates; kept float by quantize.force_float")
-SPEED_MARGIN = 0.95  # a kind is kept float only if that makes the model at least 5% faster
-# Screening: every kind kept float is first timed in one interleaved run with the current plan; a kind that is not
-# faster there at all cannot be >= 5% faster, so it gets no A/B of its own.
-SCREEN_RUNS, SCREEN_MARGIN = 60, 1.0
-LOSER_FACTOR = 1.5  # a scheme this much slower than both fp32 and a scheme already found is dropped unsearched
 
 
 def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, budget, threads) -> dict:
@@ -258,19 +256,8 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
             continue
         exclude, path, judged = expand(found["exclude"]), found["path"], found["judged"]
         searched = {s: c for s, c in candidates.items() if s != plan_recipe.LABEL}
-        if searched and params["speed_search"]:
-            # A scheme far slower than fp32 and than a scheme already found is not worth a speed search: keeping
-            # kinds float moves it toward fp32's speed, not past the other scheme's (s8 activations leave convs
-            # float between Q/DQ pairs on these CPUs: 20x slower here).
-            quick = timed({"this": path, "fp32": fp32_path, **{s: c["path"] for s, c in searched.items()}},
-                          runs=SCREEN_RUNS, warmup=SCREEN_RUNS // 6)
-            rival = min(searched, key=quick.get)
-            bar = max(quick[rival], quick["fp32"]) * LOSER_FACTOR
-            if quick["this"] > bar:
-                steps.append(f"{scheme}: p50 {quick['this']:.4f} ms vs {rival} {quick[rival]:.4f} and fp32 "
-                             f"{quick['fp32']:.4f} in a screening run: more than {LOSER_FACTOR}x slower than both; "
-                             "dropped without a speed search")
-                continue
+        if searched and params["speed_search"] and too_slow_to_search(scheme, path, searched, fp32_path, timed, steps):
+            continue
         reasons = {n: POST_REASON if n in post else "forced float by the spec" for n in forced_float}
         for u in found["exclude"] - forced_float:
             why = ("accuracy: among the most sensitive nodes" if u not in glue_units else
@@ -299,6 +286,8 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                              f"{', '.join(k for k in kinds if k not in trials)} not tried")
                 break
             trials[kind] = make(scheme, exclude | groups[kind])
+        # every kind kept float is first timed in one screening run with the current plan: a kind not faster
+        # there at all cannot be >= 5% faster, so it gets no A/B of its own
         screen = timed({"current": path, **trials}, runs=SCREEN_RUNS, warmup=SCREEN_RUNS // 6) if trials else {}
         for kind in sorted(trials, key=lambda k: screen[k] / screen["current"]):
             if screen[kind] >= screen["current"] * SCREEN_MARGIN:  # obviously loses: no A/B of its own
@@ -412,116 +401,6 @@ def run(fp32_path, params, out_dir, calibration, evaluation, reference, spec, bu
                                  "CPU may choose differently",
         },
     }
-
-
-def cannot_win(scheme, path, candidates, timed, steps) -> bool:
-    """A scheme whose every-node-int8 variant misses the budget is searched by keeping nodes float, which moves it
-    toward fp32's speed. If even that all-int8 variant is not faster than a plan already found to meet the budget
-    (one screening run, interleaved), the search cannot end faster than that plan: drop the scheme unsearched
-    (static int8 of a transformer: a search of minutes for a plan that would lose the closing timing)."""
-    quick = timed({"this": path, **{s: c["path"] for s, c in candidates.items()}}, runs=SCREEN_RUNS,
-                  warmup=SCREEN_RUNS // 6)
-    rival = min(candidates, key=quick.get)
-    if quick["this"] < quick[rival] * SCREEN_MARGIN:
-        return False
-    steps.append(f"{scheme}: every node int8 misses the budget and is already not faster than {rival} (p50 "
-                 f"{quick['this']:.4f} vs {quick[rival]:.4f} ms in a screening run); keeping nodes float cannot make "
-                 "it faster: dropped without an accuracy search")
-    return True
-
-
-def fused_scheme_applies(scheme, model, fused_graph, steps) -> bool:
-    """The fused-transformer scheme is tried only on a transformer, and only if ORT's optimizer can fuse it: either
-    way the reason goes into the steps (a CNN plan pays one look at its graph)."""
-    from . import transformer_fusion
-
-    why = transformer_fusion.transformer_reason(model)
-    if why:
-        steps.append(f"{scheme}: not tried ({why}: the fusions are for transformers)")
-        return False
-    try:
-        fused_graph()
-    except Exception as e:  # noqa: BLE001 - a graph the optimizer cannot take disqualifies the scheme, not the build
-        reraise_write_error(e)
-        steps.append(f"{scheme}: ONNX Runtime's transformer optimizer failed ({type(e).__name__}: "
-                     f"{str(e).splitlines()[0][:160] if str(e) else ''}); dropped")
-        return False
-    return True
-
-
-def confirm_fused(best, candidates, final, timed, clock, params):
-    """The fused-transformer scheme changes the graph beyond int8 (GELU's tanh approximation), so being fastest in
-    the closing timing is not enough: like the plan's other speed choices it ships only if >= 5% faster than the
-    fastest unfused scheme in two more interleaved A/Bs. Returns (the scheme that ships, the decision's record)."""
-    from .precision import FUSED
-
-    rivals = [s for s in candidates if s not in FUSED]
-    if not rivals:
-        return best, {"decision": f"{best}: the only scheme that meets the budget"}
-    rival = min(rivals, key=final.get)
-    record = {"against": rival, "closing_p50_ms": {best: final[best], rival: final[rival]}}
-    if not params["speed_search"]:
-        return rival, {**record, "decision": f"not confirmed (quantize.speed_search = false): {rival} ships"}
-    if clock.left() < clock.granularity_cost():
-        return rival, {**record, "decision": f"not confirmed (time budget spent): {rival} ships"}
-    runs = clock.runs_for(2, want=150)
-    pair = {"trial": candidates[best]["path"], "current": candidates[rival]["path"]}
-    first = timed(pair, runs=runs)
-    again = timed(dict(reversed(pair.items())), runs=runs)
-    record["p50_ms"] = {best: [first["trial"], again["trial"]], rival: [first["current"], again["current"]]}
-    if all(t < c * SPEED_MARGIN for t, c in zip(record["p50_ms"][best], record["p50_ms"][rival])):
-        return best, {**record, "decision": f"{best}: >= 5% faster than {rival} twice; ships"}
-    return rival, {**record, "decision": f"{best} is not >= 5% faster than {rival} twice; {rival} ships"}
-
-
-# The static quantizer's other settings, each tried on the chosen plan in turn (kept only if faster twice and within
-# the budget): ONNX Runtime's own int8 ops instead of QDQ pairs for it to fuse, 7-bit weights (reduce_range: no
-# saturation in the u8 x s8 multiply-add pairs of CPUs without VNNI), uint8 weights.
-STATIC_ALTERNATIVES = (("QOperator format", {"fmt": "qoperator"}), ("reduce_range", {"reduce_range": True}),
-                       ("uint8 weights", {"weight": "uint8"}))
-
-
-def weight_granularity(chosen, make, timed, backend, params, clock) -> dict:
-    """The chosen plan with the other weight granularity (per-tensor for per-channel and back), timed interleaved
-    against it twice (noise must not decide) and judged: kept only if >= 5% faster both times and the budget holds.
-    Returns the decision with its measurements (and, when kept, the variant's path and judgement)."""
-    kw = chosen.get("make_kw", {})
-    other = not kw.get("per_channel", params["per_channel"])
-    label = "per-channel" if other else "per-tensor"
-    record = {"tried": f"{label} weights", "of": "per-tensor" if other else "per-channel"}
-    return _trial(record, chosen, lambda: make(*chosen["args"], **{**kw, "per_channel": other}), timed, backend,
-                  params, clock,
-                  f"{label} weights", "granularity")
-
-
-def alternative(label, chosen, make_variant, timed, backend, params, clock) -> dict:
-    """One of STATIC_ALTERNATIVES on the chosen plan, decided like the weight granularity."""
-    return _trial({"tried": label}, chosen, make_variant, timed, backend, params, clock, label, "settings")
-
-
-def _trial(record, chosen, make_variant, timed, backend, params, clock, label, what) -> dict:
-    if not params["speed_search"]:
-        return {**record, "decision": "not tried (quantize.speed_search = false)"}
-    if clock.left() < clock.granularity_cost():
-        return {**record, "decision": "not tried (time budget spent)"}
-    try:
-        path = make_variant()
-        runs = clock.runs_for(2, want=150)
-        first = timed({"current": chosen["path"], "trial": path}, runs=runs)
-        again = timed({"trial": path, "current": chosen["path"]}, runs=runs)
-    except Exception as e:  # noqa: BLE001 - a variant ORT cannot run is a decision, not a failed build
-        reraise_write_error(e)
-        return {**record, "decision": f"ONNX Runtime cannot run it ({str(e).splitlines()[0][:160]})"}
-    record["p50_ms"] = {"current": [first["current"], again["current"]], "trial": [first["trial"], again["trial"]]}
-    faster = all(t < c * SPEED_MARGIN for t, c in zip(record["p50_ms"]["trial"], record["p50_ms"]["current"]))
-    if not faster:
-        return {**record, "decision": f"kept the current {what} (the other is not >= 5% faster twice)"}
-    judged = backend.judge(path)
-    record["judged_text"] = judged.text
-    if not judged.ok:
-        return {**record, "decision": f"kept the current {what} (the faster one misses the budget)"}
-    return {**record, "decision": f"{label}: faster twice and within the budget", "kept": True,
-            "path": path, "judged": judged}
 
 
 # ---- declaration (stages/__init__.py): quantize.method = "auto" --------------------------------------------

@@ -2,7 +2,7 @@
 (onnxruntime.transformers.optimizer, model type "bert") rewrites the fp32 graph into ORT's fused CPU ops, then
 dynamic int8 quantizes its MatMuls like `dynamic_s8`. The plan makes, judges and times it like any other scheme;
 fastest in the closing timing, it must also be >= 5% faster than the fastest unfused scheme in two more interleaved
-A/Bs to ship (plan.confirm_fused), since it changes more than precision.
+A/Bs to ship (plan_closing.confirm_fused), since it changes more than precision.
 
 What the fusion does here: LayerNormalization after a residual Add becomes SkipLayerNormalization, and the
 bias Add + exact GELU (Erf) becomes FastGelu, GELU's tanh approximation with the bias folded in: an approximation
