@@ -27,9 +27,10 @@ from .plan_admission import SCREEN_MARGIN, SCREEN_RUNS, cannot_win, fused_scheme
 from .plan_closing import SPEED_MARGIN, STATIC_ALTERNATIVES, alternative, confirm_fused, weight_granularity
 
 NAME = "plan"
-VERSION = 18  # 18: both 17s merged; 17: a scheme that cannot win is not searched (cannot_win), and int8
-# HardSigmoid/HardSwish in static variants (qdq_activations.py); 16: both 14s merged; 15: percentile twin,
-# pooled-first stem; 14: the ORT recipe is a candidate,
+VERSION = 19  # 19: no speed search for a scheme 1.5x slower than one found (plan_admission); 18: both 17s
+# merged; 17: a scheme that cannot win is not searched (cannot_win), and int8 HardSigmoid/HardSwish in static
+# variants (qdq_activations.py); 16: both 14s merged; 15: percentile twin, pooled-first stem; 14: the ORT recipe is
+# a candidate,
 # and the fused-transformer scheme dynamic_s8_fused (stages/transformer_fusion.py); 13: unstamped again
 # (stages/metadata.py stamps a copy); 12: time budget kept with a reserve, other static settings, runtime-cheap
 # screening; 11: app metadata

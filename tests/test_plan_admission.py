@@ -1,6 +1,7 @@
-"""plan_admission.cannot_win: a scheme whose every-node-int8 variant misses the budget is only searched if that variant is
-faster than a plan already found (keeping nodes float moves it toward fp32, not past the other plan). Timed for real
-with ONNX Runtime: a chain of eight MatMuls against one."""
+"""plan_admission: which schemes the x86 plan searches. cannot_win: a scheme whose every-node-int8 variant misses the
+budget is only searched if that variant is faster than a plan already found; too_slow_to_search: a scheme far slower
+than a plan found gets no speed search (keeping nodes float moves it toward fp32, not past the other plan). Timed for
+real with ONNX Runtime on chains of MatMuls of different lengths."""
 
 import numpy as np
 import onnx
@@ -37,4 +38,24 @@ def test_a_scheme_slower_than_a_found_plan_even_all_int8_is_dropped_unsearched(t
     # faster than every plan found so far: the search goes on, and nothing is recorded for it here
     steps = []
     assert not plan_admission.cannot_win("static_u8s8", fast, {"dynamic_s8": {"path": slow}}, timed, steps)
+    assert steps == []
+
+
+def test_a_scheme_far_slower_than_a_found_plan_gets_no_speed_search(tmp_path):
+    """Dynamic int8 of a CNN runs at about fp32's speed, far behind the static plan already found: keeping kinds
+    float moves it toward fp32, so its speed search is skipped and the step says why. Within LOSER_FACTOR of the
+    plan found, the search goes on."""
+    eight, four, one = (chain(tmp_path / f"c{n}.onnx", n) for n in (8, 4, 1))
+    runner = precision.Runner(1, ["x"])
+    feed = {"x": np.ones((1, 256), np.float32)}
+
+    def timed(paths, runs, warmup):
+        return runner.latency(paths, feed, runs=runs, warmup=warmup)
+
+    steps = []
+    assert plan_admission.too_slow_to_search("dynamic_s8", eight, {"static_u8s8": {"path": one}}, eight, timed, steps)
+    assert "more than 1.5x slower than static_u8s8" in steps[0] and "dropped without a speed search" in steps[0]
+    steps = []
+    assert not plan_admission.too_slow_to_search("dynamic_s8", four, {"static_u8s8": {"path": four}}, eight, timed,
+                                                 steps)
     assert steps == []
