@@ -3,9 +3,10 @@
 qemu 7.2's linux-user passes the host's x86 /proc/cpuinfo through, so XNNPACK (LiteRT's default kernels) cannot
 tell which ARM core it runs on and picks kernels no real cortex-a76 or cortex-a53 would run: measured, fp32 took up
 to 4.6% fewer instructions than with the core's own cpuinfo. qemu looks up every absolute path the guest opens
-under its -L prefix first, so each core gets a prefix of its own: the arm64 rootfs by symlink plus a proc/cpuinfo
-with that core's lines (guest_cpuinfo.json: what qemu 10, which emulates the file, shows under -cpu CORE). Every
-other /proc path falls through to the real one.
+under its -L prefix first, so each core gets a prefix of its own: the arm64 rootfs, hard-linked file by file (no
+space; symlinks to its top-level directories would not do: the guest resolving a host path such as /tmp/... or
+/root/... would follow /tmp to the rootfs's), plus a proc/cpuinfo with that core's lines (guest_cpuinfo.json: what
+qemu 10, which emulates the file, shows under -cpu CORE). Every other /proc path falls through to the real one.
 """
 
 import json
@@ -32,24 +33,26 @@ def text(core: str, processors: int) -> str:
 
 
 def prefix(root: Path, core: str) -> Path:
-    """ROOT/cores/CORE: the -L prefix for this core (made once, atomically: builds run cores side by side)."""
-    rootfs = (Path(root) / "rootfs").resolve()
-    processors = os.cpu_count() or 1
-    want = text(core, processors)
+    """ROOT/cores/CORE: the -L prefix for this core, made again when the rootfs or the cpuinfo changes (atomically:
+    builds run cores side by side)."""
+    rootfs = Path(root) / "rootfs"
+    done = rootfs / ".toolchain-done"  # rewritten whenever the setup makes the rootfs again
+    made = os.stat(done if done.exists() else rootfs)
+    want = f"rootfs {made.st_ino} {made.st_mtime_ns}\n" + text(core, os.cpu_count() or 1)
     dest = Path(root) / "cores" / core
-    if (dest / "proc" / "cpuinfo").is_file() and (dest / "proc" / "cpuinfo").read_text() == want:
+    if _stamp(dest) == want:
         return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{core}.{uuid.uuid4().hex}.tmp")  # processes and threads make these side by side
-    (tmp / "proc").mkdir(parents=True, exist_ok=True)
-    for entry in rootfs.iterdir():
-        if entry.name != "proc":
-            (tmp / entry.name).symlink_to(entry)
-    (tmp / "proc" / "cpuinfo").write_text(want)
+    shutil.copytree(rootfs, tmp, symlinks=True, copy_function=os.link)
+    (tmp / "proc").mkdir(exist_ok=True)
+    (tmp / "proc" / "cpuinfo").write_text(want.split("\n", 1)[1])
+    (tmp / STAMP).write_text(want)
     try:
         os.rename(tmp, dest)
     except OSError:  # another process made it first, or an older one is there: replace the older one
-        shutil.rmtree(tmp)  # (rmtree removes symlinks, never what they point to)
-        if (dest / "proc" / "cpuinfo").is_file() and (dest / "proc" / "cpuinfo").read_text() == want:
+        shutil.rmtree(tmp)
+        if _stamp(dest) == want:
             return dest
         old = dest.with_name(f".{core}.{uuid.uuid4().hex}.old")
         os.rename(dest, old)
@@ -57,3 +60,12 @@ def prefix(root: Path, core: str) -> Path:
         return prefix(root, core)
     return dest
 
+
+STAMP = ".toolchain-prefix"
+
+
+def _stamp(dest: Path) -> str:
+    try:
+        return (dest / STAMP).read_text()
+    except OSError:
+        return ""
