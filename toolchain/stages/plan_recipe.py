@@ -6,10 +6,11 @@ quantize.speed_search = false: that plan is decided by accuracy alone and rebuil
 
 The plan makes it with its own calibration and quantizer (precision.Calibration.static with the recipe's settings
 on the same quant_pre_process'ed graph): that is the recipe's graph, node for node and initializer for initializer
-(tests/test_plan_recipe.py checks it against quantize_static), and, in a model without HardSigmoid/HardSwish (which the
-plan's variants make int8: qdq_activations.py), it is the very variant static_u8s8's search starts from, so it is
-made and judged once. The spec's forced-float nodes stay float in it too: a user who forces
-a node float would do the same to the recipe.
+(tests/test_plan_recipe.py checks it against quantize_static), except where the plan's value-identical rewrites
+apply (an int8 RGB stem as SpaceToDepth, qdq_stem.py; a pool moved before a float Relu, qdq_placement.py: the same
+outputs, faster in ONNX Runtime). In a model without HardSigmoid/HardSwish (which the plan's variants make int8:
+qdq_activations.py) it is the very variant static_u8s8's search starts from, so it is made and judged once. The
+spec's forced-float nodes stay float in it too: a user who forces a node float would do the same to the recipe.
 """
 
 from ..errors import reraise_write_error
