@@ -199,10 +199,11 @@ def test_wheel_builds_a_model_outside_the_checkout(wheel_site, tmp_path, write_s
 
 
 def test_wheel_carries_the_arm_emulator_setup(wheel_site, tmp_path):
-    """A pip user can prepare the emulator: the script, the plugin's source and the lock are in the wheel, and an
-    installed toolchain keeps it in a per-user cache directory (an installed package has no checkout)."""
+    """A pip user can prepare the emulator: the script, the plugin's source, the cores' cpuinfo and the lock are in
+    the wheel, and an installed toolchain keeps it in a per-user cache directory (an installed package has no
+    checkout)."""
     executors = wheel_site / "toolchain" / "executors"
-    for name in ("setup_arm_emulator.sh", "insn_marker.c", "apt_sources.py"):
+    for name in ("setup_arm_emulator.sh", "insn_marker.c", "apt_sources.py", "guest_cpuinfo.json", "guest_cpuinfo.py"):
         assert (executors / name).read_bytes() == (REPO / "toolchain" / "executors" / name).read_bytes(), name
     lock = executors / "requirements.lock"
     assert not lock.is_symlink() and lock.read_bytes() == (REPO / "requirements.lock").read_bytes()
