@@ -36,10 +36,16 @@ SOURCE = textwrap.dedent('''
 ''')
 
 
-def test_plan_times_int8_against_float_hard_activations_and_ships_what_it_chose(tmp_path):
+def test_plan_times_int8_against_float_hard_activations_and_ships_what_it_chose(tmp_path, monkeypatch):
     import onnx
     import torch
     from safetensors.torch import save_file
+
+    from toolchain.stages import plan_recipe
+
+    # Not the ORT recipe: at this lenient budget it holds and can win the closing timing by noise, and it has no
+    # float-activation twin (it is made as the docs make it; tests/test_plan_recipe.py covers it). CI caught that.
+    monkeypatch.setattr(plan_recipe, "candidate", lambda *a, **k: None)
 
     factory = write_module(tmp_path, "hard_block_models", SOURCE, "hard_block")
     torch.manual_seed(0)
