@@ -45,6 +45,17 @@ REWRITES = {
 
 
 # ---- graph helpers ----------------------------------------------------------------------------------------
+def edges(graph) -> tuple:
+    """(tensor -> the node making it, tensor -> the nodes reading it) of one ONNX graph: what every graph rewrite
+    walks (these and the QDQ rewrites of stages/qdq_*.py)."""
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return producer, consumers
+
+
 class _Graph:
     """Producers, consumers and constant values of one ONNX graph, and fresh names."""
 
@@ -57,11 +68,7 @@ class _Graph:
     def refresh(self):
         from onnx import numpy_helper
 
-        self.producer = {o: n for n in self.g.node for o in n.output}
-        self.consumers = {}
-        for n in self.g.node:
-            for i in n.input:
-                self.consumers.setdefault(i, []).append(n)
+        self.producer, self.consumers = edges(self.g)
         for o in self.g.output:
             self.consumers.setdefault(o.name, []).append(None)  # a graph output counts as a consumer
         self.inits = {i.name: i for i in self.g.initializer}

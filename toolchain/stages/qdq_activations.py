@@ -21,6 +21,8 @@ So the plan judges every variant made with it and times it against the float-act
 
 import numpy as np
 
+from ..rewrites import edges
+
 GATE_SCALE = 1 / 256  # the gate's grid: zero point round(256 beta) is an integer for MobileNet's beta = 1/2
 OPS = ("HardSigmoid", "HardSwish")
 
@@ -38,11 +40,7 @@ def int8_hard_activations(model, ranges=None) -> list:
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producer, consumers = edges(graph)
     outputs = {o.name for o in graph.output}
     ranges = ranges or {}
     done = []

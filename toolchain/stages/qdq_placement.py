@@ -12,16 +12,15 @@ quarter of the Relu's work). Duplicating the Q per consumer does not help: ORT's
 the copies back.
 """
 
+from ..rewrites import edges
+
+
 def pool_before_float_relu(model) -> list:
     """Rewrite `model` (an onnx ModelProto, in place): float Relu -> MaxPool -> QuantizeLinear becomes
     MaxPool -> Relu -> QuantizeLinear where the Relu is not fed by a DequantizeLinear and each edge on the way is its
     producer's only use. Returns the names of the MaxPools moved."""
     graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producer, consumers = edges(graph)
     outputs = {o.name for o in graph.output}
     moved = []
     for pool in list(graph.node):

@@ -18,6 +18,8 @@ alone: ORT's float NCHWc kernel is slower this way (the suite ResNet with its st
 
 import numpy as np
 
+from ..rewrites import edges
+
 MIN_KERNEL = 5  # the measured case is the 7x7 ImageNet stem; small kernels gain little and were not measured
 
 
@@ -26,11 +28,7 @@ def space_to_depth_stems(model) -> list:
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producer, consumers = edges(graph)
     inits = {i.name: i for i in graph.initializer}
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in list(graph.input) + list(graph.value_info)}
