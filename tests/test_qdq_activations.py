@@ -5,31 +5,9 @@ float-activation quantization of the same model."""
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from test_qdq_placement import _ort_ops, _session
 
 from toolchain.stages import precision, qdq_activations
-
-
-def _session(model, level="all"):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-                                   "off": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[level]
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
-def _ort_ops(model, tmp_path):
-    """Op types of the graph ORT really runs (its optimized model, written by ORT itself)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
 
 
 def test_the_int8_gate_is_hardsigmoid_on_the_1_256_grid(tmp_path):

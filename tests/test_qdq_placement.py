@@ -48,8 +48,8 @@ def _session(model, level="all"):
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def _pool_input_in_ort(model, tmp_path):
-    """The op type feeding the MaxPool in the graph ORT really runs (its optimized model, written by ORT itself)."""
+def _ort_graph(model, tmp_path):
+    """The graph ORT really runs (its optimized model, written by ORT itself)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -57,7 +57,17 @@ def _pool_input_in_ort(model, tmp_path):
     so.log_severity_level = 3
     so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    g = onnx.load(str(tmp_path / "optimized.onnx")).graph
+    return onnx.load(str(tmp_path / "optimized.onnx")).graph
+
+
+def _ort_ops(model, tmp_path):
+    """Op types of the graph ORT really runs."""
+    return [n.op_type for n in _ort_graph(model, tmp_path).node]
+
+
+def _pool_input_in_ort(model, tmp_path):
+    """The op type feeding the MaxPool in the graph ORT really runs."""
+    g = _ort_graph(model, tmp_path)
     producer = {o: n for n in g.node for o in n.output}
     pools = [n for n in g.node if "MaxPool" in n.op_type]
     assert len(pools) == 1, [n.op_type for n in g.node]

@@ -4,7 +4,7 @@ same model; float stems and other shapes are left alone."""
 
 import numpy as np
 import onnx
-from test_qdq_placement import _session, stem_cnn
+from test_qdq_placement import _ort_ops, _session, stem_cnn
 
 from toolchain.stages import precision
 from toolchain.stages.qdq_stem import space_to_depth_stems
@@ -12,16 +12,6 @@ from toolchain.stages.qdq_stem import space_to_depth_stems
 
 def _data():
     return {"input": np.random.default_rng(3).standard_normal((8, 3, 32, 32)).astype(np.float32)}
-
-
-def _ort_ops(model, tmp_path):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
 
 
 def test_an_int8_rgb_stem_runs_as_space_to_depth_with_identical_outputs(tmp_path):
